@@ -1,0 +1,38 @@
+"""dlqnb: the MATLAB deep-network quantization workflow in PyTorch and Jupyter.
+
+Example:
+    >>> import torch, torchvision, dlqnb
+    >>> q = dlqnb.DLQuantizer(torchvision.models.squeezenet1_1(num_classes=5))
+    >>> table = q.calibrate(torch.rand(2, 3, 64, 64), progress=False)
+    >>> table.shape[1]
+    5
+"""
+
+from dlqnb import data, models, numerics, plotting, training, zoo
+from dlqnb.batches import DataError
+from dlqnb.graph import NetworkGraphError
+from dlqnb.quantizer import CalibrationError, DLQuantizer, NotCalibratedError
+from dlqnb.models import load_network, save_network
+from dlqnb.records import read_records, record, recorded
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationError",
+    "DLQuantizer",
+    "DataError",
+    "NetworkGraphError",
+    "NotCalibratedError",
+    "data",
+    "load_network",
+    "models",
+    "numerics",
+    "plotting",
+    "save_network",
+    "training",
+    "zoo",
+    "__version__",
+    "read_records",
+    "record",
+    "recorded",
+]

@@ -1,0 +1,137 @@
+"""Every form of data dlqnb accepts, read as mini-batches of ``(images, labels)``.
+
+``data`` may be a ``DataLoader``, a map-style ``Dataset`` of ``(image, label)`` samples, any
+iterable of ``(images, labels)`` batches (or of image batches), or one tensor of images (N×C×H×W).
+Labels are ``None`` where the data has none. Batches are checked as they are read: they must be
+floating-point tensors with a batch dimension and finite values, and a bad batch gets an error that
+says which batch and what was expected.
+
+Example:
+    >>> import torch
+    >>> batches = list(iter_batches(torch.zeros(5, 3, 8, 8), mini_batch_size=2))
+    >>> [tuple(images.shape) for images, _ in batches]
+    [(2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+__all__ = ["DEFAULT_MINI_BATCH_SIZE", "DataError", "count_batches", "iter_batches"]
+
+#: MATLAB's default ``MiniBatchSize`` for calibrate and validate.
+DEFAULT_MINI_BATCH_SIZE = 32
+
+Batch = tuple[Tensor, Tensor | None]
+
+
+class DataError(ValueError):
+    """Data that dlqnb cannot feed to a network; the message says which batch and why."""
+
+
+def _is_sample_dataset(data: Any) -> bool:
+    return isinstance(data, Dataset) and not isinstance(data, IterableDataset)
+
+
+def count_batches(data: Any, mini_batch_size: int | None = None) -> int | None:
+    """How many batches :func:`iter_batches` will yield, when that is known in advance."""
+    size = mini_batch_size or DEFAULT_MINI_BATCH_SIZE
+    if isinstance(data, Tensor):
+        return math.ceil(data.shape[0] / size) if data.ndim else None
+    if _is_sample_dataset(data):
+        return math.ceil(len(data) / size)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _split_item(item: Any) -> tuple[Any, Any]:
+    if isinstance(item, (tuple, list)):
+        if not item:
+            return None, None
+        return item[0], (item[1] if len(item) > 1 else None)
+    if isinstance(item, dict):
+        images = item.get("image", item.get("images", item.get("input")))
+        return images, item.get("label", item.get("labels", item.get("response")))
+    return item, None
+
+
+def _as_label_tensor(labels: Any) -> Tensor | None:
+    if labels is None:
+        return None
+    if isinstance(labels, Tensor):
+        return labels
+    return torch.as_tensor(labels)
+
+
+def _check_batch(images: Any, index: int) -> Tensor:
+    where = f"batch {index}"
+    if images is None:
+        raise DataError(f"{where} holds no images; expected (images, labels) or an image tensor")
+    if not isinstance(images, Tensor):
+        raise DataError(f"{where}: expected images as a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        if images.ndim <= 1:
+            raise DataError(
+                f"{where} is a {images.dtype} tensor of shape {tuple(images.shape)}: it looks like labels only; "
+                "expected float images shaped N×C×H×W (pass (images, labels) pairs)"
+            )
+        raise DataError(
+            f"{where}: expected float images (scaled as the network expects), got {images.dtype}; "
+            "convert them first, e.g. images.float() / 255"
+        )
+    if images.ndim < 2:
+        raise DataError(f"{where}: expected a batch of images N×C×H×W, got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise DataError(f"{where} is empty (0 images)")
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).sum())
+        raise DataError(f"{where} holds {bad} NaN or Inf values; calibration and validation need finite inputs")
+    return images
+
+
+def _raw_batches(data: Any, size: int) -> Iterator[tuple[Any, Any]]:
+    if isinstance(data, Tensor):
+        if data.ndim < 2:
+            yield data, None
+            return
+        yield from ((chunk, None) for chunk in data.split(size))
+    elif _is_sample_dataset(data):
+        loader = DataLoader(data, batch_size=size, shuffle=False)
+        yield from (_split_item(item) for item in loader)
+    elif isinstance(data, (DataLoader, IterableDataset)) or hasattr(data, "__iter__"):
+        yield from (_split_item(item) for item in data)
+    else:
+        raise DataError(
+            f"cannot read data of type {type(data).__name__}; expected a DataLoader, a Dataset of "
+            "(image, label), an iterable of (images, labels) batches or an image tensor"
+        )
+
+
+def iter_batches(data: Any, mini_batch_size: int | None = None) -> Iterator[Batch]:
+    """Yield checked ``(images, labels)`` mini-batches from any supported form of data.
+
+    Args:
+        data: A DataLoader, Dataset, iterable of batches or tensor of images (see module doc).
+        mini_batch_size: Batch size for a tensor or a Dataset (default 32, MATLAB's); batched data
+            keeps its own batches.
+
+    Raises:
+        DataError: If the data is empty or a batch is not a finite float image batch.
+    """
+    size = mini_batch_size or DEFAULT_MINI_BATCH_SIZE
+    if not isinstance(size, int) or size < 1:
+        raise DataError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+    count = 0
+    for index, (images, labels) in enumerate(_raw_batches(data, size)):
+        yield _check_batch(images, index), _as_label_tensor(labels)
+        count += 1
+    if count == 0:
+        raise DataError("the data is empty: no batch of images was read")

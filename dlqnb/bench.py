@@ -1,0 +1,108 @@
+"""Benchmarks: ``python -m dlqnb.bench calibrate``.
+
+Each benchmark measures dlqnb against a baseline in the same process and reports the ratio
+(medians of repeated runs), because absolute times on a shared 2-core machine are noise. glibc's
+malloc thresholds are fixed (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``) by re-executing
+the command with them set, so that page faults on large activation buffers weigh alike on both
+sides; the values in force are printed with the results.
+
+Example:
+    $ python -m dlqnb.bench calibrate --images 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+_MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def _ensure_malloc_settings(argv: list[str]) -> None:
+    if all(os.environ.get(name) for name in _MALLOC_SETTINGS) or os.environ.get("DLQNB_BENCH_NO_REEXEC"):
+        return
+    env = {**_MALLOC_SETTINGS, **os.environ, "DLQNB_BENCH_NO_REEXEC": "1"}
+    os.execve(sys.executable, [sys.executable, "-m", "dlqnb.bench", *argv], env)
+
+
+def _median_time(run: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_calibrate(images: int, size: int, repeats: int, batch: int) -> dict[str, Any]:
+    """Ratio of ``DLQuantizer.calibrate`` time to plain ``no_grad`` inference, squeezenet1_1."""
+    import torchvision
+
+    from dlqnb import DLQuantizer
+    from dlqnb._kernel import kernel_name
+
+    torch.manual_seed(0)
+    net = torchvision.models.squeezenet1_1(num_classes=1000).eval()
+    data = torch.rand(images, 3, size, size)
+
+    def inference() -> None:
+        with torch.no_grad():
+            for chunk in data.split(batch):
+                net(chunk)
+
+    quantizer = DLQuantizer(net)
+    kernel = kernel_name()  # compile (or fall back) before timing
+
+    def calibrate() -> None:
+        quantizer.calibrate(data, mini_batch_size=batch, progress=False)
+
+    inference()
+    calibrate()  # warm-up both
+    pairs = []
+    for _ in range(repeats):  # interleave so drifting machine load hits both alike
+        pairs.append((_median_time(inference, 1), _median_time(calibrate, 1)))
+    base = statistics.median(p[0] for p in pairs)
+    ours = statistics.median(p[1] for p in pairs)
+    return {
+        "benchmark": "calibrate",
+        "network": "squeezenet1_1",
+        "images": images,
+        "image_size": size,
+        "mini_batch_size": batch,
+        "kernel": kernel,
+        "threads": torch.get_num_threads(),
+        "inference_s": round(base, 4),
+        "calibrate_s": round(ours, 4),
+        "ratio": round(ours / base, 3),
+        "malloc": {name: os.environ.get(name) for name in _MALLOC_SETTINGS},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m dlqnb.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    calibrate = sub.add_parser("calibrate", help="calibrate() time / plain inference time")
+    calibrate.add_argument("--images", type=int, default=64)
+    calibrate.add_argument("--size", type=int, default=227)
+    calibrate.add_argument("--batch", type=int, default=32)
+    calibrate.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    _ensure_malloc_settings(argv)
+    if args.benchmark == "calibrate":
+        result = bench_calibrate(args.images, args.size, args.repeats, args.batch)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

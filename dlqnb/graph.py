@@ -1,0 +1,357 @@
+"""The optimized network: a torch.fx graph with BatchNorm folded and activations fused.
+
+This is the graph that calibration, emulation and export all read, the counterpart of the
+"optimized network" of the MATLAB pages. :func:`optimize_network` traces a copy of the network with
+torch.fx and, for every convolution or fully connected layer:
+
+* folds a following ``BatchNorm`` into its weights and bias (with the running statistics);
+* fuses a following ``ReLU``, ``ReLU6`` (or ``hardtanh(0, 6)``) or ``LeakyReLU`` (module, function
+  or method form) into one *optimized layer*;
+* gives it a bias (zeros where the layer had none), since every deployed int8 layer has an int32 bias.
+
+Naming follows ``shared/DESIGN.md``: a network layer is an fx node, named after its module path
+(``features.0`` → ``features_0``; a module called twice gives ``relu`` and ``relu_1``); an
+optimized layer joins its members' names with ``_`` (``conv1`` + ``relu_conv1`` →
+``conv1_relu_conv1``), and its network layer name is its last member.
+
+Folding only happens where it cannot change the result: the conv's output feeds the BatchNorm alone,
+and the BatchNorm's (or conv's) output feeds the activation alone.
+
+Example:
+    >>> import torch, torchvision
+    >>> net = torchvision.models.resnet18(num_classes=5).eval()
+    >>> opt = optimize_network(net)
+    >>> opt.layers["conv1_bn1_relu"].members
+    ('conv1', 'bn1', 'relu')
+    >>> x = torch.randn(2, 3, 64, 64)
+    >>> bool(torch.allclose(opt.module(x), net(x), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+__all__ = ["FusedLayer", "NetworkGraphError", "OptimizedLayer", "OptimizedNetwork", "optimize_network"]
+
+QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Layers with learnables or state that dlqnb has no int8 model for, and says so.
+_UNSUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+_UNSUPPORTED_REASONS = {
+    nn.RNNBase: "recurrent layers are not supported",
+    nn.MultiheadAttention: "attention layers are not supported",
+    nn.Embedding: "embedding layers are not supported",
+    nn.EmbeddingBag: "embedding layers are not supported",
+}
+
+
+class NetworkGraphError(ValueError):
+    """The network cannot be traced, or holds a layer dlqnb cannot handle; the message names it."""
+
+
+class FusedLayer(nn.Module):
+    """A convolution or fully connected layer with folded BatchNorm and a fused activation.
+
+    Attributes:
+        layer: The conv/linear module holding the folded weights and a bias.
+        activation: The fused activation module, or None.
+    """
+
+    def __init__(self, layer: nn.Module, activation: nn.Module | None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x)
+        return self.activation(y) if self.activation is not None else y
+
+
+@dataclass(frozen=True)
+class OptimizedLayer:
+    """One conv/linear layer of the optimized network.
+
+    Attributes:
+        name: Optimized layer name (member names joined with ``_``).
+        members: Network layer names folded into it: the conv/linear, then BatchNorm, activation.
+        module_path: Dotted path of the conv/linear module in the user's network.
+        kind: ``"conv"`` or ``"linear"``.
+        activation: ``"relu"``, ``"relu6"``, ``"leaky_relu"`` or None.
+    """
+
+    name: str
+    members: tuple[str, ...]
+    module_path: str
+    kind: str
+    activation: str | None
+
+    @property
+    def network_layer_name(self) -> str:
+        """The last network layer of the group (the activation when one is fused)."""
+        return self.members[-1]
+
+
+@dataclass
+class OptimizedNetwork:
+    """A traced, folded and fused copy of a network.
+
+    Attributes:
+        module: The optimized ``fx.GraphModule`` (eval mode); computes what the network does.
+        layers: The optimized conv/linear layers by name, in network order.
+    """
+
+    module: fx.GraphModule
+    layers: dict[str, OptimizedLayer]
+
+    def nodes(self) -> Iterator[fx.Node]:
+        """The graph's nodes in execution order."""
+        return iter(self.module.graph.nodes)
+
+    def fused(self, name: str) -> FusedLayer:
+        """The fused module of an optimized layer."""
+        module = self.module.get_submodule(name)
+        assert isinstance(module, FusedLayer)
+        return module
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping modules that declare ``dlqnb_leaf = True`` (the input layer) as one layer."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return bool(getattr(m, "dlqnb_leaf", False)) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(net: nn.Module) -> fx.GraphModule:
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(net)
+        return fx.GraphModule(tracer.root, graph, type(net).__name__)
+    except Exception as error:  # fx raises many types; all mean the same thing to the user
+        raise NetworkGraphError(
+            f"torch.fx cannot trace {type(net).__name__}: {error}. dlqnb needs a network whose forward has no "
+            "data-dependent control flow (see torch.fx's limitations)."
+        ) from error
+
+
+def _called_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _activation_of(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> nn.Module | None:
+    """The activation ``node`` applies to ``source``, as a module, or None if it is not one."""
+    if not node.args or node.args[0] is not source:
+        return None
+    module = _called_module(gm, node)
+    if module is not None:
+        if isinstance(module, nn.ReLU6):
+            return nn.ReLU6(inplace=True)
+        if isinstance(module, nn.ReLU):
+            return nn.ReLU(inplace=True)
+        if isinstance(module, nn.LeakyReLU):
+            return nn.LeakyReLU(module.negative_slope, inplace=True)
+        if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0):
+            return nn.ReLU6(inplace=True)
+        return None
+    if node.op == "call_function":
+        if node.target in (F.relu, torch.relu, torch.relu_):
+            return nn.ReLU(inplace=True)
+        if node.target is F.relu6:
+            return nn.ReLU6(inplace=True)
+        if node.target is F.leaky_relu:
+            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+            return nn.LeakyReLU(float(slope), inplace=True)
+        return None
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return nn.ReLU(inplace=True)
+    return None
+
+
+def _activation_kind(activation: nn.Module | None) -> str | None:
+    if activation is None:
+        return None
+    if isinstance(activation, nn.ReLU6):
+        return "relu6"
+    if isinstance(activation, nn.LeakyReLU):
+        return "leaky_relu"
+    return "relu"
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _fold_batchnorm(layer: nn.Module, bn: nn.Module, bn_name: str) -> nn.Module:
+    if bn.running_mean is None or bn.running_var is None:
+        raise NetworkGraphError(
+            f"BatchNorm layer '{bn_name}' has no running statistics (track_running_stats=False); "
+            "dlqnb folds BatchNorm into the preceding layer with its running statistics"
+        )
+    if isinstance(layer, nn.Linear):
+        return fuse_linear_bn_eval(layer, bn)
+    return fuse_conv_bn_eval(layer, bn)
+
+
+def _with_bias(layer: nn.Module) -> nn.Module:
+    if layer.bias is None:
+        out_features = layer.weight.shape[0]
+        layer.bias = nn.Parameter(torch.zeros(out_features, dtype=layer.weight.dtype, device=layer.weight.device))
+    return layer
+
+
+def _check_supported(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        module = _called_module(gm, node)
+        if module is not None and isinstance(module, _UNSUPPORTED_TYPES):
+            reason = next(
+                (text for kind, text in _UNSUPPORTED_REASONS.items() if isinstance(module, kind)),
+                "transposed convolutions are not supported",
+            )
+            raise NetworkGraphError(f"layer '{node.name}' ({type(module).__name__}): {reason} by dlqnb quantization")
+
+
+def optimize_network(net: nn.Module) -> OptimizedNetwork:
+    """Trace a copy of ``net`` and fold and fuse it into the optimized network.
+
+    Args:
+        net: A CNN built from torch modules and functions (the user's network is not modified).
+
+    Returns:
+        The optimized network, in eval mode, with gradients off.
+
+    Raises:
+        NetworkGraphError: If fx cannot trace the network, or a layer cannot be handled; the
+            message names the layer and the reason.
+
+    Example:
+        >>> import torchvision
+        >>> opt = optimize_network(torchvision.models.squeezenet1_1())
+        >>> list(opt.layers)[:2]
+        ['features_0_features_1', 'features_3_squeeze_features_3_squeeze_activation']
+    """
+    model = copy.deepcopy(net).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    gm = _trace(model)
+    _check_supported(gm)
+    layers: dict[str, OptimizedLayer] = {}
+    members_of: dict[fx.Node, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if not isinstance(_called_module(gm, node), QUANTIZABLE_TYPES):
+            continue
+        layer = copy.deepcopy(gm.get_submodule(node.target))
+        members = [node]
+        follower = _sole_user(node)
+        bn = _called_module(gm, follower) if follower is not None else None
+        if isinstance(bn, _BATCHNORM_TYPES) and follower.args and follower.args[0] is node:
+            layer = _fold_batchnorm(layer, bn, follower.name)
+            members.append(follower)
+        follower = _sole_user(members[-1])
+        activation = _activation_of(gm, follower, members[-1]) if follower is not None else None
+        if activation is not None:
+            members.append(follower)
+        name = "_".join(member.name for member in members)
+        gm.add_submodule(name, FusedLayer(_with_bias(layer), activation))
+        members_of[node] = members
+        layers[name] = OptimizedLayer(
+            name=name,
+            members=tuple(member.name for member in members),
+            module_path=str(node.target),
+            kind="linear" if isinstance(layer, nn.Linear) else "conv",
+            activation=_activation_kind(activation),
+        )
+    return OptimizedNetwork(module=_rebuild(gm, members_of), layers=layers)
+
+
+def _rebuild(gm: fx.GraphModule, members_of: dict[fx.Node, list[fx.Node]]) -> fx.GraphModule:
+    """A new graph with each group of members replaced by one call of its fused module.
+
+    Built anew rather than edited, because fx never frees an erased node's name and the fused
+    layer may take it (a Linear ``fc`` with nothing to fuse stays ``fc``).
+    """
+    graph = fx.Graph()
+    new_node: dict[fx.Node, fx.Node] = {}
+    absorbed = {member for members in members_of.values() for member in members[1:]}
+    for node in gm.graph.nodes:
+        if node in absorbed:
+            continue
+        if node in members_of:
+            members = members_of[node]
+            name = "_".join(member.name for member in members)
+            fused = graph.create_node(
+                "call_module",
+                name,
+                args=fx.map_arg(node.args, new_node.__getitem__),
+                kwargs=fx.map_arg(node.kwargs, new_node.__getitem__),
+                name=name,
+            )
+            if fused.name != name:
+                raise NetworkGraphError(f"optimized layer name '{name}' clashes with another layer of the network")
+            for member in members:
+                new_node[member] = fused
+        else:
+            new_node[node] = graph.node_copy(node, new_node.__getitem__)
+    graph.lint()
+    return fx.GraphModule(gm, graph, class_name=type(gm).__name__).eval()
+
+
+#: Operations whose output holds exactly the values of their inputs (rearranged or joined), so
+#: that their calibration statistics are the union of their inputs'.
+_VALUE_PRESERVING_FUNCTIONS = {torch.cat, torch.concat, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_VALUE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute", "transpose"}
+_VALUE_PRESERVING_MODULES = (nn.Dropout, nn.Identity, nn.Flatten)
+_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def value_sources(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
+    """The input nodes whose values ``node``'s output merely rearranges or joins, else None.
+
+    Example:
+        >>> import torchvision
+        >>> opt = optimize_network(torchvision.models.squeezenet1_1())
+        >>> cat = next(n for n in opt.nodes() if n.name == "cat")
+        >>> [n.name for n in value_sources(opt.module, cat)]
+        ['features_3_expand1x1_features_3_expand1x1_activation', 'features_3_expand3x3_features_3_expand3x3_activation']
+    """
+    if node.op == "call_function" and node.target in _VALUE_PRESERVING_FUNCTIONS:
+        first = node.args[0] if node.args else None
+        sources = list(first) if isinstance(first, (list, tuple)) else [first]
+    elif node.op == "call_method" and node.target in _VALUE_PRESERVING_METHODS:
+        sources = [node.args[0]]
+    elif node.op == "call_module" and isinstance(_called_module(gm, node), _VALUE_PRESERVING_MODULES):
+        sources = [node.args[0]]
+    else:
+        return None
+    if not sources or not all(isinstance(source, fx.Node) for source in sources):
+        return None
+    return sources
+
+
+def mutates_input(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` writes into its first input tensor (in-place ops)."""
+    if node.op == "call_module":
+        return bool(getattr(_called_module(gm, node), "inplace", False))
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target in _IN_PLACE_FUNCTIONS or bool(node.kwargs.get("inplace")) or name.endswith("_")
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    return False

@@ -1,0 +1,237 @@
+"""Plotly views of calibration results: MSB heat maps as the Deep Network Quantizer app draws them.
+
+Everything here only reads results (histograms, tables, chosen types); nothing computes quantization.
+
+A heat map has one row per tensor (weights, bias or activations of a layer) and one column per bit
+position ``2**k``, most significant on the left as in a binary word. A cell's colour is the number of
+logged values whose most significant bit is ``2**k`` (log scale, darker = more). The bits of the
+chosen 8-bit type are boxed; bits outside it are greyed: values with their MSB left of the box
+overflow (saturate), values right of it lose all their bits.
+
+Example:
+    >>> import torch
+    >>> from dlqnb.numerics import MSBHistogram
+    >>> fig = msb_heatmap({"seed": MSBHistogram.of(torch.tensor([0.03125, 2.1, 16.25]))}, {"seed": 3})
+    >>> fig.data[0].type
+    'heatmap'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from dlqnb.numerics import MSBHistogram, representable_bits
+
+if TYPE_CHECKING:
+    from dlqnb.quantizer import DLQuantizer
+
+__all__ = ["calibration_heatmap", "msb_heatmap", "style_bit_table", "training_progress_figure", "use_offline_renderer"]
+
+_GREY = "rgba(120, 120, 120, 0.45)"
+_BOX = "#d62728"
+
+
+def use_offline_renderer() -> None:
+    """Render Plotly figures for JupyterLab and for exported HTML, with no network.
+
+    JupyterLab shows the Plotly MIME output; the HTML output next to it carries plotly.js once per
+    notebook, so a notebook exported with nbconvert opens offline with working figures.
+    """
+    pio.renderers.default = "plotly_mimetype+notebook"
+
+
+def _bit_label(k: int) -> str:
+    return f"2<sup>{k}</sup>"
+
+
+def msb_heatmap(
+    histograms: Mapping[str, MSBHistogram],
+    fraction_lengths: Mapping[str, int] | None = None,
+    word_length: int = 8,
+    title: str = "MSB counts per bit position",
+) -> go.Figure:
+    """Heat map of MSB counts, one row per named histogram, with each row's type boxed.
+
+    Args:
+        histograms: Row label → MSB histogram.
+        fraction_lengths: Row label → fraction length of the row's type; rows left out get no box.
+        word_length: Word length of the types.
+        title: Figure title.
+
+    Returns:
+        A Plotly figure (one heatmap trace; boxes and grey bands as layout shapes).
+    """
+    if not histograms:
+        raise ValueError("msb_heatmap needs at least one histogram")
+    fraction_lengths = fraction_lengths or {}
+    labels = list(histograms)
+    present = [k for h in histograms.values() for k in h.nonzero_counts()]
+    bounds = [bit for label in labels if label in fraction_lengths for bit in representable_bits(fraction_lengths[label], word_length)]
+    low = min(present + bounds, default=-8) - 1
+    high = max(present + bounds, default=8) + 1
+    bits = list(range(high, low - 1, -1))
+
+    z, text, custom = [], [], []
+    for label in labels:
+        histogram = histograms[label]
+        counts = histogram.nonzero_counts()
+        fraction = fraction_lengths.get(label)
+        if fraction is None:
+            type_text, overflow, underflow = "none", "", ""
+        else:
+            msb, lsb = representable_bits(fraction, word_length)
+            type_text = f"2^{msb} … 2^{lsb} (fraction length {fraction})"
+            overflow, underflow = histogram.overflow(fraction, word_length), histogram.underflow(fraction, word_length)
+        z.append([math.log10(counts[k]) if counts.get(k) else None for k in bits])
+        text.append([str(counts.get(k, 0)) for k in bits])
+        custom.append([[counts.get(k, 0), type_text, overflow, underflow, histogram.zeros, label] for k in bits])
+
+    peak = max((value for row in z for value in row if value is not None), default=0.0)
+    ticks = list(range(0, int(math.floor(peak)) + 1))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=bits,
+            y=list(range(len(labels))),
+            customdata=custom,
+            text=text,
+            colorscale=[[0.0, "#c6dbef"], [0.5, "#4292c6"], [1.0, "#08306b"]],  # a count of 1 stays visible
+            zmin=0,
+            zmax=max(peak, 1.0),
+            xgap=1,
+            ygap=2,
+            colorbar={"title": "MSB count", "tickvals": ticks, "ticktext": [f"{10**t:,}" for t in ticks]},
+            hovertemplate=(
+                "%{customdata[5]}<br>bit 2^%{x}: %{customdata[0]} values<br>type: %{customdata[1]}"
+                "<br>overflow: %{customdata[2]}<br>underflow: %{customdata[3]}<br>zeros: %{customdata[4]}<extra></extra>"
+            ),
+        )
+    )
+    shapes = []
+    for row, label in enumerate(labels):
+        if label not in fraction_lengths:
+            continue
+        msb, lsb = representable_bits(fraction_lengths[label], word_length)
+        y0, y1 = row - 0.5, row + 0.5
+        shapes.append({"type": "rect", "x0": high + 0.5, "x1": msb + 0.5, "y0": y0, "y1": y1, "fillcolor": _GREY, "line": {"width": 0}, "layer": "above"})
+        shapes.append({"type": "rect", "x0": lsb - 0.5, "x1": low - 0.5, "y0": y0, "y1": y1, "fillcolor": _GREY, "line": {"width": 0}, "layer": "above"})
+        shapes.append({"type": "rect", "x0": msb + 0.5, "x1": lsb - 0.5, "y0": y0, "y1": y1, "line": {"color": _BOX, "width": 2}, "layer": "above"})
+    figure.update_layout(
+        title=title,
+        shapes=shapes,
+        height=140 + 46 * len(labels),
+        margin={"l": 20, "r": 20, "t": 60, "b": 50},
+        plot_bgcolor="white",
+    )
+    figure.update_xaxes(
+        autorange="reversed", tickvals=bits, ticktext=[_bit_label(k) for k in bits], title="bit position of the MSB", showgrid=False
+    )
+    figure.update_yaxes(tickvals=list(range(len(labels))), ticktext=labels, autorange="reversed", showgrid=False, automargin=True)
+    return figure
+
+
+def _rows_for(quantizer: DLQuantizer, rows: str | Sequence[str] | None) -> list[str]:
+    names = list(quantizer.calibration_table["Optimized Layer Name"])
+    if rows is None:
+        first = names[0].rsplit("_", 1)[0]
+        rows = first
+    if isinstance(rows, str):
+        if rows in names:
+            return [rows]
+        grouped = [f"{rows}_{kind}" for kind in ("Weights", "Bias", "Activations") if f"{rows}_{kind}" in names]
+        if grouped:
+            return grouped
+        raise KeyError(f"no calibration row or optimized layer named {rows!r}")
+    missing = [row for row in rows if row not in names]
+    if missing:
+        raise KeyError(f"no calibration rows named {missing}")
+    return list(rows)
+
+
+def calibration_heatmap(quantizer: DLQuantizer, rows: str | Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+    """MSB heat map of calibration-table rows with the 8-bit type the quantizer chose for each.
+
+    Args:
+        quantizer: A calibrated :class:`~dlqnb.DLQuantizer`.
+        rows: An optimized layer name (its Weights, Bias and Activations rows), one row name
+            (``Optimized Layer Name``), a list of row names, or None for the first layer.
+        title: Figure title (default: names the rows' layer).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from dlqnb import DLQuantizer
+        >>> q = DLQuantizer(torchvision.models.squeezenet1_1(num_classes=5))
+        >>> _ = q.calibrate(torch.rand(2, 3, 64, 64), progress=False)
+        >>> list(calibration_heatmap(q, "features_0_features_1").layout.yaxis.ticktext)
+        ['features_0_features_1_Weights', 'features_0_features_1_Bias', 'features_0_features_1_Activations']
+    """
+    names = _rows_for(quantizer, rows)
+    types = quantizer.quantization_types().set_index("Optimized Layer Name")
+    histograms = {name: quantizer.range_stats(name).histogram for name in names}
+    fractions = {name: int(types.loc[name, "FractionLength"]) for name in names}
+    return msb_heatmap(histograms, fractions, title=title or f"MSB counts: {', '.join(names) if len(names) < 2 else names[0].rsplit('_', 1)[0]}")
+
+
+def training_progress_figure(info: pd.DataFrame, widget: bool = False) -> go.Figure:
+    """Accuracy and loss per iteration from a training-info table (MATLAB's training-progress plot).
+
+    Args:
+        info: The table :func:`dlqnb.training.train_network` returns.
+        widget: Return a ``go.FigureWidget`` that training updates live.
+    """
+    from plotly.subplots import make_subplots
+
+    base = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=("Accuracy (%)", "Loss"))
+    validated = info.dropna(subset=["ValidationAccuracy"]) if len(info) else info
+    traces = [
+        (info["Iteration"], info["TrainingAccuracy"] * 100, "training", "#1f77b4", "lines", 1),
+        (validated["Iteration"], validated["ValidationAccuracy"] * 100, "validation", "#333333", "lines+markers", 1),
+        (info["Iteration"], info["TrainingLoss"], "training", "#ff7f0e", "lines", 2),
+        (validated["Iteration"], validated["ValidationLoss"], "validation", "#333333", "lines+markers", 2),
+    ]
+    for x, y, name, color, mode, row in traces:
+        base.add_trace(
+            go.Scatter(x=list(x), y=list(y), name=f"{name} {'accuracy' if row == 1 else 'loss'}", mode=mode, line={"color": color, "dash": "dash" if name == "validation" else "solid"}),
+            row=row,
+            col=1,
+        )
+    base.update_layout(height=480, title="Training progress", margin={"t": 70})
+    base.update_xaxes(title="Iteration", row=2, col=1)
+    return go.FigureWidget(base) if widget else base
+
+
+def style_bit_table(table: pd.DataFrame, fraction_length: int | None = None, word_length: int = 8) -> Any:
+    """The seed-003 view of :func:`dlqnb.numerics.bit_table`: each value's MSB in yellow, the MSB
+    counts per column in green, and, given a type, the bits outside it greyed.
+
+    Returns:
+        A pandas ``Styler`` (renders in notebooks and exported HTML).
+    """
+    bit_columns = [c for c in table.columns if c.startswith("2^")]
+    counts = {c: int(sum(table["MSB"] == int(c[2:]))) for c in bit_columns}
+    shown = pd.concat([table, pd.DataFrame([{"Value": "MSB count", **counts, "MSB": ""}])], ignore_index=True)
+    outside: set[str] = set()
+    if fraction_length is not None:
+        msb, lsb = representable_bits(fraction_length, word_length)
+        outside = {c for c in bit_columns if not lsb <= int(c[2:]) <= msb}
+
+    def colour(row: pd.Series) -> list[str]:
+        styles = []
+        for column in shown.columns:
+            if row.name == len(shown) - 1:
+                styles.append("background-color: #b7e4b0; font-weight: bold" if column in counts and counts[column] else "")
+            elif column in bit_columns and row["MSB"] != "" and row["MSB"] is not None and int(column[2:]) == row["MSB"]:
+                styles.append("background-color: #ffe45c; font-weight: bold")
+            elif column in outside:
+                styles.append("color: #aaaaaa; background-color: #eeeeee")
+            else:
+                styles.append("")
+        return styles
+
+    return shown.style.apply(colour, axis=1).hide(axis="index")

@@ -1,0 +1,301 @@
+"""``DLQuantizer``: calibrate a network and choose a scaled 8-bit type for every tensor.
+
+The MATLAB ``dlquantizer`` in PyTorch. Construction traces and optimizes a copy of the network
+(:mod:`dlqnb.graph`); :meth:`DLQuantizer.calibrate` runs that optimized network over the data and
+records, for every optimized layer, the range and MSB counts of its folded weights and bias, and for
+every layer that produces a tensor the range and MSB counts of its activations.
+
+The calibration table has exactly the seed's columns and is shaped like the seed's: the Weights and
+Bias rows of every conv/linear layer first, then the Activations rows, each part in network order.
+
+Calling :meth:`~DLQuantizer.calibrate` again widens the ranges with the new data (the counts add
+up); the weights and bias rows do not change. A calibration that fails (bad batch, non-finite
+activations) leaves the earlier state untouched.
+
+How the statistics are gathered, exactly and cheaply: each computing layer's output is read once, by
+one C++ pass on all cores (:mod:`dlqnb._kernel`), before the next layer runs (so in-place ops cannot
+overwrite it); layers that only rearrange or join values (concatenation, flatten, reshape, dropout
+at inference) get the union of their inputs' statistics without reading their outputs at all.
+
+Example:
+    >>> import torch, torchvision
+    >>> net = torchvision.models.squeezenet1_1(num_classes=5)
+    >>> q = DLQuantizer(net)
+    >>> table = q.calibrate(torch.rand(4, 3, 64, 64), progress=False)
+    >>> list(table.columns)
+    ['Optimized Layer Name', 'Network Layer Name', 'Learnables / Activations', 'MinValue', 'MaxValue']
+    >>> table.iloc[0, :3].tolist()
+    ['features_0_features_1_Weights', 'features_1', 'Weights']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dlqnb.batches import count_batches, iter_batches
+from dlqnb.graph import OptimizedNetwork, mutates_input, optimize_network, value_sources
+from dlqnb.numerics import ExponentScheme, choose_fraction_length, representable_bits
+from dlqnb.observers import RangeStats
+
+__all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibratedError"]
+
+CALIBRATION_COLUMNS = [
+    "Optimized Layer Name",
+    "Network Layer Name",
+    "Learnables / Activations",
+    "MinValue",
+    "MaxValue",
+]
+ExecutionEnvironment = Literal["gpu", "cpu"]
+_KINDS = ("Weights", "Bias", "Activations")
+
+
+class CalibrationError(RuntimeError):
+    """Calibration failed on a layer or batch; the message names it."""
+
+
+class NotCalibratedError(RuntimeError):
+    """A step that needs calibration ranges was called before :meth:`DLQuantizer.calibrate`."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    layer: str  # optimized layer name (a node of the optimized graph)
+    network_layer: str
+    kind: str  # Weights | Bias | Activations
+
+    @property
+    def name(self) -> str:
+        return f"{self.layer}_{self.kind}"
+
+
+class _StatsRecorder(fx.Interpreter):
+    """Runs the optimized graph, recording each computing node's output as soon as it exists."""
+
+    def __init__(self, module: fx.GraphModule, derived: set[str], stats: dict[str, RangeStats]) -> None:
+        super().__init__(module, garbage_collect_values=True)
+        self.derived = derived
+        self.stats = stats
+        self.tensor_nodes: set[str] = set()
+        self.batch_index = 0
+        self.batch_shape: tuple[int, ...] = ()
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except CalibrationError:
+            raise
+        except Exception as error:
+            raise CalibrationError(
+                f"layer '{n.name}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
+            ) from error
+        if n.op != "output" and n.op != "get_attr" and isinstance(out, Tensor) and out.is_floating_point():
+            self.tensor_nodes.add(n.name)
+            if n.name not in self.derived:
+                stats = self.stats.setdefault(n.name, RangeStats.empty())
+                stats.update(out)
+                if stats.histogram.nonfinite:
+                    raise CalibrationError(
+                        f"layer '{n.name}' produced NaN or Inf activations on batch {self.batch_index}; "
+                        "the network overflows float32 on this data"
+                    )
+        return out
+
+
+class DLQuantizer:
+    """Quantize a network's weights, biases and activations to scaled 8-bit integers.
+
+    Args:
+        net: The network (an ``nn.Module`` that torch.fx can trace); it is never modified.
+        execution_environment: ``"gpu"`` (cuDNN/TensorRT int8, the default) or ``"cpu"`` (ONNX
+            Runtime int8); see ``shared/DESIGN.md`` for the arithmetic of each.
+        exponent_scheme: How a type is chosen from the ranges: ``"minmax"`` (the seeds' default)
+            or ``"histogram"`` (see :func:`dlqnb.numerics.choose_fraction_length`).
+
+    Attributes:
+        optimized_: The traced network with BatchNorm folded and activations fused.
+        num_calibration_samples_: Images seen by :meth:`calibrate` so far.
+
+    Raises:
+        NetworkGraphError: If the network cannot be traced or holds a layer dlqnb cannot handle.
+
+    Example:
+        >>> import torch, torchvision
+        >>> q = DLQuantizer(torchvision.models.resnet18(num_classes=3), execution_environment="gpu")
+        >>> _ = q.calibrate(torch.rand(2, 3, 32, 32), progress=False)
+        >>> q.num_calibration_samples_
+        2
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        execution_environment: ExecutionEnvironment = "gpu",
+        exponent_scheme: ExponentScheme = "minmax",
+    ) -> None:
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        environment = str(execution_environment).lower()
+        if environment not in ("gpu", "cpu"):
+            raise ValueError(f"execution_environment must be 'gpu' or 'cpu', got {execution_environment!r}")
+        if exponent_scheme not in ("minmax", "histogram"):
+            raise ValueError(f"exponent_scheme must be 'minmax' or 'histogram', got {exponent_scheme!r}")
+        self.network = net
+        self.execution_environment: ExecutionEnvironment = environment  # type: ignore[assignment]
+        self.exponent_scheme: ExponentScheme = exponent_scheme
+        self.optimized_: OptimizedNetwork = optimize_network(net)
+        self._derived_sources = _derived_sources(self.optimized_.module)
+        self._stats: dict[str, RangeStats] = {}
+        self._tensor_nodes: set[str] = set()
+        self.num_calibration_samples_ = 0
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, data: Any, mini_batch_size: int | None = None, progress: bool = True) -> pd.DataFrame:
+        """Exercise the network on ``data`` and collect the dynamic ranges.
+
+        Args:
+            data: A DataLoader, a Dataset of ``(image, label)``, an iterable of ``(images, labels)``
+                batches, or a tensor of images, preprocessed as the network expects.
+            mini_batch_size: Batch size for a tensor or Dataset (default 32).
+            progress: Show a tqdm progress bar.
+
+        Returns:
+            The calibration table (see :attr:`calibration_table`).
+
+        Raises:
+            DataError: Empty data, a batch that is not a finite float image batch.
+            CalibrationError: A layer fails on the data (wrong channels or size) or overflows.
+        """
+        stats: dict[str, RangeStats] = {}
+        recorder = _StatsRecorder(self.optimized_.module, set(self._derived_sources), stats)
+        samples = 0
+        batches = iter_batches(data, mini_batch_size)
+        total = count_batches(data, mini_batch_size)
+        with torch.no_grad():
+            for index, (images, _labels) in enumerate(
+                tqdm(batches, total=total, desc="Calibrating", unit="batch", disable=not progress)
+            ):
+                recorder.batch_index, recorder.batch_shape = index, tuple(images.shape)
+                recorder.run(images)
+                samples += images.shape[0]
+        for name, part in stats.items():
+            self._stats.setdefault(name, RangeStats.empty()).merge_in(part)
+        self._tensor_nodes |= recorder.tensor_nodes
+        self.num_calibration_samples_ += samples
+        return self.calibration_table
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether :meth:`calibrate` has run."""
+        return self.num_calibration_samples_ > 0
+
+    def _require_calibration(self, what: str) -> None:
+        if not self.is_calibrated:
+            raise NotCalibratedError(f"{what} needs calibration ranges: call calibrate(data) first")
+
+    def _rows(self) -> list[_Row]:
+        learnables: list[_Row] = []
+        activations: list[_Row] = []
+        for node in self.optimized_.nodes():
+            layer = self.optimized_.layers.get(node.name)
+            if layer is not None:
+                learnables.append(_Row(node.name, layer.network_layer_name, "Weights"))
+                learnables.append(_Row(node.name, layer.network_layer_name, "Bias"))
+            if node.name in self._tensor_nodes:
+                network_layer = layer.network_layer_name if layer is not None else node.name
+                activations.append(_Row(node.name, network_layer, "Activations"))
+        return learnables + activations
+
+    def _row_stats(self) -> dict[str, RangeStats]:
+        """Statistics of every row, by row name (learnables computed, pass-through layers derived)."""
+        by_node = dict(self._stats)
+        for name, sources in self._derived_sources.items():
+            if name in self._tensor_nodes:
+                by_node[name] = RangeStats.union(by_node[source] for source in sources)
+        result: dict[str, RangeStats] = {}
+        for row in self._rows():
+            if row.kind == "Activations":
+                result[row.name] = by_node[row.layer]
+            else:
+                fused = self.optimized_.fused(row.layer)
+                tensor = fused.layer.weight if row.kind == "Weights" else fused.layer.bias
+                result[row.name] = RangeStats.of(tensor.detach())
+        return result
+
+    @property
+    def calibration_table(self) -> pd.DataFrame:
+        """The calibration table: one row per weights, bias and activations tensor.
+
+        Columns, exactly: ``Optimized Layer Name`` (``<layer>_<Weights|Bias|Activations>``),
+        ``Network Layer Name``, ``Learnables / Activations``, ``MinValue``, ``MaxValue``.
+        """
+        self._require_calibration("the calibration table")
+        stats = self._row_stats()
+        records = [
+            (row.name, row.network_layer, row.kind, stats[row.name].min_value, stats[row.name].max_value)
+            for row in self._rows()
+        ]
+        return pd.DataFrame.from_records(records, columns=CALIBRATION_COLUMNS)
+
+    def range_stats(self, row_name: str) -> RangeStats:
+        """The recorded range and MSB histogram of one calibration-table row.
+
+        Raises:
+            KeyError: If no row has that ``Optimized Layer Name``; the message lists close names.
+        """
+        self._require_calibration("range_stats")
+        stats = self._row_stats()
+        if row_name not in stats:
+            close = [name for name in stats if row_name.split("_")[0] in name][:5]
+            raise KeyError(f"no calibration row named {row_name!r}; rows look like {close or list(stats)[:5]}")
+        return stats[row_name]
+
+    def quantization_types(self) -> pd.DataFrame:
+        """The calibration table with the 8-bit type chosen for each row and what it costs.
+
+        Adds ``FractionLength`` (scale ``2**-FractionLength``), ``MSB``/``LSB`` (the type's
+        representable bits ``2**MSB … 2**LSB``), and counts from the MSB histogram: ``Overflow``
+        (values whose MSB is above the type), ``Underflow`` (nonzero values that round to zero),
+        ``Zeros`` and ``Count``.
+        """
+        table = self.calibration_table
+        stats = self._row_stats()
+        extra = []
+        for row_name, low, high in zip(table["Optimized Layer Name"], table["MinValue"], table["MaxValue"]):
+            row_stats = stats[row_name]
+            fraction = choose_fraction_length(low, high, row_stats.histogram, self.exponent_scheme)
+            msb, lsb = representable_bits(fraction)
+            histogram = row_stats.histogram
+            extra.append(
+                (fraction, msb, lsb, histogram.overflow(fraction), histogram.underflow(fraction), histogram.zeros, histogram.total)
+            )
+        columns = ["FractionLength", "MSB", "LSB", "Overflow", "Underflow", "Zeros", "Count"]
+        return pd.concat([table, pd.DataFrame(extra, columns=columns, index=table.index)], axis=1)
+
+    def __repr__(self) -> str:
+        state = f"{self.num_calibration_samples_} calibration samples" if self.is_calibrated else "not calibrated"
+        return (
+            f"DLQuantizer({type(self.network).__name__}, execution_environment={self.execution_environment!r}, "
+            f"{len(self.optimized_.layers)} quantizable layers, {state})"
+        )
+
+
+def _derived_sources(module: fx.GraphModule) -> dict[str, list[str]]:
+    """Nodes whose statistics are the union of their inputs', by name, with those inputs."""
+    mutated = {
+        n.args[0].name for n in module.graph.nodes if n.args and isinstance(n.args[0], fx.Node) and mutates_input(module, n)
+    }
+    derived: dict[str, list[str]] = {}
+    for node in module.graph.nodes:
+        sources = value_sources(module, node)
+        if sources is not None and not any(source.name in mutated for source in sources):
+            derived[node.name] = [source.name for source in sources]
+    return derived
+

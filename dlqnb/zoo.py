@@ -1,0 +1,164 @@
+"""Trained networks the examples start from, trained once and cached (the seeds' ``load ...mat``).
+
+* :func:`digits_custom` — seed 004's ``digitsCustom.mat``: the 12-layer digits network trained on
+  scikit-learn's handwritten digits (90 % of them; :func:`digits_split` gives the same split).
+* :func:`squeezenet_merch` — seeds 000/002's ``squeezenetmerch``: dlqnb's SqueezeNet transferred to
+  the MerchData-like set with seed 001's recipe (:data:`MERCH_RECIPE`), exactly as notebook 01 does
+  on its defaults.
+
+Each network is stored in dlqnb's cache folder under a key made of everything that produced it
+(dlqnb's version, the recipe, the data's file list and sizes, the starting weights), built under a
+file lock so that notebooks running in parallel train it once, and loaded with
+``torch.load(weights_only=True)``.
+
+Example:
+    >>> net = digits_custom()
+    >>> net.class_names[:3], tuple(net.input_size)
+    (['0', '1', '2'], (28, 28))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlqnb.cache import cache_dir, cache_lock, content_key
+from dlqnb.data import (
+    AugmentedImageDatastore,
+    augmented_image_datastore,
+    digits_data_dir,
+    image_data_augmenter,
+    image_datastore,
+    merch_data_dir,
+    split_each_label,
+)
+from dlqnb.models import digits_net, load_network, replace_classifier, save_network, set_metadata, squeezenet
+from dlqnb.training import train_network, training_options
+
+__all__ = ["DIGITS_RECIPE", "MERCH_RECIPE", "digits_custom", "digits_split", "merch_split", "squeezenet_merch", "train_merch"]
+
+#: How :func:`digits_custom` is trained.
+DIGITS_RECIPE: dict[str, Any] = {
+    "split": 0.9,
+    "seed": 0,
+    "solver": "adam",
+    "initial_learn_rate": 1e-3,
+    "mini_batch_size": 64,
+    "max_epochs": 6,
+}
+
+#: Seed 001's transfer-learning recipe, the defaults of notebook 01.
+MERCH_RECIPE: dict[str, Any] = {
+    "split": 0.7,
+    "seed": 0,
+    "input_size": [227, 227],
+    "translation": 30,
+    "learn_rate_factor": 10.0,
+    "solver": "sgdm",
+    "mini_batch_size": 11,
+    "max_epochs": 7,
+    "initial_learn_rate": 2e-4,
+    "shuffle": "every-epoch",
+    "validation_frequency": 3,
+}
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_fingerprint(path: str) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.sha256(stream.read()).hexdigest()[:16]
+
+
+def _cached_network(name: str, recipe: dict[str, Any], train: Callable[[], nn.Module]) -> nn.Module:
+    from dlqnb import __version__
+
+    key = content_key({"dlqnb": __version__, "torch": torch.__version__.split("+")[0], **recipe})
+    path = cache_dir() / "networks" / f"{name}-{key}.pt"
+    if not path.exists():
+        with cache_lock(f"network-{name}-{key}"):
+            if not path.exists():
+                save_network(train(), path)
+    return load_network(path)
+
+
+def digits_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, split: float = 0.9) -> tuple[AugmentedImageDatastore, AugmentedImageDatastore]:
+    """The digits at 28×28, split per label into training (``split``) and validation data."""
+    store = image_datastore(data_dir or digits_data_dir())
+    train, validation = split_each_label(store, split, seed=seed)
+    return augmented_image_datastore((28, 28), train), augmented_image_datastore((28, 28), validation)
+
+
+def digits_custom(data_dir: str | os.PathLike[str] | None = None) -> nn.Module:
+    """The seed-004 digits network, trained on the digits by :data:`DIGITS_RECIPE` (cached)."""
+    folder = Path(data_dir or digits_data_dir())
+    recipe = {"network": "digits", **DIGITS_RECIPE, "data": _folder_fingerprint(folder)}
+
+    def train() -> nn.Module:
+        training, validation = digits_split(folder, DIGITS_RECIPE["seed"], DIGITS_RECIPE["split"])
+        mean = float(torch.stack([training[i][0] for i in range(len(training))]).mean())
+        options = training_options(
+            DIGITS_RECIPE["solver"],
+            initial_learn_rate=DIGITS_RECIPE["initial_learn_rate"],
+            mini_batch_size=DIGITS_RECIPE["mini_batch_size"],
+            max_epochs=DIGITS_RECIPE["max_epochs"],
+            shuffle="every-epoch",
+            seed=DIGITS_RECIPE["seed"],
+            verbose=False,
+        )
+        net, _ = train_network(training, digits_net(len(training.class_names), mean), options)
+        return set_metadata(net, training.class_names, (28, 28))
+
+    return _cached_network("digits", recipe, train)
+
+
+def merch_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, split: float = 0.7) -> tuple[Any, Any]:
+    """MerchData (or the generated set) split 70/30 per label, as seed 001 and notebook 01 do."""
+    store = image_datastore(data_dir or merch_data_dir())
+    return split_each_label(store, split, seed=seed)
+
+
+def train_merch(data_dir: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
+    """Seed 001's transfer learning, uncached: returns the trained network and its training info."""
+    recipe = {**MERCH_RECIPE, **(recipe or {})}
+    train_store, validation_store = merch_split(data_dir, recipe["seed"], recipe["split"])
+    size = tuple(recipe["input_size"])
+    shift = (-recipe["translation"], recipe["translation"])
+    augmenter = image_data_augmenter(rand_x_reflection=True, rand_x_translation=shift, rand_y_translation=shift)
+    training = augmented_image_datastore(size, train_store, data_augmentation=augmenter, seed=recipe["seed"])
+    validation = augmented_image_datastore(size, validation_store)
+    net = squeezenet(num_classes=len(train_store.class_names), weights="shapes")
+    replace_classifier(net, len(train_store.class_names), train_store.class_names, recipe["learn_rate_factor"], seed=recipe["seed"])
+    options = training_options(
+        recipe["solver"],
+        mini_batch_size=recipe["mini_batch_size"],
+        max_epochs=recipe["max_epochs"],
+        initial_learn_rate=recipe["initial_learn_rate"],
+        shuffle=recipe["shuffle"],
+        validation_data=validation,
+        validation_frequency=recipe["validation_frequency"],
+        verbose=False,
+        seed=recipe["seed"],
+    )
+    trained, info = train_network(training, net, options)
+    return set_metadata(trained, train_store.class_names, size), info
+
+
+def squeezenet_merch(data_dir: str | os.PathLike[str] | None = None) -> nn.Module:
+    """The transferred merch SqueezeNet of notebook 01's defaults, trained once and cached."""
+    from dlqnb.models import _SHIPPED_WEIGHTS
+
+    folder = Path(data_dir or merch_data_dir())
+    recipe = {"network": "squeezenet_merch", **MERCH_RECIPE, "data": _folder_fingerprint(folder), "weights": _file_fingerprint(_SHIPPED_WEIGHTS)}
+    return _cached_network("squeezenet_merch", recipe, lambda: train_merch(folder)[0])

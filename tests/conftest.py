@@ -1,0 +1,47 @@
+"""Shared fixtures: small networks with non-trivial BatchNorm statistics, and deterministic data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+
+def randomize_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random running statistics and affine parameters (a fresh one is the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.randn(n, generator=generator))
+                module.bias.copy_(torch.randn(n, generator=generator))
+    return net
+
+
+NETWORKS = {
+    "squeezenet1_1": lambda: torchvision.models.squeezenet1_1(num_classes=5),
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=5),
+    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=5),
+    "googlenet": lambda: torchvision.models.googlenet(num_classes=5, aux_logits=False, init_weights=False),
+}
+
+
+@pytest.fixture(params=sorted(NETWORKS))
+def named_network(request) -> tuple[str, nn.Module]:
+    torch.manual_seed(0)
+    return request.param, randomize_batchnorm(NETWORKS[request.param]()).eval()
+
+
+@pytest.fixture
+def squeezenet() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.squeezenet1_1(num_classes=5).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))

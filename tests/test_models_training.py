@@ -1,0 +1,124 @@
+"""Model surgery, network files, and training (dlqnb.models, dlqnb.training)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dlqnb.models import (
+    DigitsNet,
+    digits_net,
+    find_layers_to_replace,
+    load_network,
+    network_metadata,
+    replace_classifier,
+    save_network,
+    set_metadata,
+    squeezenet,
+)
+from dlqnb.training import _parameter_groups, train_network, training_options
+
+
+def test_find_layers_to_replace_on_squeezenet():
+    path, module = find_layers_to_replace(squeezenet(num_classes=12, weights=None))
+    assert path == "classifier.1" and isinstance(module, nn.Conv2d)
+
+
+def test_find_layers_to_replace_errors_are_the_seeds():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return torch.relu(self.a(x) + self.b(x))
+
+    with pytest.raises(ValueError, match="^Layer graph must have a single learnable layer preceding the classification layer.$"):
+        find_layers_to_replace(TwoHeads())
+    with pytest.raises(TypeError, match="^Argument must be a torch.nn.Module.$"):
+        find_layers_to_replace("net")
+
+
+def test_replace_classifier_shape_names_and_learn_rates():
+    net = replace_classifier(squeezenet(num_classes=12, weights=None), 5, list("abcde"))
+    assert net(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+    assert net.class_names == list("abcde")
+    options = training_options(initial_learn_rate=2e-4)
+    groups = {id(g["params"][0]): g["lr"] for g in _parameter_groups(net, options)}
+    assert groups[id(net.classifier[1].weight)] == pytest.approx(2e-3)
+    assert groups[id(net.classifier[1].bias)] == pytest.approx(2e-3)
+    assert groups[id(net.features[0].weight)] == pytest.approx(2e-4)
+
+
+def test_network_file_round_trip(tmp_path):
+    net = set_metadata(digits_net(mean=0.13), [str(d) for d in range(10)], (28, 28))
+    path = tmp_path / "net.pt"
+    save_network(net, path)
+    loaded = load_network(path)
+    assert isinstance(loaded, DigitsNet)
+    assert network_metadata(loaded) == network_metadata(net)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), net.eval()(x))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_network_files_are_never_unpickled(tmp_path):
+    path = tmp_path / "evil.pt"
+    buffer = io.BytesIO()
+    torch.save({"format": "dlqnb-network", "version": 1, "architecture": "digits", "payload": Payload()}, buffer)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_network(path)
+    path.write_bytes(pickle.dumps({"format": "dlqnb-network"}))
+    with pytest.raises(ValueError, match="not a readable dlqnb network file"):
+        load_network(path)
+
+
+def test_network_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_network(tmp_path / "missing.pt")
+    path = tmp_path / "new.pt"
+    torch.save({"format": "dlqnb-network", "version": 99}, path)
+    with pytest.raises(ValueError, match="version 99"):
+        load_network(path)
+
+
+def tiny_data(n=24):
+    generator = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.rand(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+
+
+def test_training_is_deterministic_and_learns():
+    data = tiny_data()
+    options = training_options("sgdm", mini_batch_size=8, max_epochs=3, initial_learn_rate=0.05, shuffle="every-epoch", progress=False, seed=1)
+    torch.manual_seed(0)
+    start = digits_net()
+    first, info = train_network(data, start, options)
+    second, _ = train_network(data, start, options)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert len(info) == 9  # 24 samples, batches of 8, 3 epochs
+    assert info["TrainingLoss"].iloc[-3:].mean() < info["TrainingLoss"].iloc[:3].mean()
+    assert not torch.equal(start.conv1.weight, first.conv1.weight)  # the input network is left alone
+
+
+def test_last_partial_batch_is_dropped_and_validation_recorded():
+    options = training_options(mini_batch_size=10, max_epochs=2, validation_data=tiny_data(12), validation_frequency=3, progress=False)
+    _, info = train_network(tiny_data(25), digits_net(), options)
+    assert len(info) == 4  # 25 // 10 = 2 per epoch
+    assert info["ValidationAccuracy"].notna().tolist() == [False, False, True, True]
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="unknown training options \\['mini_batch'\\]"):
+        training_options(mini_batch=3)
+    with pytest.raises(ValueError, match="shuffle"):
+        training_options(shuffle="sometimes")
