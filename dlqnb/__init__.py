@@ -12,13 +12,20 @@ from dlqnb import data, models, numerics, plotting, training, zoo
 from dlqnb.batches import DataError
 from dlqnb.graph import NetworkGraphError
 from dlqnb.quantizer import CalibrationError, DLQuantizer, NotCalibratedError
+from dlqnb.calibration_file import CalibrationFileError
+from dlqnb.emulation import quantization_details
 from dlqnb.models import load_network, save_network
 from dlqnb.records import read_records, record, recorded
+from dlqnb.validation import QuantizationOptions, classify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError",
+    "CalibrationFileError",
+    "QuantizationOptions",
+    "classify",
+    "quantization_details",
     "DLQuantizer",
     "DataError",
     "NetworkGraphError",

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from dlqnb.batches import count_batches, iter_batches
 from dlqnb.graph import OptimizedNetwork, mutates_input, optimize_network, value_sources
+from dlqnb.emulation import TARGET_LIBRARY, TensorType, build_emulated_network, int8_node
 from dlqnb.numerics import ExponentScheme, choose_fraction_length, representable_bits
 from dlqnb.observers import RangeStats
 
@@ -118,10 +120,12 @@ class DLQuantizer:
             Runtime int8); see ``shared/DESIGN.md`` for the arithmetic of each.
         exponent_scheme: How a type is chosen from the ranges: ``"minmax"`` (the seeds' default)
             or ``"histogram"`` (see :func:`dlqnb.numerics.choose_fraction_length`).
+        excluded_layers: Optimized layer names to keep in float (the app's per-layer switch).
 
     Attributes:
         optimized_: The traced network with BatchNorm folded and activations fused.
         num_calibration_samples_: Images seen by :meth:`calibrate` so far.
+        excluded_layers_: Optimized layers the user keeps in float.
 
     Raises:
         NetworkGraphError: If the network cannot be traced or holds a layer dlqnb cannot handle.
@@ -139,6 +143,7 @@ class DLQuantizer:
         net: nn.Module,
         execution_environment: ExecutionEnvironment = "gpu",
         exponent_scheme: ExponentScheme = "minmax",
+        excluded_layers: Iterable[str] = (),
     ) -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -155,6 +160,8 @@ class DLQuantizer:
         self._stats: dict[str, RangeStats] = {}
         self._tensor_nodes: set[str] = set()
         self.num_calibration_samples_ = 0
+        self.excluded_layers_: set[str] = set()
+        self.exclude(*excluded_layers)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, data: Any, mini_batch_size: int | None = None, progress: bool = True) -> pd.DataFrame:
@@ -278,6 +285,140 @@ class DLQuantizer:
             )
         columns = ["FractionLength", "MSB", "LSB", "Overflow", "Underflow", "Zeros", "Count"]
         return pd.concat([table, pd.DataFrame(extra, columns=columns, index=table.index)], axis=1)
+
+    # ------------------------------------------------------------------ layer selection
+    @property
+    def quantizable_layers(self) -> list[str]:
+        """Every optimized conv/linear layer, in network order."""
+        return list(self.optimized_.layers)
+
+    def _check_layer_names(self, names: Iterable[str]) -> list[str]:
+        names = list(names)
+        unknown = [name for name in names if name not in self.optimized_.layers]
+        if unknown:
+            raise KeyError(f"no optimized layer named {unknown}; quantizable layers are {self.quantizable_layers}")
+        return names
+
+    def exclude(self, *names: str) -> DLQuantizer:
+        """Keep these optimized layers in float (quantize, validate and export honour it)."""
+        self.excluded_layers_.update(self._check_layer_names(names))
+        return self
+
+    def include(self, *names: str) -> DLQuantizer:
+        """Quantize these optimized layers again (undo :meth:`exclude`)."""
+        self.excluded_layers_.difference_update(self._check_layer_names(names))
+        return self
+
+    def unsupported_layers(self) -> pd.DataFrame:
+        """Layers the target cannot run in int8, with the reason: they stay in float.
+
+        On the ``"gpu"`` target (cuDNN, seed 001) a conv/linear layer fused with a leaky ReLU or a
+        clipped ReLU (ReLU6) stays in float, and so does global average pooling; on both targets
+        layers with no int8 implementation in dlqnb (average pooling, the input normalization,
+        softmax, ...) compute in float on dequantized values.
+        """
+        rows = []
+        library = TARGET_LIBRARY[self.execution_environment]
+        for name, layer in self.optimized_.layers.items():
+            if self.execution_environment == "gpu" and layer.activation in ("leaky_relu", "relu6"):
+                kind = "leaky ReLU" if layer.activation == "leaky_relu" else "clipped ReLU (ReLU6)"
+                rows.append((name, f"fused with a {kind}, which is not an int8 layer for {library} (seed 001)"))
+        module = self.optimized_.module
+        for node in self.optimized_.nodes():
+            if node.op in ("placeholder", "output", "get_attr") or node.name in self.optimized_.layers or int8_node(module, node):
+                continue
+            target = type(module.get_submodule(node.target)).__name__ if node.op == "call_module" else str(getattr(node.target, "__name__", node.target))
+            if "adaptive_avg_pool" in target.lower() or target == "AdaptiveAvgPool2d":
+                reason = f"global average pooling is not an int8 layer for {library} (seed 001)"
+            else:
+                reason = f"{target} has no int8 implementation in dlqnb: computed in float"
+            rows.append((node.name, reason))
+        return pd.DataFrame(rows, columns=["Layer", "Reason"])
+
+    def quantized_layers(self) -> list[str]:
+        """Optimized layers that run in int8: quantizable, supported by the target, not excluded."""
+        unsupported = set(self.unsupported_layers()["Layer"])
+        return [name for name in self.optimized_.layers if name not in unsupported and name not in self.excluded_layers_]
+
+    # ------------------------------------------------------------------ types, quantize, validate
+    def tensor_types(self) -> dict[str, TensorType]:
+        """The 8-bit type of every tensor-producing node, by node name, for this target.
+
+        Signed int8 everywhere on ``"gpu"``; on ``"cpu"`` uint8 with the same scale where the
+        calibrated minimum is >= 0 (zero point 0, as ONNX Runtime's QLinearConv wants).
+        """
+        types = self.quantization_types()
+        activations = types[types["Learnables / Activations"] == "Activations"]
+        result = {}
+        for row_name, low, fraction in zip(activations["Optimized Layer Name"], activations["MinValue"], activations["FractionLength"]):
+            node = row_name[: -len("_Activations")]
+            signed = self.execution_environment == "gpu" or low < 0
+            result[node] = TensorType(int(fraction), signed)
+        return result
+
+    def weight_fraction_lengths(self) -> dict[str, int]:
+        """The int8 weight fraction length of every optimized layer."""
+        types = self.quantization_types()
+        weights = types[types["Learnables / Activations"] == "Weights"]
+        return {name[: -len("_Weights")]: int(f) for name, f in zip(weights["Optimized Layer Name"], weights["FractionLength"])}
+
+    def quantize(self) -> nn.Module:
+        """An ``nn.Module`` that emulates the int8 target exactly (see :mod:`dlqnb.emulation`).
+
+        Raises:
+            NotCalibratedError: Before :meth:`calibrate`.
+        """
+        self._require_calibration("quantize")
+        from dlqnb.models import network_metadata
+
+        metadata = {k: v for k, v in network_metadata(self.network).items() if k in ("class_names", "input_size") and v}
+        return build_emulated_network(
+            self.optimized_.module,
+            {name: layer.members for name, layer in self.optimized_.layers.items()},
+            self.quantized_layers(),
+            self.weight_fraction_lengths(),
+            self.tensor_types(),
+            self.execution_environment,
+            metadata,
+        )
+
+    def validate(self, data: Any, options: Any = None, mini_batch_size: int | None = None, progress: bool = True) -> Any:
+        """Quantize, run float and quantized networks on ``data``, and compare them.
+
+        Args:
+            data: Labelled data in any form :meth:`calibrate` takes.
+            options: :class:`~dlqnb.QuantizationOptions` (metric functions; top-1 accuracy by default).
+            mini_batch_size: Batch size for a tensor or Dataset.
+            progress: Show a progress bar.
+
+        Returns:
+            A :class:`~dlqnb.validation.ValidationResult` (``num_samples``, ``metric_results``).
+
+        Raises:
+            NotCalibratedError: Before :meth:`calibrate`.
+            CalibrationError: Data the network cannot take (names the batch and the reason).
+        """
+        from dlqnb.validation import QuantizationOptions, ValidationResult, learnable_memory, run_both, validation_table
+
+        self._require_calibration("validate")
+        options = options or QuantizationOptions()
+        float_scores, quantized_scores, labels = run_both(self, data, mini_batch_size, progress)
+        table = validation_table(options.metric_fcn, float_scores, quantized_scores, labels, learnable_memory(self))
+        return ValidationResult(len(float_scores), table, float_scores, quantized_scores, labels)
+
+    # ------------------------------------------------------------------ calibration file
+    def save(self, path: str) -> None:
+        """Write the calibration file (see :mod:`dlqnb.calibration_file`)."""
+        from dlqnb.calibration_file import save_calibration
+
+        save_calibration(self, path)
+
+    @classmethod
+    def load(cls, path: str, net: nn.Module) -> DLQuantizer:
+        """A calibrated quantizer for ``net`` from a calibration file written by :meth:`save`."""
+        from dlqnb.calibration_file import load_calibration
+
+        return load_calibration(path, net)
 
     def __repr__(self) -> str:
         state = f"{self.num_calibration_samples_} calibration samples" if self.is_calibrated else "not calibrated"
