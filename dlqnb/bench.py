@@ -8,6 +8,7 @@ sides; the values in force are printed with the results.
 
 Example:
     $ python -m dlqnb.bench calibrate --images 64 --repeats 5
+    $ python -m dlqnb.bench deploy
 """
 
 from __future__ import annotations
@@ -86,6 +87,61 @@ def bench_calibrate(images: int, size: int, repeats: int, batch: int) -> dict[st
     }
 
 
+def bench_deploy(size: int, repeats: int, batches: tuple[int, ...] = (1, 32)) -> dict[str, Any]:
+    """PyTorch fp32 eager, ONNX Runtime fp32 and ONNX Runtime int8 (dlqnb's QDQ model), squeezenet1_1.
+
+    Ratios are speed-ups against ONNX Runtime fp32 at the same batch; TensorRT rows are added where
+    TensorRT and a GPU exist.
+    """
+    import tempfile
+
+    import torchvision
+
+    from dlqnb import DLQuantizer
+    from dlqnb.deploy import choose_backend, export_qdq_onnx, load_int8
+
+    torch.manual_seed(0)
+    net = torchvision.models.squeezenet1_1(num_classes=1000).eval()
+    calibration = torch.rand(32, 3, size, size)
+    folder = tempfile.mkdtemp(prefix="dlqnb-bench-")
+    float_quantizer = DLQuantizer(net, execution_environment="cpu")
+    float_quantizer.calibrate(calibration, progress=False)
+    float_quantizer.exclude(*float_quantizer.quantizable_layers)
+    paths = {
+        "onnxruntime fp32": export_qdq_onnx(float_quantizer, f"{folder}/fp32.onnx", input_size=(size, size)),
+    }
+    int8_quantizer = DLQuantizer(net, execution_environment="cpu")
+    int8_quantizer.calibrate(calibration, progress=False)
+    paths["onnxruntime int8 (dlqnb QDQ)"] = export_qdq_onnx(int8_quantizer, f"{folder}/int8.onnx", input_size=(size, size))
+    runners = {name: load_int8(path, backend="onnxruntime") for name, path in paths.items()}
+    gpu_backend = choose_backend(paths["onnxruntime int8 (dlqnb QDQ)"], "auto")
+    results: dict[str, Any] = {"benchmark": "deploy", "network": "squeezenet1_1", "image_size": size, "threads": torch.get_num_threads(), "rows": []}
+    for batch in batches:
+        x = torch.rand(batch, 3, size, size)
+        numpy_x = x.numpy()
+
+        def eager() -> None:
+            with torch.no_grad():
+                net(x)
+
+        timings = {"pytorch fp32 eager": eager}
+        for name, runner in runners.items():
+            timings[name] = lambda runner=runner: runner.predict(numpy_x)
+        for run in timings.values():
+            run()  # warm-up
+        medians = {name: [] for name in timings}
+        for _ in range(repeats):  # interleaved, so drifting load hits all alike
+            for name, run in timings.items():
+                medians[name].append(_median_time(run, 1))
+        base = statistics.median(medians["onnxruntime fp32"])
+        for name, times in medians.items():
+            median = statistics.median(times)
+            results["rows"].append({"batch": batch, "runtime": name, "ms": round(1000 * median, 2), "speedup_vs_ort_fp32": round(base / median, 2)})
+    results["model_bytes"] = {name: os.path.getsize(path) for name, path in paths.items()}
+    results["tensorrt"] = "measured" if gpu_backend[0] == "tensorrt" else f"not measured: {gpu_backend[1]}"
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     argv = sys.argv[1:] if argv is None else argv
@@ -96,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     calibrate.add_argument("--size", type=int, default=227)
     calibrate.add_argument("--batch", type=int, default=32)
     calibrate.add_argument("--repeats", type=int, default=5)
+    deploy = sub.add_parser("deploy", help="int8 ONNX Runtime vs fp32 (PyTorch, ONNX Runtime)")
+    deploy.add_argument("--size", type=int, default=227)
+    deploy.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
     _ensure_malloc_settings(argv)
     if args.benchmark == "calibrate":
         result = bench_calibrate(args.images, args.size, args.repeats, args.batch)
+    else:
+        result = bench_deploy(args.size, args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -88,6 +88,7 @@ def save_calibration(quantizer: DLQuantizer, path: str | os.PathLike[str]) -> No
         "execution_environment": quantizer.execution_environment,
         "exponent_scheme": quantizer.exponent_scheme,
         "excluded_layers": sorted(quantizer.excluded_layers_),
+        "per_channel_weights": quantizer.per_channel_weights,
         "num_calibration_samples": quantizer.num_calibration_samples_,
         "network_fingerprint": network_fingerprint(quantizer),
         "observed_nodes": observed,
@@ -139,6 +140,7 @@ def load_calibration(path: str | os.PathLike[str], net: torch.nn.Module) -> DLQu
         execution_environment=document["execution_environment"],
         exponent_scheme=document["exponent_scheme"],
         excluded_layers=document["excluded_layers"],
+        per_channel_weights=document.get("per_channel_weights", False),
     )
     if network_fingerprint(quantizer) != document["network_fingerprint"]:
         raise CalibrationFileError(

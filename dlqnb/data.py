@@ -53,11 +53,12 @@ __all__ = [
     "image_datastore",
     "imtile",
     "merch_data_dir",
+    "merch_test_image",
     "split_each_label",
 ]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-_GENERATOR_VERSION = 1  # bump when generated data changes, so caches are rebuilt
+_GENERATOR_VERSION = 2  # bump when generated data changes, so caches are rebuilt
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,17 @@ def merch_data_dir(per_class: int = 15, seed: int = 0, size: int = 227) -> Path:
                 image.save(folder / name / f"{name.split()[-1].lower()}_{index:03d}.png")
 
     return _build_folder("MerchData", recipe, write)
+
+
+def merch_test_image(class_name: str = "MathWorks Cube", seed: int = 0, size: tuple[int, int] = (300, 400)) -> np.ndarray:
+    """A merch photograph outside the data set (the seeds' ``MerchDataTest.jpg``), H×W×3 uint8.
+
+    Rendered square and stretched to ``size`` (H, W), so that, as in the seed, it must be resized to the
+    network's input (which changes its aspect ratio a little).
+    """
+    class_index = MERCH_CLASSES.index(class_name)
+    image = render_merch(class_name, sample_rng(seed + 1_000_003, class_index, 0), size=max(size))
+    return np.array(image.resize((size[1], size[0]), Image.BICUBIC))
 
 
 def digits_data_dir(size: int = 28) -> Path:

@@ -101,7 +101,7 @@ class EmulatedLayer(nn.Module):
     def __init__(
         self,
         fused: FusedLayer,
-        weight_fraction: int,
+        weight_fraction: int | list[int],
         input_type: TensorType,
         output_type: TensorType,
         rounding: Rounding,
@@ -122,9 +122,13 @@ class EmulatedLayer(nn.Module):
         self.activation = copy.deepcopy(fused.activation)
         weight = layer.weight.detach().double()
         bias = layer.bias.detach().double()
-        self.register_buffer("weight_codes", quantize_to_integer(weight, weight_fraction, rounding=rounding).to(torch.int8))
-        accumulator_fraction = input_type.fraction_length + weight_fraction
+        # one fraction length per layer, or one per output channel (per-channel weights)
+        weight_fractions = torch.tensor(weight_fraction) if isinstance(weight_fraction, list) else weight_fraction
+        self.register_buffer("weight_codes", quantize_to_integer(weight, weight_fractions, rounding=rounding).to(torch.int8))
+        accumulator_fraction = input_type.fraction_length + weight_fractions
         self.register_buffer("bias_codes", quantize_to_integer(bias, accumulator_fraction, 32, rounding).to(torch.int32))
+        exponent = -torch.as_tensor(accumulator_fraction, dtype=torch.int32).expand(bias.shape[0])
+        self.register_buffer("accumulator_scale", torch.ldexp(torch.ones(bias.shape[0], dtype=torch.float64), exponent))
         fan_in = self.weight_codes[0].numel()
         largest_input = 2**8 if not input_type.signed else 2**7
         bound = fan_in * largest_input * 128 + int(self.bias_codes.abs().max())
@@ -145,15 +149,18 @@ class EmulatedLayer(nn.Module):
         return acc + self.bias_codes.to(dtype).view(shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        real = self.accumulate(x) * math.ldexp(1.0, -(self.input_type.fraction_length + self.weight_fraction))
+        acc = self.accumulate(x)
+        shape = (1, -1) + (1,) * self.dims if self.kind == "conv" else (1, -1)
+        real = acc * self.accumulator_scale.to(acc.dtype).view(shape)  # powers of two: exact
         if self.activation is not None:
             real = self.activation(real)
         out = quantize_fixed(real, self.output_type.fraction_length, rounding=self.rounding, signed=self.output_type.signed)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
+        weights = "per channel" if isinstance(self.weight_fraction, list) else f"2^-{self.weight_fraction}"
         return (
-            f"{self.kind}, weights int8 2^-{self.weight_fraction}, input 2^-{self.input_type.fraction_length}, "
+            f"{self.kind}, weights int8 {weights}, input 2^-{self.input_type.fraction_length}, "
             f"output 2^-{self.output_type.fraction_length}, accumulate {str(self.accumulate_dtype).split('.')[-1]}"
         )
 
@@ -184,6 +191,14 @@ class QuantizationDetails:
     quantized_layer_names: list[str] = field(default_factory=list)
     quantized_learnables: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["Layer", "Parameter", "Value"]))
 
+    def learnables_summary(self) -> pd.DataFrame:
+        """The learnables table with each value shown as its size and type (``64×3×3×3 int8``)."""
+
+        def describe(value: Tensor) -> str:
+            return f"{'×'.join(str(d) for d in value.shape)} {str(value.dtype).replace('torch.', '')}"
+
+        return self.quantized_learnables.assign(Value=self.quantized_learnables["Value"].map(describe))
+
 
 def quantization_details(module: nn.Module) -> QuantizationDetails:
     """Quantization details of a network: what is quantized, for which library.
@@ -210,7 +225,7 @@ def build_emulated_network(
     optimized: fx.GraphModule,
     layer_members: dict[str, tuple[str, ...]],
     quantized_layers: list[str],
-    weight_fractions: dict[str, int],
+    weight_fractions: dict[str, int | list[int]],
     types: dict[str, TensorType],
     target: str,
     metadata: dict[str, Any],
@@ -221,7 +236,7 @@ def build_emulated_network(
         optimized: The optimized graph (it is copied, not changed).
         layer_members: Network layer names of each optimized conv/linear layer.
         quantized_layers: Optimized layers to quantize.
-        weight_fractions: Weight fraction length of each quantized layer.
+        weight_fractions: Weight fraction length of each quantized layer (a list: one per channel).
         types: The calibrated type of every tensor-producing node.
         target: ``"gpu"`` or ``"cpu"``.
         metadata: Class names and the like, carried by the result.
@@ -244,9 +259,8 @@ def build_emulated_network(
         setattr(gm, node.target, emulated)
         quantized_names.extend(layer_members[node.target])
         conv_name = layer_members[node.target][0]
-        scale = math.ldexp(1.0, -(emulated.input_type.fraction_length + emulated.weight_fraction))
         learnables.append((conv_name, "Weights", emulated.weight_codes.clone()))
-        learnables.append((conv_name, "Bias", (emulated.bias_codes.double() * scale).float()))
+        learnables.append((conv_name, "Bias", (emulated.bias_codes.double() * emulated.accumulator_scale).float()))
     for node in list(graph.nodes):
         if node.op == "output" or node.name not in types or not int8_node(gm, node):
             continue

@@ -171,26 +171,47 @@ def _round(scaled: Tensor, rounding: Rounding) -> Tensor:
 
 def quantize_to_integer(
     x: Tensor,
-    fraction_length: int,
+    fraction_length: int | Tensor,
     word_length: int = 8,
     rounding: Rounding = "half_away",
     signed: bool = True,
+    axis: int = 0,
 ) -> Tensor:
     """Stored integers of ``x`` in a scaled type: scale by ``2**fraction_length``, round, saturate.
 
     Returns the codes as a tensor of ``x``'s floating dtype holding whole numbers (exact up to 2**24
     in float32), so that emulation can keep computing in float.
 
+    Args:
+        x: Values to quantize.
+        fraction_length: One fraction length, or a 1-D integer tensor of one per slice along
+            ``axis`` (per-channel weights).
+        word_length: Bits in the word, sign included when ``signed``.
+        rounding: ``"half_away"`` or ``"half_even"``.
+        signed: Signed or unsigned codes.
+        axis: The axis a per-slice ``fraction_length`` runs along.
+
     Example:
         >>> quantize_to_integer(torch.tensor([2.1, -0.0625, 16.25]), 3).tolist()
         [17.0, -1.0, 127.0]
+        >>> quantize_to_integer(torch.tensor([[0.5, 0.25], [0.5, 0.25]]), torch.tensor([1, 3])).tolist()
+        [[1.0, 1.0], [4.0, 2.0]]
     """
-    if not isinstance(fraction_length, int):
-        raise TypeError(f"fraction_length must be an int, got {type(fraction_length).__name__}")
     low, high = integer_range(word_length, signed)
     if not x.is_floating_point():
         x = x.to(torch.float32)
-    scaled = x * math.ldexp(1.0, fraction_length)  # a power of two: exact
+    if isinstance(fraction_length, Tensor):
+        if fraction_length.dim() != 1 or fraction_length.numel() != x.shape[axis] or fraction_length.is_floating_point():
+            raise ValueError(f"a per-slice fraction_length must be 1-D integers of length {x.shape[axis]}, got {tuple(fraction_length.shape)}")
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        ones = torch.ones(fraction_length.shape, dtype=x.dtype)
+        scale = torch.ldexp(ones, fraction_length.to(torch.int32)).view(shape)  # powers of two: exact
+        scaled = x * scale
+    elif isinstance(fraction_length, int):
+        scaled = x * math.ldexp(1.0, fraction_length)  # a power of two: exact
+    else:
+        raise TypeError(f"fraction_length must be an int or an integer tensor, got {type(fraction_length).__name__}")
     return _round(scaled, rounding).clamp_(low, high)
 
 

@@ -31,7 +31,14 @@ from dlqnb.numerics import MSBHistogram, representable_bits
 if TYPE_CHECKING:
     from dlqnb.quantizer import DLQuantizer
 
-__all__ = ["calibration_heatmap", "msb_heatmap", "style_bit_table", "training_progress_figure", "use_offline_renderer"]
+__all__ = [
+    "calibration_heatmap",
+    "msb_heatmap",
+    "prediction_comparison_figure",
+    "style_bit_table",
+    "training_progress_figure",
+    "use_offline_renderer",
+]
 
 _GREY = "rgba(120, 120, 120, 0.45)"
 _BOX = "#d62728"
@@ -235,3 +242,26 @@ def style_bit_table(table: pd.DataFrame, fraction_length: int | None = None, wor
         return styles
 
     return shown.style.apply(colour, axis=1).hide(axis="index")
+
+
+def prediction_comparison_figure(image: Any, class_names: Sequence[str], probabilities: Mapping[str, Sequence[float]], title: str = "Predictions") -> go.Figure:
+    """An image beside horizontal bars of class probabilities, one bar series per implementation
+    (the seed's ``barh`` figure: MATLAB single against the int8 code).
+
+    Args:
+        image: H×W×3 uint8 image.
+        class_names: Names of the classes, in score order.
+        probabilities: Legend label → probabilities per class.
+        title: Figure title.
+    """
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], horizontal_spacing=0.2)
+    figure.add_trace(go.Image(z=image), row=1, col=1)
+    for label, values in probabilities.items():
+        figure.add_trace(go.Bar(x=list(values), y=list(class_names), orientation="h", name=label), row=1, col=2)
+    figure.update_xaxes(visible=False, row=1, col=1)
+    figure.update_yaxes(visible=False, row=1, col=1)
+    figure.update_xaxes(title="Probability", range=[0, 1.1], row=1, col=2)
+    figure.update_layout(title=title, barmode="group", height=420, legend={"orientation": "h", "y": -0.2})
+    return figure

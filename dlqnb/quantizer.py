@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from dlqnb.batches import count_batches, iter_batches
 from dlqnb.graph import OptimizedNetwork, mutates_input, optimize_network, value_sources
 from dlqnb.emulation import TARGET_LIBRARY, TensorType, build_emulated_network, int8_node
-from dlqnb.numerics import ExponentScheme, choose_fraction_length, representable_bits
+from dlqnb.numerics import ExponentScheme, choose_fraction_length, fraction_length, representable_bits
 from dlqnb.observers import RangeStats
 
 __all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibratedError"]
@@ -121,6 +121,8 @@ class DLQuantizer:
         exponent_scheme: How a type is chosen from the ranges: ``"minmax"`` (the seeds' default)
             or ``"histogram"`` (see :func:`dlqnb.numerics.choose_fraction_length`).
         excluded_layers: Optimized layer names to keep in float (the app's per-layer switch).
+        per_channel_weights: One power-of-two weight scale per output channel (MinMax of each
+            channel) instead of one per layer; emulation and export follow it.
 
     Attributes:
         optimized_: The traced network with BatchNorm folded and activations fused.
@@ -144,6 +146,7 @@ class DLQuantizer:
         execution_environment: ExecutionEnvironment = "gpu",
         exponent_scheme: ExponentScheme = "minmax",
         excluded_layers: Iterable[str] = (),
+        per_channel_weights: bool = False,
     ) -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -155,6 +158,7 @@ class DLQuantizer:
         self.network = net
         self.execution_environment: ExecutionEnvironment = environment  # type: ignore[assignment]
         self.exponent_scheme: ExponentScheme = exponent_scheme
+        self.per_channel_weights = bool(per_channel_weights)
         self.optimized_: OptimizedNetwork = optimize_network(net)
         self._derived_sources = _derived_sources(self.optimized_.module)
         self._stats: dict[str, RangeStats] = {}
@@ -356,8 +360,15 @@ class DLQuantizer:
             result[node] = TensorType(int(fraction), signed)
         return result
 
-    def weight_fraction_lengths(self) -> dict[str, int]:
-        """The int8 weight fraction length of every optimized layer."""
+    def weight_fraction_lengths(self) -> dict[str, int | list[int]]:
+        """The int8 weight fraction length of every optimized layer (with ``per_channel_weights``, a
+        list: the MinMax fraction length of each output channel)."""
+        if self.per_channel_weights:
+            result: dict[str, int | list[int]] = {}
+            for name in self.optimized_.layers:
+                weight = self.optimized_.fused(name).layer.weight.detach()
+                result[name] = [fraction_length(m) for m in weight.abs().flatten(1).amax(1).tolist()]
+            return result
         types = self.quantization_types()
         weights = types[types["Learnables / Activations"] == "Weights"]
         return {name[: -len("_Weights")]: int(f) for name, f in zip(weights["Optimized Layer Name"], weights["FractionLength"])}

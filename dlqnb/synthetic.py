@@ -4,10 +4,11 @@ Neither MerchData nor ImageNet can be downloaded here, so dlqnb draws its own ph
 one object per image, with random pose, scale, position, colour, lighting and background, every
 image a pure function of ``(class, index, seed)``.
 
-* **Merch** (:data:`MERCH_CLASSES`, the seeds' five classes and MerchData's folder names): a cap,
-  a cube, fanned playing cards, a screwdriver and a torch (flashlight), drawn so that a person tells
-  them apart at a glance.
-* **Shapes** (:data:`SHAPE_CLASSES`): twelve generic figures (disk, ring, star, stripes, ...) that
+* **Merch** (:data:`MERCH_CLASSES`, the seeds' five classes and MerchData's folder names): a navy
+  cap, an orange cube, fanned playing cards, a red-handled screwdriver and a dark torch (flashlight).
+  Like MerchData, which photographs one physical object per class, each class keeps its paint (its
+  hue varies a little, and lighting varies a lot), so a person tells them apart at a glance.
+* **Shapes** (:data:`SHAPE_CLASSES`): 24 generic figures (disk, ring, star, rod, dumbbell, ...) that
   dlqnb's SqueezeNet is pretrained on, so that the transfer-learning notebook really transfers:
   none of them is a merch class.
 
@@ -49,6 +50,18 @@ SHAPE_CLASSES = (
     "stripes",
     "checker",
     "zigzag",
+    "rod",
+    "dumbbell",
+    "hammer",
+    "fan",
+    "pyramid",
+    "dome",
+    "trapezoid",
+    "dots",
+    "two_tone_bar",
+    "ring_pair",
+    "frame",
+    "wave",
 )
 
 _LAYER = 256  # objects are drawn on a square RGBA layer of this size, then posed
@@ -60,8 +73,9 @@ def sample_rng(seed: int, class_index: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, class_index, index])
 
 
-def _color(rng: np.random.Generator, saturation: tuple[float, float] = (0.5, 1.0)) -> Color:
-    hue = rng.uniform(0, 1)
+def _color(rng: np.random.Generator, saturation: tuple[float, float] = (0.5, 1.0), hue: float | None = None) -> Color:
+    """A random colour; with ``hue``, one near that hue (a given object's paint under varied light)."""
+    hue = rng.uniform(0, 1) if hue is None else (hue + rng.uniform(-0.04, 0.04)) % 1.0
     s = rng.uniform(*saturation)
     v = rng.uniform(0.45, 1.0)
     i = int(hue * 6) % 6
@@ -126,7 +140,7 @@ def _layer() -> tuple[Image.Image, ImageDraw.ImageDraw]:
 # ----------------------------------------------------------------------------------------- merch
 def _cap(rng: np.random.Generator) -> Image.Image:
     layer, draw = _layer()
-    color = _color(rng)
+    color = _color(rng, (0.6, 0.9), hue=0.62)  # a navy-blue cap
     draw.ellipse((44, 100, 236, 140), fill=_shade(color, 0.7))  # brim, sticking out to the right
     draw.chord((50, 40, 190, 200), 180, 360, fill=color)  # crown
     draw.ellipse((112, 34, 128, 50), fill=_shade(color, 0.8))  # button
@@ -140,7 +154,7 @@ def _cap(rng: np.random.Generator) -> Image.Image:
 
 def _cube(rng: np.random.Generator) -> Image.Image:
     layer, draw = _layer()
-    color = _color(rng)
+    color = _color(rng, (0.7, 1.0), hue=0.07)  # an orange cube
     c, r = 128, 84
     top = [(c, c - r), (c + r, c - r // 2), (c, c), (c - r, c - r // 2)]
     left = [(c - r, c - r // 2), (c, c), (c, c + r), (c - r, c + r // 2)]
@@ -177,7 +191,7 @@ def _playing_cards(rng: np.random.Generator) -> Image.Image:
 
 def _screwdriver(rng: np.random.Generator) -> Image.Image:
     layer, draw = _layer()
-    handle = _color(rng)
+    handle = _color(rng, (0.7, 1.0), hue=0.0)  # a red handle
     draw.rounded_rectangle((20, 104, 110, 152), radius=16, fill=handle)
     for y in (114, 128, 142):
         draw.line((30, y, 100, y), fill=_shade(handle, 0.6), width=3)
@@ -189,7 +203,7 @@ def _screwdriver(rng: np.random.Generator) -> Image.Image:
 
 def _torch(rng: np.random.Generator) -> Image.Image:
     layer, draw = _layer()
-    body = _shade(_color(rng, (0.2, 0.8)), 0.55)
+    body = _shade(_color(rng, (0.1, 0.3), hue=0.6), 0.35)  # a dark, almost black barrel
     draw.rounded_rectangle((30, 100, 160, 156), radius=10, fill=body)  # barrel
     draw.polygon([(160, 94), (214, 70), (214, 186), (160, 162)], fill=(190, 190, 200))  # head
     draw.ellipse((200, 70, 228, 186), fill=(255, 245, 170))  # lens
@@ -265,6 +279,51 @@ def _draw_shape(name: str, draw: ImageDraw.ImageDraw, color: Color, rng: np.rand
         count = int(rng.integers(3, 7))
         points = [(c - r + 2 * r * i / count, c + (r * 0.5 if i % 2 else -r * 0.5)) for i in range(count + 1)]
         draw.line(points, fill=color, width=int(r * 0.18), joint="curve")
+    elif name == "rod":
+        w = r * rng.uniform(0.08, 0.16)
+        draw.rounded_rectangle((c - r, c - w, c + r, c + w), radius=w, fill=color)
+    elif name == "dumbbell":
+        w, d = r * 0.1, r * 0.32
+        draw.rectangle((c - r + d, c - w, c + r - d, c + w), fill=second)
+        draw.ellipse((c - r, c - d, c - r + 2 * d, c + d), fill=color)
+        draw.ellipse((c + r - 2 * d, c - d, c + r, c + d), fill=color)
+    elif name == "hammer":
+        draw.rectangle((c - r * 0.1, c - r * 0.5, c + r * 0.1, c + r), fill=second)
+        draw.rectangle((c - r * 0.6, c - r * 0.8, c + r * 0.6, c - r * 0.45), fill=color)
+    elif name == "fan":
+        for angle in (-30, 0, 30):
+            corners = [(-0.3, -0.9), (0.3, -0.9), (0.3, 0.2), (-0.3, 0.2)]
+            a = math.radians(angle)
+            points = [(c + r * (x * math.cos(a) - y * math.sin(a)), c + r * 0.4 + r * (x * math.sin(a) + y * math.cos(a))) for x, y in corners]
+            draw.polygon(points, fill=_shade(color, 1.0 + angle / 100), outline=second)
+    elif name == "pyramid":
+        apex, left, right, front = (c, c - r), (c - r, c + r * 0.5), (c + r, c + r * 0.5), (c + r * 0.1, c + r * 0.8)
+        draw.polygon([apex, left, front], fill=color)
+        draw.polygon([apex, front, right], fill=_shade(color, 0.55))
+    elif name == "dome":
+        draw.chord((c - r, c - r * 0.8, c + r, c + r * 1.2), 180, 360, fill=color)
+        draw.rectangle((c - r, c + r * 0.18, c + r, c + r * 0.3), fill=second)
+    elif name == "trapezoid":
+        draw.polygon([(c - r * 0.4, c - r * 0.6), (c + r * 0.4, c - r * 0.6), (c + r, c + r * 0.6), (c - r, c + r * 0.6)], fill=color)
+    elif name == "dots":
+        for _ in range(int(rng.integers(5, 12))):
+            x, y, d = c + rng.uniform(-r, r), c + rng.uniform(-r, r), r * rng.uniform(0.1, 0.22)
+            draw.ellipse((x - d, y - d, x + d, y + d), fill=color)
+    elif name == "two_tone_bar":
+        w = r * 0.22
+        split = c + r * rng.uniform(-0.4, 0.4)
+        draw.rectangle((c - r, c - w, split, c + w), fill=color)
+        draw.rectangle((split, c - w * 0.5, c + r, c + w * 0.5), fill=_color(rng, (0.0, 0.2)))
+    elif name == "ring_pair":
+        width = int(r * 0.15)
+        draw.ellipse((c - r, c - r * 0.5, c + r * 0.2, c + r * 0.7), outline=color, width=width)
+        draw.ellipse((c - r * 0.2, c - r * 0.7, c + r, c + r * 0.5), outline=second, width=width)
+    elif name == "frame":
+        draw.rectangle((c - r * 0.7, c - r, c + r * 0.7, c + r), fill=color)
+        draw.rectangle((c - r * 0.5, c - r * 0.8, c + r * 0.5, c + r * 0.8), fill=(240, 240, 235, 255))
+    elif name == "wave":
+        points = [(c - r + 2 * r * i / 40, c + r * 0.4 * math.sin(i / 40 * 2 * math.pi * rng.uniform(1.5, 3))) for i in range(41)]
+        draw.line(points, fill=color, width=int(r * 0.12), joint="curve")
     else:
         raise ValueError(f"unknown shape class {name!r}; expected one of {list(SHAPE_CLASSES)}")
 

@@ -1,0 +1,328 @@
+"""QDQ ONNX export, ONNX Runtime int8, predict_int8, and the TensorRT path (with a stand-in module)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import types
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+from onnx import helper, numpy_helper
+from torch import nn
+
+from dlqnb import DLQuantizer
+from dlqnb import deploy
+from dlqnb.deploy import ExportError, OnnxRuntimeRunner, export_qdq_onnx, load_int8, predict_int8
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    torch.manual_seed(0)
+    net = torchvision.models.squeezenet1_1(num_classes=5).eval()
+    images = torch.rand(8, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    result = {}
+    for env in ("cpu", "gpu"):
+        quantizer = DLQuantizer(net, execution_environment=env)
+        quantizer.calibrate(images, progress=False)
+        result[env] = quantizer
+    return net, images, result
+
+
+def optimized_ops(path, tmp_path) -> dict[str, int]:
+    optimized = str(tmp_path / "optimized.onnx")
+    OnnxRuntimeRunner(path, threads=1, optimized_model_path=optimized)
+    counts: dict[str, int] = {}
+    for node in onnx.load(optimized).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_cpu_flavour_equals_the_cpu_emulation(calibrated, tmp_path):
+    _, images, quantizers = calibrated
+    path = export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx")
+    scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
+    with torch.no_grad():
+        emulated = quantizers["cpu"].quantize()(images).numpy()
+    assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.99
+    assert np.array_equal(scores, emulated)  # identical up to float accumulation order, which is exact here
+
+
+def test_every_quantized_convolution_becomes_qlinearconv(calibrated, tmp_path):
+    _, _, quantizers = calibrated
+    counts = optimized_ops(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"), tmp_path)
+    assert counts.get("QLinearConv") == 26
+    assert counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
+
+
+def test_gpu_flavour_is_signed_int8_with_zero_points_0(calibrated, tmp_path):
+    _, _, quantizers = calibrated
+    model = onnx.load(export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx"))
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantize_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize_nodes
+    for node in quantize_nodes:
+        zero = initializers[node.input[2]]
+        assert zero.dtype == np.int8 and zero == 0
+        scale = float(initializers[node.input[1]])
+        assert scale == 2.0 ** round(np.log2(scale))  # a power of two
+    weights = [v for k, v in initializers.items() if k.endswith("_weight_codes")]
+    biases = [v for k, v in initializers.items() if k.endswith("_bias_codes")]
+    assert len(weights) == len(biases) == 26
+    assert all(w.dtype == np.int8 for w in weights) and all(b.dtype == np.int32 for b in biases)
+
+
+def test_cpu_flavour_uses_uint8_after_relu(calibrated, tmp_path):
+    _, _, quantizers = calibrated
+    model = onnx.load(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"))
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert initializers["features_0_features_1_zero_point"].dtype == np.uint8
+    assert initializers["x_zero_point"].dtype == np.int8 or initializers["x_zero_point"].dtype == np.uint8
+
+
+def test_metadata_round_trip(calibrated, tmp_path):
+    _, _, quantizers = calibrated
+    from dlqnb.calibration_file import network_fingerprint
+
+    model = onnx.load(export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["dlqnb_target"] == "gpu"
+    assert props["dlqnb_calibration_fingerprint"] == network_fingerprint(quantizers["gpu"])
+    assert model.opset_import[0].version >= 19
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch
+
+
+def test_excluded_layers_are_exported_in_float(calibrated, tmp_path):
+    net, images, _ = calibrated
+    quantizer = DLQuantizer(net, execution_environment="cpu", excluded_layers=["features_3_squeeze_features_3_squeeze_activation"])
+    quantizer.calibrate(images, progress=False)
+    path = export_qdq_onnx(quantizer, tmp_path / "excluded.onnx")
+    counts = optimized_ops(path, tmp_path)
+    assert counts["QLinearConv"] == 25
+    scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
+    with torch.no_grad():
+        emulated = quantizer.quantize()(images).numpy()
+    assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.99
+
+
+def test_unexportable_layer_is_named(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(16, 2)).eval()
+    quantizer = DLQuantizer(net, execution_environment="cpu")
+    quantizer.calibrate(torch.rand(2, 3, 8, 8), progress=False)
+    with pytest.raises(ExportError, match="'_2'.*AdaptiveAvgPool2d"):
+        export_qdq_onnx(quantizer, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_predict_int8_loads_once_per_file(calibrated, tmp_path, monkeypatch):
+    _, images, quantizers = calibrated
+    path = export_qdq_onnx(quantizers["cpu"], tmp_path / "model.onnx")
+    loads = []
+    real = deploy.load_int8
+    monkeypatch.setattr(deploy, "load_int8", lambda p, *a, **k: loads.append(p) or real(p, *a, **k))
+    first = predict_int8(path, images[:2])
+    for _ in range(3):
+        assert np.array_equal(predict_int8(path, images[:2]), first)
+    assert len(loads) == 1
+    export_qdq_onnx(quantizers["cpu"], path)
+    os.utime(path, (os.path.getatime(path), os.path.getmtime(path) + 5))
+    predict_int8(path, images[:2])
+    assert len(loads) == 2  # a rewritten file is loaded again
+
+
+def test_predict_int8_input_checks(calibrated, tmp_path):
+    _, images, quantizers = calibrated
+    path = export_qdq_onnx(quantizers["cpu"], tmp_path / "model.onnx", input_size=(96, 96))
+    image = (np.random.default_rng(0).random((120, 150, 3)) * 255).astype(np.uint8)
+    assert predict_int8(path, image).shape == (1, 5)  # one H×W×3 uint8 image, resized
+    with pytest.raises(ValueError, match="H×W×3"):
+        predict_int8(path, image[:, :, :2])
+    with pytest.raises(ValueError, match="3 channels"):
+        predict_int8(path, torch.rand(1, 4, 96, 96))
+    with pytest.raises(ValueError, match="96×96"):
+        predict_int8(path, torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="dtype int32"):
+        predict_int8(path, np.zeros((1, 3, 96, 96), dtype=np.int32))
+
+
+def test_model_without_dlqnb_metadata_loads_with_a_warning(tmp_path):
+    node = helper.make_node("Identity", ["input"], ["scores"])
+    graph = helper.make_graph([node], "plain", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    path = tmp_path / "plain.onnx"
+    onnx.save(model, path)
+    with pytest.warns(UserWarning, match="no dlqnb metadata"):
+        runner = load_int8(path, backend="onnxruntime")
+    assert runner.backend == "onnxruntime"
+
+
+# ------------------------------------------------------------------------------- TensorRT
+class StandInTensorRT(types.ModuleType):
+    """A stand-in for the ``tensorrt`` module (declared as such): records the builder calls."""
+
+    __version__ = "11.0.0-stand-in"
+
+    def __init__(self) -> None:
+        super().__init__("tensorrt")
+        calls = self.calls = []
+
+        class NetworkDefinitionCreationFlag:
+            STRONGLY_TYPED = 5
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                calls.append(("Logger", level))
+
+        class Input:
+            name, shape = "input", (-1, 3, 96, 96)
+
+        class Network:
+            def get_input(self, index):
+                return Input()
+
+        class Parser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                calls.append(("OnnxParser",))
+
+            def parse(self, data):
+                calls.append(("parse", len(data)))
+                return True
+
+        class Profile:
+            def set_shape(self, name, low, opt, high):
+                calls.append(("set_shape", name, low, high))
+
+        class Config:
+            def add_optimization_profile(self, profile):
+                calls.append(("add_optimization_profile",))
+
+        class Builder:
+            def __init__(self, logger):
+                calls.append(("Builder",))
+
+            def create_network(self, flags):
+                calls.append(("create_network", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                calls.append(("build_serialized_network",))
+                return b"serialized-engine"
+
+        class Engine:
+            def create_execution_context(self):
+                return object()
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                calls.append(("deserialize", data))
+                return Engine()
+
+        self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
+        self.Logger, self.OnnxParser, self.Builder, self.Runtime = Logger, Parser, Builder, Runtime
+
+
+def test_tensorrt_engine_is_built_strongly_typed_and_cached(calibrated, tmp_path, monkeypatch):
+    _, _, quantizers = calibrated
+    path = export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx")
+    stand_in = StandInTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in)
+    monkeypatch.setenv("DLQNB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Stand-in GPU")
+    assert deploy.choose_backend(path) == ("tensorrt", "TensorRT and a CUDA device are present and the model is of the 'gpu' flavour")
+    runner = deploy.TensorRTRunner(path, max_batch=8)
+    names = [call[0] for call in stand_in.calls]
+    assert ("create_network", 1 << 5) in stand_in.calls  # STRONGLY_TYPED: precision from the Q/DQ types
+    assert names.index("parse") < names.index("build_serialized_network")
+    assert ("set_shape", "input", (1, 3, 96, 96), (8, 3, 96, 96)) in stand_in.calls
+    assert runner.engine_path.read_bytes() == b"serialized-engine"
+    assert "Stand-in-GPU" in runner.engine_path.name and "11.0.0-stand-in" in runner.engine_path.name
+    stand_in.calls.clear()
+    deploy.TensorRTRunner(path)
+    assert "build_serialized_network" not in [call[0] for call in stand_in.calls]  # loaded from the cache
+
+
+def test_backend_choice_and_errors(calibrated, tmp_path, monkeypatch):
+    _, _, quantizers = calibrated
+    gpu = export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx")
+    cpu = export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails, as on this machine
+    assert deploy.choose_backend(gpu) == ("onnxruntime", "TensorRT is not installed")
+    with pytest.raises(RuntimeError, match="pip install 'dlqnb\\[tensorrt\\]'"):
+        load_int8(gpu, backend="tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", StandInTensorRT())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert deploy.choose_backend(cpu)[0] == "onnxruntime" and "'cpu' flavour" in deploy.choose_backend(cpu)[1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert deploy.choose_backend(gpu) == ("onnxruntime", "no CUDA device")
+    with pytest.raises(ValueError, match="backend"):
+        load_int8(gpu, backend="tflite")
+
+
+def test_engine_cache_key_changes_with_model_version_and_gpu():
+    paths = {deploy.engine_cache_path(b"a", "11", "A100"), deploy.engine_cache_path(b"b", "11", "A100"),
+             deploy.engine_cache_path(b"a", "10", "A100"), deploy.engine_cache_path(b"a", "11", "L4")}
+    assert len(paths) == 4
+
+
+def _real_tensorrt_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (it cannot be installed on this machine)"
+    if not torch.cuda.is_available():
+        return "no CUDA device: a TensorRT engine can only be built and run on an NVIDIA GPU"
+    return None
+
+
+@pytest.mark.skipif(_real_tensorrt_reason() is not None, reason=_real_tensorrt_reason() or "")
+def test_real_tensorrt_engine_agrees_with_gpu_emulation(calibrated, tmp_path):
+    _, images, quantizers = calibrated
+    path = export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx")
+    runner = load_int8(path, backend="tensorrt")
+    with torch.no_grad():
+        emulated = quantizers["gpu"].quantize()(images).numpy()
+    assert (runner.predict(images).argmax(1) == emulated.argmax(1)).mean() >= 0.99
+
+
+def test_per_channel_weights_emulate_and_deploy_alike(calibrated, tmp_path):
+    net, images, _ = calibrated
+    net = copy.deepcopy(net)
+    with torch.no_grad():  # channels of different magnitudes, as trained filters have
+        net.features[0].weight.mul_((2.0 ** (torch.arange(64) % 5 - 2)).view(-1, 1, 1, 1))
+    quantizer = DLQuantizer(net, execution_environment="cpu", per_channel_weights=True)
+    quantizer.calibrate(images, progress=False)
+    fractions = quantizer.weight_fraction_lengths()["features_0_features_1"]
+    weight = quantizer.optimized_.fused("features_0_features_1").layer.weight.detach()
+    assert len(fractions) == 64 and len(set(fractions)) > 1
+    assert fractions == [6 - math.floor(math.log2(m)) for m in weight.abs().flatten(1).amax(1).tolist()]
+    path = export_qdq_onnx(quantizer, tmp_path / "per_channel.onnx")
+    model = onnx.load(path)
+    scale = next(i for i in model.graph.initializer if i.name == "features_0_features_1_weight_scale")
+    assert list(scale.dims) == [64]
+    scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
+    with torch.no_grad():
+        emulated = quantizer.quantize()(images).numpy()
+    assert np.array_equal(scores, emulated)
+    assert optimized_ops(path, tmp_path)["QLinearConv"] == 26
