@@ -5,12 +5,13 @@ otherwise ``$XDG_CACHE_HOME/dlqnb`` (``~/.cache/dlqnb``). Entries are keyed by a
 them, written to a temporary name and renamed into place, and built under a file lock.
 
 Example:
-    >>> import tempfile, os
-    >>> os.environ["DLQNB_CACHE"] = tempfile.mkdtemp()
-    >>> path = cache_dir() / "example.txt"
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "example.txt"
     >>> atomic_write_bytes(path, b"done")
     >>> path.read_bytes()
     b'done'
+    >>> cache_dir().is_dir()
+    True
 """
 
 from __future__ import annotations

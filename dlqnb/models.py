@@ -166,20 +166,22 @@ def network_metadata(net: nn.Module) -> dict[str, Any]:
     }
 
 
-def squeezenet(num_classes: int = 1000, weights: str | None = "shapes") -> SqueezeNet:
+def squeezenet(num_classes: int | None = None, weights: str | None = "shapes") -> SqueezeNet:
     """MATLAB's ``squeezenet``: torchvision's squeezenet1_1 behind a normalizing ``data`` layer.
 
     Args:
-        num_classes: Outputs of the classifier (``conv10``).
+        num_classes: Outputs of the classifier (``conv10``); None: as many as the weights were
+            trained for (24 generated shapes, 1000 ImageNet classes), with their class names.
         weights: ``"shapes"`` (the default, offline): the checkpoint dlqnb ships, pretrained by
             :mod:`dlqnb.pretrain` on its generated shapes (features only when ``num_classes`` differs
-            from its 12 classes); ``"imagenet"``: torchvision's ImageNet weights, from the torch hub
+            from its classes); ``"imagenet"``: torchvision's ImageNet weights, from the torch hub
             cache or downloaded (features only unless ``num_classes == 1000``); None: random.
 
     Raises:
         RuntimeError: If ImageNet weights are asked for and can be neither found nor downloaded.
     """
     if weights == "imagenet":
+        num_classes = num_classes or 1000
         net = SqueezeNet(num_classes, IMAGENET_MEAN, IMAGENET_STD)
         try:
             state = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
@@ -195,13 +197,14 @@ def squeezenet(num_classes: int = 1000, weights: str | None = "shapes") -> Squee
         return net
     if weights == "shapes":
         shipped = load_network(_SHIPPED_WEIGHTS)
+        num_classes = num_classes or shipped.num_classes
         net = SqueezeNet(num_classes, shipped.data.mean.flatten().tolist(), shipped.data.std.flatten().tolist())
         _load_matching(net, shipped.state_dict(), num_classes == shipped.num_classes)
         if num_classes == shipped.num_classes:
             set_metadata(net, getattr(shipped, "class_names", None), getattr(shipped, "input_size", None))
         return net
     if weights is None:
-        return SqueezeNet(num_classes)
+        return SqueezeNet(num_classes or 1000)
     raise ValueError(f"weights must be 'shapes', 'imagenet' or None, got {weights!r}")
 
 

@@ -333,7 +333,11 @@ class DLQuantizer:
                 continue
             target = type(module.get_submodule(node.target)).__name__ if node.op == "call_module" else str(getattr(node.target, "__name__", node.target))
             if "adaptive_avg_pool" in target.lower() or target == "AdaptiveAvgPool2d":
-                reason = f"global average pooling is not an int8 layer for {library} (seed 001)"
+                reason = (
+                    f"global average pooling is not an int8 layer for {library} (seed 001)"
+                    if self.execution_environment == "gpu"
+                    else "global average pooling: computed in float on dequantized values"
+                )
             else:
                 reason = f"{target} has no int8 implementation in dlqnb: computed in float"
             rows.append((node.name, reason))

@@ -138,7 +138,7 @@ def train_merch(data_dir: str | os.PathLike[str] | None = None, recipe: dict[str
     augmenter = image_data_augmenter(rand_x_reflection=True, rand_x_translation=shift, rand_y_translation=shift)
     training = augmented_image_datastore(size, train_store, data_augmentation=augmenter, seed=recipe["seed"])
     validation = augmented_image_datastore(size, validation_store)
-    net = squeezenet(num_classes=len(train_store.class_names), weights="shapes")
+    net = squeezenet(weights="shapes")
     replace_classifier(net, len(train_store.class_names), train_store.class_names, recipe["learn_rate_factor"], seed=recipe["seed"])
     options = training_options(
         recipe["solver"],

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# Every test: the library's unit tests and every notebook under notebooks/ executed by nbval.
+# Every test: the unit tests, the documented examples (doctests) and every notebook under notebooks/ (nbval).
 source "$(dirname "$0")/env.sh"
-exec python -m pytest tests notebooks --nbval-lax --nbval-current-env "$@"
+exec python -m pytest tests dlqnb notebooks --doctest-modules --nbval-lax --nbval-current-env "$@"
