@@ -98,21 +98,18 @@ def bench_deploy(size: int, repeats: int, batches: tuple[int, ...] = (1, 32)) ->
     import torchvision
 
     from dlqnb import DLQuantizer
-    from dlqnb.deploy import choose_backend, export_qdq_onnx, load_int8
+    from dlqnb.deploy import choose_backend, export_float_onnx, export_qdq_onnx, load_int8
 
     torch.manual_seed(0)
     net = torchvision.models.squeezenet1_1(num_classes=1000).eval()
     calibration = torch.rand(32, 3, size, size)
     folder = tempfile.mkdtemp(prefix="dlqnb-bench-")
-    float_quantizer = DLQuantizer(net, execution_environment="cpu")
-    float_quantizer.calibrate(calibration, progress=False)
-    float_quantizer.exclude(*float_quantizer.quantizable_layers)
+    quantizer = DLQuantizer(net, execution_environment="cpu")
+    quantizer.calibrate(calibration, progress=False)
     paths = {
-        "onnxruntime fp32": export_qdq_onnx(float_quantizer, f"{folder}/fp32.onnx", input_size=(size, size)),
+        "onnxruntime fp32": export_float_onnx(quantizer, f"{folder}/fp32.onnx", input_size=(size, size)),
+        "onnxruntime int8 (dlqnb QDQ)": export_qdq_onnx(quantizer, f"{folder}/int8.onnx", input_size=(size, size)),
     }
-    int8_quantizer = DLQuantizer(net, execution_environment="cpu")
-    int8_quantizer.calibrate(calibration, progress=False)
-    paths["onnxruntime int8 (dlqnb QDQ)"] = export_qdq_onnx(int8_quantizer, f"{folder}/int8.onnx", input_size=(size, size))
     runners = {name: load_int8(path, backend="onnxruntime") for name, path in paths.items()}
     gpu_backend = choose_backend(paths["onnxruntime int8 (dlqnb QDQ)"], "auto")
     results: dict[str, Any] = {"benchmark": "deploy", "network": "squeezenet1_1", "image_size": size, "threads": torch.get_num_threads(), "rows": []}

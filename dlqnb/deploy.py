@@ -18,9 +18,10 @@ x86). Layers the quantizer excludes or the target cannot run in int8 are exporte
 carries metadata: dlqnb's version, the target, the calibration fingerprint, class names and the
 preprocessing (input size, [0, 1] pixels; mean/std are applied inside the model).
 
-On this AVX2 CPU, ONNX Runtime fuses every quantized convolution whose input is uint8 into a
-QLinearConv; the first convolution's input is the normalized image, which is signed, so on the CPU
-target its Q/DQ input is int8 and ONNX Runtime may keep that one convolution unfused.
+On this project's CPU, ONNX Runtime fuses every quantized convolution whose input is uint8 into a
+QLinearConv, and also the first one, whose input (the normalized image) is signed int8; a CPU whose
+ONNX Runtime kernels take only uint8 inputs may keep that one convolution unfused. The tests count
+the QLinearConv nodes of ONNX Runtime's optimized graph.
 
 **Run.** :func:`load_int8` returns a runner with ``.backend`` and ``.predict(x)``: ``"tensorrt"``
 builds (and caches on disk) a strongly typed TensorRT engine from the ``"gpu"`` flavour and runs it
@@ -77,6 +78,7 @@ __all__ = [
     "TensorRTRunner",
     "choose_backend",
     "engine_cache_path",
+    "export_float_onnx",
     "export_qdq_onnx",
     "load_int8",
     "predict_int8",
@@ -158,6 +160,14 @@ def _arg(node: fx.Node, index: int, key: str, default: Any) -> Any:
     return node.kwargs.get(key, default)
 
 
+def export_float_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None = None) -> Path:
+    """Write the quantizer's optimized network in float32, with no Q/DQ at all (the fp32 baseline).
+
+    Same graph, names and metadata as :func:`export_qdq_onnx` (target ``"float"``).
+    """
+    return _export(quantizer, path, input_size, quantize=False)
+
+
 def export_qdq_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None = None) -> Path:
     """Write the quantizer's network as a QDQ ONNX model in its target's flavour.
 
@@ -174,15 +184,19 @@ def export_qdq_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_
         NotCalibratedError: Before calibration.
         ExportError: A layer the exporter has no ONNX form for (named).
     """
+    return _export(quantizer, path, input_size, quantize=True)
+
+
+def _export(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None, quantize: bool) -> Path:
     from dlqnb import __version__
     from dlqnb.calibration_file import network_fingerprint
     from dlqnb.models import network_metadata
 
     quantizer._require_calibration("export")
     gm = quantizer.optimized_.module
-    types = quantizer.tensor_types()
-    weights = quantizer.weight_fraction_lengths()
-    quantized_layers = set(quantizer.quantized_layers())
+    types = quantizer.tensor_types() if quantize else {}
+    weights = quantizer.weight_fraction_lengths() if quantize else {}
+    quantized_layers = set(quantizer.quantized_layers()) if quantize else set()
     metadata = network_metadata(quantizer.network)
     size = input_size or (tuple(metadata["input_size"]) if metadata["input_size"] else None)
     builder = _Builder(quantizer.execution_environment)
@@ -226,10 +240,10 @@ def export_qdq_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_
                 finish(node, output, int8=quantize)
             else:
                 output = _export_module(builder, node, module, source(node.args[0], True))
-                finish(node, output, int8=int8_node(gm, node))
+                finish(node, output, int8=quantize and int8_node(gm, node, quantizer.execution_environment))
         elif node.op in ("call_function", "call_method"):
             output = _export_function(builder, node, lambda arg: source(arg, True))
-            finish(node, output, int8=int8_node(gm, node))
+            finish(node, output, int8=quantize and int8_node(gm, node, quantizer.execution_environment))
         else:
             raise ExportError(f"layer '{node.name}' ({node.op} {node.target}): not exportable to ONNX by dlqnb")
 
@@ -238,7 +252,7 @@ def export_qdq_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_
     model.ir_version = IR_VERSION  # what ONNX Runtime and TensorRT read (onnx writes its newest by default)
     info = {
         "dlqnb_version": __version__,
-        "dlqnb_target": quantizer.execution_environment,
+        "dlqnb_target": quantizer.execution_environment if quantize else "float",
         "dlqnb_calibration_fingerprint": network_fingerprint(quantizer),
         "dlqnb_class_names": json.dumps(metadata["class_names"]),
         "dlqnb_preprocessing": json.dumps({"input_size": list(size) if size else None, "pixel_range": [0.0, 1.0], "channels": metadata["channels"] or _first_channels(gm), "mean_std": "applied inside the model"}),

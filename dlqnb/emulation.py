@@ -13,12 +13,13 @@ The emulated network computes, in float tensors, exactly what the int8 target co
 4. the fused activation is applied and the result requantized to the layer's output type.
 
 **Layers between them.** Max pooling, concatenation, residual addition, flatten, dropout and
-standalone ReLU run in int8: their output is quantized to their own calibrated type. For max
-pooling, flatten and dropout that changes nothing (the values are already on the input's grid and
-the calibrated range cannot be wider); a concatenation requantizes inputs of finer scale to the
-coarser common type, and an addition requantizes its sum, as TensorRT and ONNX Runtime do. Other
-layers (the input normalization, average and global average pooling, softmax, ...) compute in float
-on the dequantized values; the next quantized layer quantizes their output again.
+standalone ReLU run in int8 and their output is quantized to its type. Types are shared as TensorRT
+and ONNX Runtime share them (:meth:`DLQuantizer.tensor_types`): max pooling, flatten and dropout keep
+their input's type (quantizing again changes nothing), and the layers feeding a concatenation produce
+its type directly (its calibrated range is the union of theirs), so concatenation requantizes nothing;
+an addition requantizes its sum. Other layers (the input normalization, average and global average
+pooling, softmax, ...) compute in float on the dequantized values; the next quantized layer quantizes
+their output again.
 
 **Targets** (``shared/DESIGN.md``):
 
@@ -165,13 +166,55 @@ class EmulatedLayer(nn.Module):
         )
 
 
+class QuantizedGlobalAveragePool(nn.Module):
+    """Global average pooling in int8, as ONNX Runtime's QLinearGlobalAveragePool computes it.
+
+    The int32 sum of the input codes over each image is scaled in float32 by
+    ``float32(input_scale / (output_scale * pixels))``, rounded to nearest even and saturated: the
+    same float32 operations in the same order, so the emulation is exact.
+    """
+
+    def __init__(self, input_type: TensorType, output_type: TensorType) -> None:
+        super().__init__()
+        self.input_type = input_type
+        self.output_type = output_type
+
+    def forward(self, x: Tensor) -> Tensor:
+        codes = quantize_to_integer(x.float(), self.input_type.fraction_length, rounding="half_even", signed=self.input_type.signed)
+        sums = codes.sum(dim=(-2, -1), keepdim=True)  # whole numbers below 2**24: exact in float32
+        pixels = x.shape[-2] * x.shape[-1]
+        ratio = torch.tensor(math.ldexp(1.0, self.output_type.fraction_length - self.input_type.fraction_length), dtype=torch.float32)
+        scale = ratio / torch.tensor(float(pixels), dtype=torch.float32)  # float32 division, as ONNX Runtime
+        low, high = (-128, 127) if self.output_type.signed else (0, 255)
+        out_codes = torch.round(sums * scale).clamp_(low, high)
+        return (out_codes * math.ldexp(1.0, -self.output_type.fraction_length)).to(x.dtype)
+
+
 _INT8_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.ReLU, nn.Dropout, nn.Identity, nn.Flatten)
 _INT8_FUNCTIONS = {torch.cat, torch.concat, operator.add, operator.iadd, torch.add, torch.flatten, torch.reshape, F.relu, torch.relu, F.max_pool2d}
 _INT8_METHODS = {"view", "reshape", "flatten", "relu", "contiguous", "squeeze", "unsqueeze"}
 
 
-def int8_node(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether a node (other than a conv/linear layer) runs in int8 on both targets."""
+def global_average_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a node is global average pooling (to a 1×1 output)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    return False
+
+
+def int8_node(gm: fx.GraphModule, node: fx.Node, target: str = "gpu") -> bool:
+    """Whether a node (other than a conv/linear layer) runs in int8 on the target.
+
+    Max pooling, concatenation, addition, flatten, dropout and ReLU do on both targets; global
+    average pooling does on ``"cpu"`` (ONNX Runtime's QLinearGlobalAveragePool), not on ``"gpu"``
+    (cuDNN, seed 001).
+    """
+    if target == "cpu" and global_average_pool(gm, node):
+        return True
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         return isinstance(module, _INT8_MODULES) and not isinstance(module, nn.ReLU6)
@@ -262,7 +305,18 @@ def build_emulated_network(
         learnables.append((conv_name, "Weights", emulated.weight_codes.clone()))
         learnables.append((conv_name, "Bias", (emulated.bias_codes.double() * emulated.accumulator_scale).float()))
     for node in list(graph.nodes):
-        if node.op == "output" or node.name not in types or not int8_node(gm, node):
+        if node.op == "output" or node.name not in types or not int8_node(gm, node, target):
+            continue
+        if global_average_pool(gm, node):
+            source = node.args[0]
+            if isinstance(source, fx.Node) and source.name in types:
+                name = f"{node.name}_int8"
+                gm.add_submodule(name, QuantizedGlobalAveragePool(types[source.name], types[node.name]))
+                with graph.inserting_after(node):
+                    pooled = graph.call_module(name, args=(source,))
+                node.replace_all_uses_with(pooled)
+                graph.erase_node(node)
+                quantized_names.append(node.name)
             continue
         name = f"{node.name}_quantize"
         gm.add_submodule(name, FakeQuantize(types[node.name], rounding))

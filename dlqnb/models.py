@@ -11,7 +11,7 @@ Network files are a dict of plain values and tensors written with ``torch.save``
 
 Example:
     >>> net = squeezenet(num_classes=5)
-    >>> set_metadata(net, class_names=["a", "b", "c", "d", "e"], input_size=(227, 227))
+    >>> _ = set_metadata(net, class_names=["a", "b", "c", "d", "e"], input_size=(227, 227))
     >>> network_metadata(net)["class_names"][:2]
     ['a', 'b']
 """

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -329,7 +330,7 @@ class DLQuantizer:
                 rows.append((name, f"fused with a {kind}, which is not an int8 layer for {library} (seed 001)"))
         module = self.optimized_.module
         for node in self.optimized_.nodes():
-            if node.op in ("placeholder", "output", "get_attr") or node.name in self.optimized_.layers or int8_node(module, node):
+            if node.op in ("placeholder", "output", "get_attr") or node.name in self.optimized_.layers or int8_node(module, node, self.execution_environment):
                 continue
             target = type(module.get_submodule(node.target)).__name__ if node.op == "call_module" else str(getattr(node.target, "__name__", node.target))
             if "adaptive_avg_pool" in target.lower() or target == "AdaptiveAvgPool2d":
@@ -354,6 +355,12 @@ class DLQuantizer:
 
         Signed int8 everywhere on ``"gpu"``; on ``"cpu"`` uint8 with the same scale where the
         calibrated minimum is >= 0 (zero point 0, as ONNX Runtime's QLinearConv wants).
+
+        Scales are shared as TensorRT and ONNX Runtime share them: a concatenation's inputs (when it is
+        their only consumer) take the concatenation's type, whose calibrated range is the union of
+        theirs, so they are produced in it directly (one rounding instead of two, and the
+        concatenation is a copy); max pooling, flatten and dropout keep their input's type, as their
+        values stay on its grid.
         """
         types = self.quantization_types()
         activations = types[types["Learnables / Activations"] == "Activations"]
@@ -362,6 +369,16 @@ class DLQuantizer:
             node = row_name[: -len("_Activations")]
             signed = self.execution_environment == "gpu" or low < 0
             result[node] = TensorType(int(fraction), signed)
+        module = self.optimized_.module
+        for node in self.optimized_.nodes():
+            if node.name not in result:
+                continue
+            if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+                for source in node.args[0]:
+                    if isinstance(source, fx.Node) and source.name in result and len(source.users) == 1:
+                        result[source.name] = result[node.name]
+            elif _keeps_input_grid(module, node) and isinstance(node.args[0], fx.Node) and node.args[0].name in result:
+                result[node.name] = result[node.args[0].name]
         return result
 
     def weight_fraction_lengths(self) -> dict[str, int | list[int]]:
@@ -441,6 +458,15 @@ class DLQuantizer:
             f"DLQuantizer({type(self.network).__name__}, execution_environment={self.execution_environment!r}, "
             f"{len(self.optimized_.layers)} quantizable layers, {state})"
         )
+
+
+def _keeps_input_grid(module: fx.GraphModule, node: fx.Node) -> bool:
+    """Int8 layers whose output values are some of their input's values (pooling by max, reshaping)."""
+    if node.op == "call_module":
+        return isinstance(module.get_submodule(node.target), (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Dropout, nn.Identity, nn.Flatten))
+    if node.op == "call_function":
+        return node.target in (torch.flatten, torch.reshape, F.max_pool2d)
+    return node.op == "call_method" and node.target in ("view", "reshape", "flatten", "contiguous")
 
 
 def _derived_sources(module: fx.GraphModule) -> dict[str, list[str]]:

@@ -326,3 +326,13 @@ def test_per_channel_weights_emulate_and_deploy_alike(calibrated, tmp_path):
         emulated = quantizer.quantize()(images).numpy()
     assert np.array_equal(scores, emulated)
     assert optimized_ops(path, tmp_path)["QLinearConv"] == 26
+
+
+def test_float_export_computes_the_float_network(calibrated, tmp_path):
+    net, images, quantizers = calibrated
+    path = deploy.export_float_onnx(quantizers["cpu"], tmp_path / "fp32.onnx")
+    model = onnx.load(path)
+    assert not [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
+    with torch.no_grad():
+        assert np.allclose(scores, net(images).numpy(), rtol=1e-4, atol=1e-5)
