@@ -110,8 +110,16 @@ def bench_deploy(size: int, repeats: int, batches: tuple[int, ...] = (1, 32)) ->
         "onnxruntime fp32": export_float_onnx(quantizer, f"{folder}/fp32.onnx", input_size=(size, size)),
         "onnxruntime int8 (dlqnb QDQ)": export_qdq_onnx(quantizer, f"{folder}/int8.onnx", input_size=(size, size)),
     }
-    runners = {name: load_int8(path, backend="onnxruntime") for name, path in paths.items()}
-    gpu_backend = choose_backend(paths["onnxruntime int8 (dlqnb QDQ)"], "auto")
+    runners: dict[str, Any] = {name: load_int8(path, backend="onnxruntime") for name, path in paths.items()}
+    gpu_quantizer = DLQuantizer(net, execution_environment="gpu")
+    gpu_quantizer.calibrate(calibration, progress=False)
+    gpu_int8 = export_qdq_onnx(gpu_quantizer, f"{folder}/int8_gpu.onnx", input_size=(size, size))
+    gpu_backend = choose_backend(gpu_int8, "auto")
+    if gpu_backend[0] == "tensorrt":  # an NVIDIA GPU with TensorRT: fp16 and int8 engines
+        paths["tensorrt fp16"] = export_float_onnx(quantizer, f"{folder}/fp16.onnx", input_size=(size, size), dtype="float16")
+        paths["tensorrt int8 (dlqnb QDQ)"] = gpu_int8
+        runners["tensorrt fp16"] = load_int8(paths["tensorrt fp16"], backend="tensorrt")
+        runners["tensorrt int8 (dlqnb QDQ)"] = load_int8(gpu_int8, backend="tensorrt")
     results: dict[str, Any] = {"benchmark": "deploy", "network": "squeezenet1_1", "image_size": size, "threads": torch.get_num_threads(), "rows": []}
     for batch in batches:
         x = torch.rand(batch, 3, size, size)

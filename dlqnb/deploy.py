@@ -81,6 +81,7 @@ __all__ = [
     "export_float_onnx",
     "export_qdq_onnx",
     "load_int8",
+    "onnxruntime_ops",
     "predict_int8",
 ]
 
@@ -104,8 +105,9 @@ class _Tensor:
 class _Builder:
     """Accumulates ONNX nodes and initializers with unique names."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, half: bool = False) -> None:
         self.target = target  # the weight and bias codes are rounded as the target's emulation rounds them
+        self.half = half  # float constants (weights, mean/std, clip bounds) in float16
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.used: set[str] = set()
@@ -120,6 +122,8 @@ class _Builder:
 
     def constant(self, base: str, array: np.ndarray) -> str:
         name = self.name(base)
+        if self.half and array.dtype == np.float32 and not base.endswith("_scale"):
+            array = array.astype(np.float16)
         # np.ascontiguousarray would turn a scalar into shape (1,): per-tensor scales must stay scalars
         self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
@@ -160,12 +164,18 @@ def _arg(node: fx.Node, index: int, key: str, default: Any) -> Any:
     return node.kwargs.get(key, default)
 
 
-def export_float_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None = None) -> Path:
-    """Write the quantizer's optimized network in float32, with no Q/DQ at all (the fp32 baseline).
+def export_float_onnx(
+    quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None = None, dtype: str = "float32"
+) -> Path:
+    """Write the quantizer's optimized network in float, with no Q/DQ at all (the baselines).
 
-    Same graph, names and metadata as :func:`export_qdq_onnx` (target ``"float"``).
+    Same graph, names and metadata as :func:`export_qdq_onnx` (target ``"float"``). With
+    ``dtype="float16"`` weights, input and output are float16: the model a strongly typed TensorRT
+    network builds an fp16 engine from.
     """
-    return _export(quantizer, path, input_size, quantize=False)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    return _export(quantizer, path, input_size, quantize=False, half=dtype == "float16")
 
 
 def export_qdq_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None = None) -> Path:
@@ -187,7 +197,7 @@ def export_qdq_onnx(quantizer: DLQuantizer, path: str | os.PathLike[str], input_
     return _export(quantizer, path, input_size, quantize=True)
 
 
-def _export(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None, quantize: bool) -> Path:
+def _export(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tuple[int, int] | None, quantize: bool, half: bool = False) -> Path:
     from dlqnb import __version__
     from dlqnb.calibration_file import network_fingerprint
     from dlqnb.models import network_metadata
@@ -199,7 +209,8 @@ def _export(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tu
     quantized_layers = set(quantizer.quantized_layers()) if quantize else set()
     metadata = network_metadata(quantizer.network)
     size = input_size or (tuple(metadata["input_size"]) if metadata["input_size"] else None)
-    builder = _Builder(quantizer.execution_environment)
+    builder = _Builder(quantizer.execution_environment, half)
+    float_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     tensors: dict[str, _Tensor] = {}
     graph_inputs, graph_outputs = [], []
     # Tensors that feed a quantized layer need a Q/DQ pair even when their producer runs in float.
@@ -225,13 +236,13 @@ def _export(quantizer: DLQuantizer, path: str | os.PathLike[str], input_size: tu
                 raise ExportError(f"input '{node.name}': dlqnb exports networks with one image input")
             channels = metadata["channels"] or _first_channels(gm)
             dims = ["N", channels, *(size if size else ["H", "W"])]
-            graph_inputs.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims))
+            graph_inputs.append(helper.make_tensor_value_info(INPUT_NAME, float_type, dims))
             builder.used.add(INPUT_NAME)
             finish(node, INPUT_NAME, int8=False)
         elif node.op == "output":
             result = node.args[0]
             final = builder.node("Identity", [tensors[result.name].name], OUTPUT_NAME)
-            graph_outputs.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, ["N", None]))
+            graph_outputs.append(helper.make_tensor_value_info(final, float_type, ["N", None]))
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
             if isinstance(module, FusedLayer):
@@ -436,11 +447,27 @@ class OnnxRuntimeRunner:
             self.path, options, providers=["CPUExecutionProvider"], disabled_optimizers=["WeightBiasQuantization"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        self.input_dtype = np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
         self.reason = ""
 
     def predict(self, x: Any) -> np.ndarray:
-        """Scores N×C for the input (see :func:`prepare_input`)."""
-        return self.session.run(None, {self.input_name: prepare_input(x, self.info["preprocessing"])})[0]
+        """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
+        batch = prepare_input(x, self.info["preprocessing"]).astype(self.input_dtype, copy=False)
+        return self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
+
+
+def onnxruntime_ops(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Operator counts of the graph ONNX Runtime actually runs for a model on this CPU (after its
+    QDQ fusions), e.g. how many convolutions became ``QLinearConv``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        optimized = os.path.join(folder, "optimized.onnx")
+        OnnxRuntimeRunner(path, threads=1, optimized_model_path=optimized)
+        counts: dict[str, int] = {}
+        for node in onnx.load(optimized).graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def engine_cache_path(onnx_bytes: bytes, tensorrt_version: str, gpu_name: str) -> Path:
@@ -508,17 +535,20 @@ class TensorRTRunner:
 
     def predict(self, x: Any) -> np.ndarray:
         """Scores N×C for the input (see :func:`prepare_input`), computed on the GPU."""
-        batch = torch.from_numpy(prepare_input(x, self.info["preprocessing"])).cuda()
         input_name, output_name = (self.engine.get_tensor_name(i) for i in range(2))
+        half = self.trt.DataType.HALF
+        input_dtype = torch.float16 if self.engine.get_tensor_dtype(input_name) == half else torch.float32
+        output_dtype = torch.float16 if self.engine.get_tensor_dtype(output_name) == half else torch.float32
+        batch = torch.from_numpy(prepare_input(x, self.info["preprocessing"])).to("cuda", input_dtype)
         self.context.set_input_shape(input_name, tuple(batch.shape))
-        output = torch.empty(tuple(self.context.get_tensor_shape(output_name)), dtype=torch.float32, device="cuda")
+        output = torch.empty(tuple(self.context.get_tensor_shape(output_name)), dtype=output_dtype, device="cuda")
         self.context.set_tensor_address(input_name, batch.data_ptr())
         self.context.set_tensor_address(output_name, output.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        return output.cpu().numpy()
+        return output.float().cpu().numpy()
 
 
 def choose_backend(path: str | os.PathLike[str], backend: str = "auto") -> tuple[str, str]:

@@ -36,12 +36,7 @@ def calibrated():
 
 
 def optimized_ops(path, tmp_path) -> dict[str, int]:
-    optimized = str(tmp_path / "optimized.onnx")
-    OnnxRuntimeRunner(path, threads=1, optimized_model_path=optimized)
-    counts: dict[str, int] = {}
-    for node in onnx.load(optimized).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+    return deploy.onnxruntime_ops(path)
 
 
 def test_cpu_flavour_equals_the_cpu_emulation(calibrated, tmp_path):
@@ -336,3 +331,17 @@ def test_float_export_computes_the_float_network(calibrated, tmp_path):
     scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
     with torch.no_grad():
         assert np.allclose(scores, net(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_float16_export_runs_close_to_float32(calibrated, tmp_path):
+    net, images, quantizers = calibrated
+    path = deploy.export_float_onnx(quantizers["gpu"], tmp_path / "fp16.onnx", dtype="float16")
+    model = onnx.load(path)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    runner = load_int8(path, backend="onnxruntime", threads=1)
+    scores = runner.predict(images)
+    assert scores.dtype == np.float32
+    with torch.no_grad():
+        reference = net(images).numpy()
+    assert np.abs(scores - reference).max() < 0.02 * np.abs(reference).max() + 1e-3
+    assert (scores.argmax(1) == reference.argmax(1)).mean() >= 0.75
