@@ -15,6 +15,7 @@ from dlqnb.quantizer import CalibrationError, DLQuantizer, NotCalibratedError
 from dlqnb.calibration_file import CalibrationFileError
 from dlqnb.emulation import quantization_details
 from dlqnb.models import load_network, save_network
+from dlqnb.pruning import TaylorPrunableNetwork
 from dlqnb.records import read_records, record, recorded
 from dlqnb.validation import QuantizationOptions, classify
 
@@ -24,6 +25,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationFileError",
     "QuantizationOptions",
+    "TaylorPrunableNetwork",
     "classify",
     "quantization_details",
     "DLQuantizer",

@@ -9,6 +9,7 @@ sides; the values in force are printed with the results.
 Example:
     $ python -m dlqnb.bench calibrate --images 64 --repeats 5
     $ python -m dlqnb.bench deploy
+    $ python -m dlqnb.bench prune
 """
 
 from __future__ import annotations
@@ -147,6 +148,67 @@ def bench_deploy(size: int, repeats: int, batches: tuple[int, ...] = (1, 32)) ->
     return results
 
 
+def bench_prune(repeats: int, batch: int = 128) -> dict[str, Any]:
+    """Taylor scoring against a plain training step, and pruned against original inference (digits net)."""
+    import torch.nn.functional as F
+
+    from dlqnb.models import digits_net
+    from dlqnb.pruning import TaylorPrunableNetwork, count_flops
+
+    torch.manual_seed(0)
+    net = digits_net().eval()
+    x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    trainable = digits_net()
+    optimizer = torch.optim.SGD(trainable.parameters(), lr=0.01, momentum=0.9)
+
+    def training_step() -> None:
+        loss = F.cross_entropy(trainable(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    prunable = TaylorPrunableNetwork(net)
+
+    def scoring_step() -> None:
+        out, activations = prunable.forward(x)
+        gradients = torch.autograd.grad(F.cross_entropy(out, y), activations)
+        prunable.update_score(activations, gradients)
+
+    pruned = prunable
+    for _ in range(5):  # 40 of the 48 prunable filters
+        out, activations = pruned.forward(x)
+        pruned = pruned.update_score(activations, torch.autograd.grad(F.cross_entropy(out, y), activations)).update_prunables(8)
+    small = pruned.to_module()
+    inference_x = torch.rand(512, 1, 28, 28)
+
+    def original_inference() -> None:
+        with torch.no_grad():
+            net(inference_x)
+
+    def pruned_inference() -> None:
+        with torch.no_grad():
+            small(inference_x)
+
+    timings = {"training step": training_step, "forward + update_score": scoring_step, "original inference": original_inference, "pruned inference": pruned_inference}
+    for run in timings.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in timings}
+    for _ in range(repeats):
+        for name, run in timings.items():
+            samples[name].append(_median_time(run, 1))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "benchmark": "prune",
+        "network": "digits (seed 004)",
+        "batch": batch,
+        "ms": {name: round(1000 * value, 2) for name, value in medians.items()},
+        "scoring_vs_training_step": round(medians["forward + update_score"] / medians["training step"], 3),
+        "pruned_inference_speedup": round(medians["original inference"] / medians["pruned inference"], 3),
+        "filters": {"original": 60, "pruned": sum(pruned.filter_counts().values())},
+        "flops": {"original": count_flops(net, (1, 28, 28)), "pruned": count_flops(small, (1, 28, 28))},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     argv = sys.argv[1:] if argv is None else argv
@@ -160,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     deploy = sub.add_parser("deploy", help="int8 ONNX Runtime vs fp32 (PyTorch, ONNX Runtime)")
     deploy.add_argument("--size", type=int, default=227)
     deploy.add_argument("--repeats", type=int, default=9)
+    prune = sub.add_parser("prune", help="Taylor scoring vs a training step; pruned vs original inference")
+    prune.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     _ensure_malloc_settings(argv)
     if args.benchmark == "calibrate":
         result = bench_calibrate(args.images, args.size, args.repeats, args.batch)
-    else:
+    elif args.benchmark == "deploy":
         result = bench_deploy(args.size, args.repeats)
+    else:
+        result = bench_prune(args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -35,6 +35,7 @@ __all__ = [
     "calibration_heatmap",
     "msb_heatmap",
     "prediction_comparison_figure",
+    "pruning_progress_figure",
     "style_bit_table",
     "training_progress_figure",
     "use_offline_renderer",
@@ -264,4 +265,20 @@ def prediction_comparison_figure(image: Any, class_names: Sequence[str], probabi
     figure.update_yaxes(visible=False, row=1, col=1)
     figure.update_xaxes(title="Probability", range=[0, 1.1], row=1, col=2)
     figure.update_layout(title=title, barmode="group", height=420, legend={"orientation": "h", "y": -0.2})
+    return figure
+
+
+def pruning_progress_figure(history: pd.DataFrame) -> go.Figure:
+    """Validation accuracy, learnable parameters and FLOPs per prune → fine-tune iteration.
+
+    Args:
+        history: Columns ``Iteration``, ``ValidationAccuracy``, ``Parameters``, ``FLOPs``.
+    """
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=3, subplot_titles=("Validation accuracy (%)", "Learnable parameters", "Multiply-accumulates"))
+    for column, (key, scale) in enumerate((("ValidationAccuracy", 100), ("Parameters", 1), ("FLOPs", 1)), start=1):
+        figure.add_trace(go.Scatter(x=list(history["Iteration"]), y=list(history[key] * scale), mode="lines+markers", showlegend=False), row=1, col=column)
+        figure.update_xaxes(title="Iteration", dtick=1, row=1, col=column)
+    figure.update_layout(title="Prune → fine-tune", height=360)
     return figure
