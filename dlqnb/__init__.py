@@ -8,7 +8,7 @@ Example:
     5
 """
 
-from dlqnb import data, models, numerics, plotting, training, zoo
+from dlqnb import data, models, numerics, plotting, sensitivity, training, zoo
 from dlqnb.batches import DataError
 from dlqnb.graph import NetworkGraphError
 from dlqnb.quantizer import CalibrationError, DLQuantizer, NotCalibratedError
@@ -38,6 +38,7 @@ __all__ = [
     "numerics",
     "plotting",
     "save_network",
+    "sensitivity",
     "training",
     "zoo",
     "__version__",

@@ -36,6 +36,7 @@ __all__ = [
     "msb_heatmap",
     "prediction_comparison_figure",
     "pruning_progress_figure",
+    "sensitivity_figure",
     "style_bit_table",
     "training_progress_figure",
     "use_offline_renderer",
@@ -281,4 +282,21 @@ def pruning_progress_figure(history: pd.DataFrame) -> go.Figure:
         figure.add_trace(go.Scatter(x=list(history["Iteration"]), y=list(history[key] * scale), mode="lines+markers", showlegend=False), row=1, col=column)
         figure.update_xaxes(title="Iteration", dtick=1, row=1, col=column)
     figure.update_layout(title="Prune → fine-tune", height=360)
+    return figure
+
+
+def sensitivity_figure(table: pd.DataFrame, top: int = 15) -> go.Figure:
+    """Horizontal bars of the most harmful layers from :func:`dlqnb.sensitivity.sensitivity_analysis`."""
+    shown = table.head(top).iloc[::-1]
+    figure = go.Figure(
+        go.Bar(
+            x=list(shown["OutputError"]),
+            y=list(shown["Layer"]),
+            orientation="h",
+            customdata=list(zip(shown["MetricOutput"], shown["Harm"])),
+            hovertemplate="%{y}<br>output error %{x:.4f}<br>metric %{customdata[0]:.4f}, harm %{customdata[1]:.4f}<extra></extra>",
+        )
+    )
+    figure.update_layout(title="Per-layer sensitivity (most harmful at the top)", xaxis_title="relative output error", height=120 + 24 * len(shown), margin={"l": 20})
+    figure.update_yaxes(automargin=True)
     return figure
