@@ -50,9 +50,40 @@ def use_offline_renderer() -> None:
     """Render Plotly figures for JupyterLab and for exported HTML, with no network.
 
     JupyterLab shows the Plotly MIME output; the HTML output next to it carries plotly.js once per
-    notebook, so a notebook exported with nbconvert opens offline with working figures.
+    notebook, so a notebook exported with nbconvert opens offline with working figures. (Plotly's own
+    ``notebook`` renderer would also load MathJax from a CDN for every figure; dlqnb's does not.)
     """
-    pio.renderers.default = "plotly_mimetype+notebook"
+    if "dlqnb_notebook" not in pio.renderers:
+        pio.renderers["dlqnb_notebook"] = _OfflineNotebookRenderer()
+    pio.renderers.default = "plotly_mimetype+dlqnb_notebook"
+
+
+def _offline_notebook_renderer_class() -> type:
+    from plotly.io._base_renderers import NotebookRenderer
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        """Plotly's notebook renderer (plotly.js embedded once) with no MathJax fetched from a CDN."""
+
+        def to_mimebundle(self, fig_dict: dict) -> dict:
+            html = pio.to_html(
+                fig_dict,
+                config=self.config,
+                auto_play=self.auto_play,
+                include_plotlyjs=False,  # activate() embedded plotly.js once for the notebook
+                include_mathjax=False,
+                full_html=False,
+                animation_opts=self.animation_opts,
+                default_width="100%",
+                default_height=525,
+                validate=False,
+            )
+            return {"text/html": html}
+
+    return OfflineNotebookRenderer
+
+
+def _OfflineNotebookRenderer() -> Any:  # noqa: N802 - builds the renderer lazily (plotly internals)
+    return _offline_notebook_renderer_class()(connected=False)
 
 
 def _bit_label(k: int) -> str:

@@ -44,6 +44,7 @@ __all__ = ["ReportJob", "ReportResult", "default_notebooks", "expand_jobs", "run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CELL_TIMEOUT = 1800
+_EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,9 @@ def _to_html(executed: Path, show_code: bool) -> str:
 
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=not show_code)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    return body
+    # A report must open offline: drop the template's CDN scripts (require.js, MathJax); Plotly figures
+    # carry plotly.js themselves and the notebooks use no LaTeX.
+    return _EXTERNAL_SCRIPT.sub("", body)
 
 
 def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeout: int = CELL_TIMEOUT) -> ReportResult:

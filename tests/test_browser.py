@@ -1,0 +1,93 @@
+"""Reports and the index in a real browser (Debian's chromium, driven headless by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dlqnb.report import expand_jobs, run_reports
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TIMEOUT_MS = 30_000  # every wait is bounded: a hang fails fast
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright; the tests use Debian's chromium, not a downloaded one)"
+    if not os.path.exists(CHROMIUM):
+        return "Debian's chromium is not installed (apt-get install chromium)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            timeout=TIMEOUT_MS,
+        )
+        yield instance
+        instance.close()
+
+
+def plot_notebook(folder: Path) -> Path:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell("seed = 0")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [
+        parameters,
+        nbformat.v4.new_code_cell(
+            "import torch, dlqnb\nfrom dlqnb.numerics import MSBHistogram\nfrom dlqnb.plotting import msb_heatmap\n"
+            "dlqnb.plotting.use_offline_renderer()\n"
+            "msb_heatmap({'values': MSBHistogram.of(torch.tensor([0.03125, 2.1, 16.25]))}, {'values': 3})"
+        ),
+        nbformat.v4.new_code_cell("dlqnb.record('seed_used', seed)"),
+    ]
+    path = folder / "plots.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def open_page(browser, path: Path):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(path.resolve().as_uri(), timeout=TIMEOUT_MS)
+    return page, errors
+
+
+def test_report_and_index_render_without_errors(browser, tmp_path):
+    results = run_reports(expand_jobs([plot_notebook(tmp_path)], {"seed": [1, 2]}), tmp_path / "reports", jobs_at_once=1)
+    assert [r.status for r in results] == ["ok", "ok"]
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    page, errors = open_page(browser, tmp_path / "reports" / "plots-seed=1.html")
+    page.wait_for_selector(".plotly .main-svg", timeout=TIMEOUT_MS)
+    cells = page.locator(".plotly .heatmaplayer image, .plotly .heatmaplayer .hm")
+    assert cells.count() > 0  # the heat map drew its cells: a non-empty SVG
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert errors == []
+
+    page, errors = open_page(browser, tmp_path / "reports" / "index.html")
+    links = page.locator("a")
+    assert sorted(links.all_inner_texts()) == ["plots.ipynb", "plots.ipynb"]
+    assert "seed_used = 2" in page.content()
+    page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+    links.first.click(timeout=TIMEOUT_MS)
+    page.wait_for_selector(".plotly .main-svg", timeout=TIMEOUT_MS)
+    assert errors == []
