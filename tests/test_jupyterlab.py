@@ -1,0 +1,94 @@
+"""The quantizer app in a real JupyterLab on loopback, driven in Chromium by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+LAYER = "features_3_squeeze_features_3_squeeze_activation"
+
+
+def _missing() -> str | None:
+    for module, hint in (("playwright", "pip install playwright"), ("jupyterlab", "pip install jupyterlab")):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed ({hint})"
+    if not os.path.exists(CHROMIUM):
+        return "Debian's chromium is not installed (apt-get install chromium)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    root = tmp_path / "lab"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "07_quantizer_app.ipynb", root / "notebooks")  # autosave writes here, not in the repo
+    port, token = free_port(), "dlqnb-test"
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url="]
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/lab/tree/notebooks/07_quantizer_app.ipynb?token={token}"
+    server.terminate()
+    server.wait(timeout=20)
+    log.close()
+
+
+def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, timeout=30_000,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(jupyterlab, timeout=60_000)
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=30_000)
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=30_000)
+            calibrate = page.locator("button.jupyter-button", has_text="Calibrate")
+            calibrate.wait_for(timeout=180_000)  # the kernel starts and loads (or trains once) the merch network
+            calibrate.click()
+            page.wait_for_function("() => document.querySelectorAll('.widget-select select option').length >= 26", timeout=120_000)
+            page.locator(".widget-select select").first.select_option(label=LAYER, timeout=30_000)
+            page.wait_for_function(
+                f"() => Array.from(document.querySelectorAll('.plotly .ytick text')).some(t => t.textContent.startsWith('{LAYER}_Weights'))",
+                timeout=60_000,
+            )
+            assert page.locator(".widget-html", has_text="Calibrated on 55 images").count() == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab_app.png"))
+        finally:
+            browser.close()
