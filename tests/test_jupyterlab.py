@@ -64,6 +64,22 @@ def jupyterlab(tmp_path):
     log.close()
 
 
+def run_all_cells(page) -> None:
+    """Run > Run All Cells once the kernel is idle; a click before the kernel session exists is lost, so
+    confirm that a cell started (prompt [*] or [n]) and try again if not."""
+    page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=120_000)
+    started = "() => Array.from(document.querySelectorAll('.jp-InputPrompt')).some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
+    for _ in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=30_000)
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=30_000)
+        try:
+            page.wait_for_function(started, timeout=20_000)
+            return
+        except Exception:  # playwright's TimeoutError: nothing ran yet
+            page.keyboard.press("Escape")
+    raise AssertionError("JupyterLab did not start running the notebook's cells")
+
+
 def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
     from playwright.sync_api import sync_playwright
 
@@ -72,12 +88,12 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
             executable_path=CHROMIUM, timeout=30_000,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
         )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        ARTIFACTS.mkdir(exist_ok=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(jupyterlab, timeout=60_000)
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=30_000)
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=30_000)
+            run_all_cells(page)
             calibrate = page.locator("button.jupyter-button", has_text="Calibrate")
             calibrate.wait_for(timeout=180_000)  # the kernel starts and loads (or trains once) the merch network
             calibrate.click()
@@ -88,7 +104,9 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
                 timeout=60_000,
             )
             assert page.locator(".widget-html", has_text="Calibrated on 55 images").count() == 1
-            ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab_app.png"))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab_app_failure.png"))  # what the browser showed
+            raise
         finally:
             browser.close()
