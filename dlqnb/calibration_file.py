@@ -147,9 +147,9 @@ def load_calibration(path: str | os.PathLike[str], net: torch.nn.Module) -> DLQu
             f"{os.fspath(path)!r} was calibrated on a different network (its graph or weights differ from "
             f"the {type(net).__name__} given); calibrate this network instead"
         )
+    stats = {}
     for index, node in enumerate(document["observed_nodes"]):
         low, high = tensors["ranges"][index].tolist()
-        quantizer._stats[node] = RangeStats(low, high, MSBHistogram(tensors["msb_counts"][index].clone()))
-    quantizer._tensor_nodes = set(document["tensor_nodes"])
-    quantizer.num_calibration_samples_ = int(document["num_calibration_samples"])
+        stats[node] = RangeStats(low, high, MSBHistogram(tensors["msb_counts"][index].clone()))
+    quantizer._restore_calibration(stats, set(document["tensor_nodes"]), int(document["num_calibration_samples"]))
     return quantizer

@@ -57,7 +57,6 @@ CALIBRATION_COLUMNS = [
     "MaxValue",
 ]
 ExecutionEnvironment = Literal["gpu", "cpu"]
-_KINDS = ("Weights", "Bias", "Activations")
 
 
 class CalibrationError(RuntimeError):
@@ -164,6 +163,7 @@ class DLQuantizer:
         self._derived_sources = _derived_sources(self.optimized_.module)
         self._stats: dict[str, RangeStats] = {}
         self._tensor_nodes: set[str] = set()
+        self._row_stats_cache: dict[str, RangeStats] | None = None
         self.num_calibration_samples_ = 0
         self.excluded_layers_: set[str] = set()
         self.exclude(*excluded_layers)
@@ -199,9 +199,15 @@ class DLQuantizer:
                 samples += images.shape[0]
         for name, part in stats.items():
             self._stats.setdefault(name, RangeStats.empty()).merge_in(part)
-        self._tensor_nodes |= recorder.tensor_nodes
-        self.num_calibration_samples_ += samples
+        self._restore_calibration(self._stats, self._tensor_nodes | recorder.tensor_nodes, self.num_calibration_samples_ + samples)
         return self.calibration_table
+
+    def _restore_calibration(self, stats: dict[str, RangeStats], tensor_nodes: set[str], samples: int) -> None:
+        """Set the recorded statistics (after calibrate, or from a calibration file) and drop derived state."""
+        self._stats = stats
+        self._tensor_nodes = tensor_nodes
+        self.num_calibration_samples_ = samples
+        self._row_stats_cache = None
 
     @property
     def is_calibrated(self) -> bool:
@@ -226,7 +232,16 @@ class DLQuantizer:
         return learnables + activations
 
     def _row_stats(self) -> dict[str, RangeStats]:
-        """Statistics of every row, by row name (learnables computed, pass-through layers derived)."""
+        """Statistics of every row, by row name (learnables computed, pass-through layers derived).
+
+        Computed once per calibration state (it reads every folded weight): the table, the types,
+        quantize, export and the heat maps all ask for it.
+        """
+        if self._row_stats_cache is None:
+            self._row_stats_cache = self._compute_row_stats()
+        return dict(self._row_stats_cache)
+
+    def _compute_row_stats(self) -> dict[str, RangeStats]:
         by_node = dict(self._stats)
         for name, sources in self._derived_sources.items():
             if name in self._tensor_nodes:
@@ -277,7 +292,7 @@ class DLQuantizer:
         (values whose MSB is above the type), ``Underflow`` (nonzero values that round to zero),
         ``Zeros`` and ``Count``.
         """
-        table = self.calibration_table
+        table = self.calibration_table  # reads the cached row statistics
         stats = self._row_stats()
         extra = []
         for row_name, low, high in zip(table["Optimized Layer Name"], table["MinValue"], table["MaxValue"]):

@@ -117,7 +117,8 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
     partial = out_dir / f".{job.stem}.running.ipynb"
     started = time.time()
     status, error = "ok", ""
-    os.environ["DLQNB_STATIC_PLOTS"] = "1"  # reports get static figures, not live widgets
+    previous = os.environ.get("DLQNB_STATIC_PLOTS")
+    os.environ["DLQNB_STATIC_PLOTS"] = "1"  # the kernel inherits it: reports get static figures, not live widgets
     try:
         papermill.execute_notebook(
             str(job.notebook),
@@ -130,6 +131,11 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
         )
     except Exception as exc:  # papermill raises PapermillExecutionError and friends: record, go on
         status, error = "failed", f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
+    finally:
+        if previous is None:
+            os.environ.pop("DLQNB_STATIC_PLOTS", None)
+        else:
+            os.environ["DLQNB_STATIC_PLOTS"] = previous
     records: dict[str, Any] = {}
     if partial.exists():
         records = read_records(partial)

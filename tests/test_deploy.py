@@ -7,7 +7,6 @@ import math
 import os
 import sys
 import types
-import warnings
 
 import numpy as np
 import onnx
@@ -19,7 +18,7 @@ from torch import nn
 
 from dlqnb import DLQuantizer
 from dlqnb import deploy
-from dlqnb.deploy import ExportError, OnnxRuntimeRunner, export_qdq_onnx, load_int8, predict_int8
+from dlqnb.deploy import ExportError, export_qdq_onnx, load_int8, predict_int8
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +34,6 @@ def calibrated():
     return net, images, result
 
 
-def optimized_ops(path, tmp_path) -> dict[str, int]:
-    return deploy.onnxruntime_ops(path)
-
-
 def test_cpu_flavour_equals_the_cpu_emulation(calibrated, tmp_path):
     _, images, quantizers = calibrated
     path = export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx")
@@ -51,7 +46,7 @@ def test_cpu_flavour_equals_the_cpu_emulation(calibrated, tmp_path):
 
 def test_every_quantized_convolution_becomes_qlinearconv(calibrated, tmp_path):
     _, _, quantizers = calibrated
-    counts = optimized_ops(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"), tmp_path)
+    counts = deploy.onnxruntime_ops(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"))
     assert counts.get("QLinearConv") == 26
     assert counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
 
@@ -98,7 +93,7 @@ def test_excluded_layers_are_exported_in_float(calibrated, tmp_path):
     quantizer = DLQuantizer(net, execution_environment="cpu", excluded_layers=["features_3_squeeze_features_3_squeeze_activation"])
     quantizer.calibrate(images, progress=False)
     path = export_qdq_onnx(quantizer, tmp_path / "excluded.onnx")
-    counts = optimized_ops(path, tmp_path)
+    counts = deploy.onnxruntime_ops(path)
     assert counts["QLinearConv"] == 25
     scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
     with torch.no_grad():
@@ -320,7 +315,7 @@ def test_per_channel_weights_emulate_and_deploy_alike(calibrated, tmp_path):
     with torch.no_grad():
         emulated = quantizer.quantize()(images).numpy()
     assert np.array_equal(scores, emulated)
-    assert optimized_ops(path, tmp_path)["QLinearConv"] == 26
+    assert deploy.onnxruntime_ops(path)["QLinearConv"] == 26
 
 
 def test_float_export_computes_the_float_network(calibrated, tmp_path):

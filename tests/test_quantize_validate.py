@@ -12,7 +12,7 @@ from torch import nn
 
 import dlqnb
 from dlqnb import CalibrationError, CalibrationFileError, DLQuantizer, NotCalibratedError, QuantizationOptions, quantization_details
-from dlqnb.emulation import EmulatedLayer, FakeQuantize
+from dlqnb.emulation import EmulatedLayer
 from dlqnb.numerics import fraction_length
 
 
