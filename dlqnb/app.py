@@ -145,7 +145,7 @@ class QuantizerApp:
             self.quantizer.exclude(layer)
         if self.switches[layer].value != quantize:
             self.switches[layer].value = quantize
-        self.status.value = f"{len(self.quantizer.quantized_layers())} layers quantized, {len(self.quantizer.excluded_layers_)} kept in float."
+        self.status.value = f"{len(self.quantizer.quantized_layers())} layers quantized, {len(self.quantizer.excluded_layers)} kept in float."
 
     def validate(self) -> Any:
         """Validate and show the metric and memory table."""

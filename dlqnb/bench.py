@@ -10,6 +10,7 @@ Example:
     $ python -m dlqnb.bench calibrate --images 64 --repeats 5
     $ python -m dlqnb.bench deploy
     $ python -m dlqnb.bench prune
+    $ python -m dlqnb.bench zoo
 """
 
 from __future__ import annotations
@@ -199,13 +200,51 @@ def bench_prune(repeats: int, batch: int = 128) -> dict[str, Any]:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     return {
         "benchmark": "prune",
-        "network": "digits (seed 004)",
+        "network": "digits (*updateScore*)",
         "batch": batch,
         "ms": {name: round(1000 * value, 2) for name, value in medians.items()},
         "scoring_vs_training_step": round(medians["forward + update_score"] / medians["training step"], 3),
         "pruned_inference_speedup": round(medians["original inference"] / medians["pruned inference"], 3),
         "filters": {"original": 60, "pruned": sum(pruned.filter_counts().values())},
         "flops": {"original": count_flops(net, (1, 28, 28)), "pruned": count_flops(small, (1, 28, 28))},
+    }
+
+
+def bench_zoo(models: list[str] | None = None) -> dict[str, Any]:
+    """Every torchvision classifier up to about 30 M parameters through calibrate → quantize → export →
+    ONNX Runtime on both targets, and through Taylor pruning (:mod:`dlqnb.reach`); a table is printed
+    as it goes, and the rows are returned."""
+    from tqdm.auto import tqdm
+
+    from dlqnb.reach import check_pruning, check_quantization, classification_models
+
+    names = models or classification_models()
+    rows: list[dict[str, Any]] = []
+    header = f"{'model':22s} {'params':>7s} | {'target':6s} {'int8':>4s} {'float':>5s} {'export':>6s} {'top-1':>6s} {'max diff':>8s} {'exact':>5s} | {'prune':>5s}"
+    print(header, file=sys.stderr)
+    for name in tqdm(names, desc="zoo", unit="model", file=sys.stderr):
+        pruning = check_pruning(name)
+        for target in ("gpu", "cpu"):
+            row = check_quantization(name, target)
+            row.pop("traceback", None)
+            row["pruning"] = pruning
+            rows.append(row)
+            agreement = f"{row['top1_agreement']:.2f}" if row["top1_agreement"] is not None else "-"
+            difference = f"{row['max_difference']:.4g}" if row["max_difference"] is not None else "-"
+            prune = "ok" if not pruning["error"] and pruning["max_difference"] is not None and pruning["max_difference"] < 1e-4 else "FAIL"
+            line = (
+                f"{name:22s} {row['parameters'] / 1e6 if row['parameters'] else 0:6.1f}M | {target:6s} {row['quantized_layers'] or 0:4d} "
+                f"{row['float_layers'] or 0:5d} {'yes' if row['exported'] else 'NO':>6s} {agreement:>6s} {difference:>8s} "
+                f"{'yes' if row['bit_exact'] else 'no':>5s} | {prune:>5s} {row['error'] or pruning['error']}"
+            )
+            tqdm.write(line, file=sys.stderr)
+    passed = {target: sum(1 for r in rows if r["target"] == target and r["exported"] and r["top1_agreement"] is not None) for target in ("gpu", "cpu")}
+    return {
+        "models": len(names),
+        "passed_export_and_onnxruntime": passed,
+        "pruning_passed": sum(1 for r in rows[::2] if not r["pruning"]["error"] and r["pruning"]["max_difference"] < 1e-4),
+        "failures": [{"model": r["model"], "target": r["target"], "error": r["error"]} for r in rows if r["error"]],
+        "rows": rows,
     }
 
 
@@ -224,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--repeats", type=int, default=9)
     prune = sub.add_parser("prune", help="Taylor scoring vs a training step; pruned vs original inference")
     prune.add_argument("--repeats", type=int, default=15)
+    zoo = sub.add_parser("zoo", help="torchvision's classifiers: calibrate, quantize, export, ONNX Runtime, pruning")
+    zoo.add_argument("models", nargs="*", help="model names (default: every classifier up to about 30 M parameters)")
     args = parser.parse_args(argv)
+    if args.benchmark == "zoo":
+        result = bench_zoo(args.models)
+        result.pop("rows")
+        print(json.dumps(result, indent=2))
+        return 0
     _ensure_malloc_settings(argv)
     if args.benchmark == "calibrate":
         result = bench_calibrate(args.images, args.size, args.repeats, args.batch)

@@ -1,4 +1,4 @@
-"""The calibration file: what code generation reads (the seeds' ``squeezenetQuantObj.mat``).
+"""The calibration file: what code generation reads (MATLAB's ``squeezenetQuantObj.mat``).
 
 One safetensors file (no pickle anywhere): the tensors hold every observed tensor's range and its 256
 MSB counts; the header's metadata holds a JSON document with the format version, dlqnb's version,
@@ -28,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.fx as fx
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -38,10 +40,7 @@ from dlqnb.cache import atomic_write_bytes
 from dlqnb.numerics import MSBHistogram
 from dlqnb.observers import RangeStats
 
-if TYPE_CHECKING:
-    from dlqnb.quantizer import DLQuantizer
-
-__all__ = ["FORMAT", "FORMAT_VERSION", "CalibrationFileError", "load_calibration", "network_fingerprint", "save_calibration"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CalibrationFileError", "CalibrationState", "fingerprint", "read_calibration", "write_calibration"]
 
 FORMAT = "dlqnb-calibration"
 FORMAT_VERSION = 1
@@ -51,14 +50,40 @@ class CalibrationFileError(ValueError):
     """A calibration file that cannot be used; the message names the file and the reason."""
 
 
-def network_fingerprint(quantizer: DLQuantizer) -> str:
-    """SHA-256 of the optimized graph's code and of every parameter and buffer (names, shapes, bytes)."""
-    module = quantizer.optimized_.module
+@dataclass(frozen=True)
+class CalibrationState:
+    """What calibration recorded.
+
+    Attributes:
+        stats: Range and MSB counts of every observed tensor, by node name (nodes derived from their
+            inputs' statistics are not observed).
+        tensor_nodes: Every node that produced a float tensor (each gets an Activations row).
+        num_samples: Images seen.
+        input_shape: Shape (C, H, W) of the images seen last (empty when unknown).
+    """
+
+    stats: dict[str, RangeStats] = field(default_factory=dict)
+    tensor_nodes: frozenset[str] = frozenset()
+    num_samples: int = 0
+    input_shape: tuple[int, ...] = ()
+
+    @classmethod
+    def empty(cls) -> CalibrationState:
+        """The state before any calibration."""
+        return cls()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tensor_nodes", frozenset(self.tensor_nodes))
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+
+
+def fingerprint(module: fx.GraphModule) -> str:
+    """SHA-256 of a graph module's code and of every parameter and buffer (names, shapes, bytes)."""
     digest = hashlib.sha256(module.code.encode())
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 
@@ -70,30 +95,31 @@ def _checksum(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str
     return digest.hexdigest()
 
 
-def save_calibration(quantizer: DLQuantizer, path: str | os.PathLike[str]) -> None:
-    """Write a calibrated quantizer's calibration file atomically."""
+def write_calibration(path: str | os.PathLike[str], state: CalibrationState, settings: dict[str, Any]) -> None:
+    """Write a calibration state and the quantizer's settings atomically.
+
+    Args:
+        path: The file to write.
+        state: What calibration recorded.
+        settings: The quantizer's settings (target, exponent scheme, exclusions, network fingerprint,
+            chosen types), stored in the JSON header.
+    """
     from dlqnb import __version__
 
-    quantizer._require_calibration("save")
-    observed = sorted(quantizer._stats)
+    observed = sorted(state.stats)
     tensors = {
-        "ranges": torch.tensor([[quantizer._stats[n].min_value, quantizer._stats[n].max_value] for n in observed], dtype=torch.float64),
-        "msb_counts": torch.stack([quantizer._stats[n].histogram.counts for n in observed]).to(torch.int64),
+        "ranges": torch.tensor([[state.stats[n].min_value, state.stats[n].max_value] for n in observed], dtype=torch.float64).reshape(-1, 2),
+        "msb_counts": torch.stack([state.stats[n].histogram.counts for n in observed]).to(torch.int64),
     }
-    types = quantizer.quantization_types()
     document = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "dlqnb_version": __version__,
-        "execution_environment": quantizer.execution_environment,
-        "exponent_scheme": quantizer.exponent_scheme,
-        "excluded_layers": sorted(quantizer.excluded_layers_),
-        "per_channel_weights": quantizer.per_channel_weights,
-        "num_calibration_samples": quantizer.num_calibration_samples_,
-        "network_fingerprint": network_fingerprint(quantizer),
+        **settings,
+        "num_calibration_samples": state.num_samples,
+        "input_shape": list(state.input_shape),
         "observed_nodes": observed,
-        "tensor_nodes": sorted(quantizer._tensor_nodes),
-        "types": {row: int(f) for row, f in zip(types["Optimized Layer Name"], types["FractionLength"])},
+        "tensor_nodes": sorted(state.tensor_nodes),
     }
     metadata = {"dlqnb": json.dumps(document, sort_keys=True), "checksum": _checksum(document, tensors)}
     atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
@@ -126,30 +152,16 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch
     return document, tensors
 
 
-def load_calibration(path: str | os.PathLike[str], net: torch.nn.Module) -> DLQuantizer:
-    """A calibrated quantizer for ``net`` from a calibration file.
+def read_calibration(path: str | os.PathLike[str]) -> tuple[dict[str, Any], CalibrationState]:
+    """The settings and the calibration state stored in a calibration file.
 
     Raises:
-        CalibrationFileError: Missing, truncated, foreign, newer, edited file, or a different network.
+        CalibrationFileError: Missing, truncated, foreign, newer or edited file.
     """
-    from dlqnb.quantizer import DLQuantizer
-
     document, tensors = _read(path)
-    quantizer = DLQuantizer(
-        net,
-        execution_environment=document["execution_environment"],
-        exponent_scheme=document["exponent_scheme"],
-        excluded_layers=document["excluded_layers"],
-        per_channel_weights=document.get("per_channel_weights", False),
-    )
-    if network_fingerprint(quantizer) != document["network_fingerprint"]:
-        raise CalibrationFileError(
-            f"{os.fspath(path)!r} was calibrated on a different network (its graph or weights differ from "
-            f"the {type(net).__name__} given); calibrate this network instead"
-        )
     stats = {}
     for index, node in enumerate(document["observed_nodes"]):
         low, high = tensors["ranges"][index].tolist()
         stats[node] = RangeStats(low, high, MSBHistogram(tensors["msb_counts"][index].clone()))
-    quantizer._restore_calibration(stats, set(document["tensor_nodes"]), int(document["num_calibration_samples"]))
-    return quantizer
+    state = CalibrationState(stats, frozenset(document["tensor_nodes"]), int(document["num_calibration_samples"]), tuple(document.get("input_shape", ())))
+    return document, state

@@ -1,37 +1,27 @@
 """Exact emulation of an int8 target: the network ``DLQuantizer.quantize()`` returns.
 
-The emulated network computes, in float tensors, exactly what the int8 target computes (the seeds:
-"scale, saturate and round single data to behave like int8"); it is not smaller than the original.
+The emulated network is made from the quantization plan (:mod:`dlqnb.plan`) and computes, in float
+tensors, exactly what the int8 target computes ("scale, saturate and round single data to behave like
+int8", as MATLAB's *Emulate Quantized Network Behavior for GPU Target* puts it); it is not smaller
+than the original. It is also what :func:`dlqnb.deploy.export_qdq_onnx` exports: each quantization
+point and each quantized layer is an ``autograd.Function`` whose ``forward`` computes the integer
+arithmetic and whose ``symbolic`` writes the ONNX QuantizeLinear/DequantizeLinear form, while every
+float op is exported by torch's own exporter. Emulation and deployment cannot drift apart.
 
-**Quantized conv/linear layers** (optimized layers: BatchNorm folded, activation fused):
+**Quantized conv/linear layers** (BatchNorm folded, activation fused): the input, already on its
+int8 grid, is turned into codes; the int8 × int8 products are accumulated exactly (in float32 where
+every possible sum stays below 2**24, in float64 otherwise). On ``"cpu"`` the int32 bias codes are
+added to the accumulator, as ONNX Runtime's QLinearConv does; on ``"gpu"`` the accumulator is scaled
+and the float32 bias added, as TensorRT does with a float bias. Then the fused activation, then the
+layer's output quantization point.
 
-1. the input is quantized to the type calibrated for the tensor that feeds the layer;
-2. weights are int8 codes with one power-of-two scale per layer, the bias is int32 codes at the
-   product of the input and weight scales;
-3. the int8 × int8 products are accumulated exactly (in float32 only where every possible sum stays
-   below 2**24, in float64 otherwise) and the bias added, as an int32 accumulator does;
-4. the fused activation is applied and the result requantized to the layer's output type.
+**Quantization points** round (ties away from zero on ``"gpu"``, MATLAB's rule; ties to even on
+``"cpu"``, ONNX's ``QuantizeLinear``) and saturate to int8, or to uint8 on ``"cpu"`` where the
+calibrated minimum is ≥ 0. TensorRT's QuantizeLinear also rounds ties to even: on exact ties a TensorRT
+deployment of the ``"gpu"`` flavour can differ from the MATLAB-rule emulation by one step.
 
-**Layers between them.** Max pooling, concatenation, residual addition, flatten, dropout and
-standalone ReLU run in int8 and their output is quantized to its type. Types are shared as TensorRT
-and ONNX Runtime share them (:meth:`DLQuantizer.tensor_types`): max pooling, flatten and dropout keep
-their input's type (quantizing again changes nothing), and the layers feeding a concatenation produce
-its type directly (its calibrated range is the union of theirs), so concatenation requantizes nothing;
-an addition requantizes its sum. Other layers (the input normalization, average and global average
-pooling, softmax, ...) compute in float on the dequantized values; the next quantized layer quantizes
-their output again.
-
-**Targets** (``shared/DESIGN.md``):
-
-========================  ==============================  ========================================
-                          ``"gpu"`` (cuDNN / TensorRT)    ``"cpu"`` (ONNX Runtime)
-========================  ==============================  ========================================
-activations               int8                            uint8 (same scale) where calibrated min ≥ 0
-rounding                  ties away from zero             ties to even
-not quantized             layers fused with LeakyReLU or  —
-                          ReLU6 (clipped ReLU), global
-                          average pooling (seed 001)
-========================  ==============================  ========================================
+**Global average pooling** on ``"cpu"`` is computed as ONNX Runtime's QLinearGlobalAveragePool computes
+it (int32 sums scaled in float32), so that the emulation stays exact.
 
 Example:
     >>> import torch, torchvision
@@ -47,9 +37,8 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -59,24 +48,39 @@ from torch import Tensor, nn
 
 from dlqnb.graph import FusedLayer
 from dlqnb.numerics import Rounding, quantize_fixed, quantize_to_integer
+from dlqnb.ops import global_average_pool
+from dlqnb.plan import LayerPlan, QuantizationPlan, TensorType
 
-__all__ = ["EmulatedLayer", "FakeQuantize", "QuantizationDetails", "TensorType", "int8_node", "quantization_details"]
+__all__ = ["EmulatedLayer", "FakeQuantize", "QuantizationDetails", "QuantizedGlobalAveragePool", "build_emulated_network", "quantization_details"]
 
-TARGET_LIBRARY = {"gpu": "cudnn", "cpu": "onnxruntime"}
-ROUNDING: dict[str, Rounding] = {"gpu": "half_away", "cpu": "half_even"}
 _EXACT_FLOAT32 = 2**24
 
 
-@dataclass(frozen=True)
-class TensorType:
-    """A scaled 8-bit type: value = code × 2**-fraction_length, codes signed or unsigned."""
+def _constant(g: Any, values: list[float] | list[int] | float | int, dtype: torch.dtype) -> Any:
+    """An ONNX constant: a scalar, or a 1-D tensor for a list (per-channel scales)."""
+    return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
 
-    fraction_length: int
-    signed: bool = True
+
+def _quantize_dequantize(g: Any, x: Any, scale: float, signed: bool) -> Any:
+    scale_value = _constant(g, scale, torch.float32)
+    zero_point = _constant(g, 0, torch.int8 if signed else torch.uint8)
+    return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale_value, zero_point), scale_value, zero_point)
+
+
+class _QuantizeFunction(torch.autograd.Function):
+    """Round and saturate to a scaled 8-bit type; exports as QuantizeLinear → DequantizeLinear."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, fraction_length: int, signed: bool, rounding: str) -> Tensor:
+        return quantize_fixed(x, fraction_length, rounding=rounding, signed=signed)  # type: ignore[arg-type]
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, fraction_length: int, signed: bool, rounding: str) -> Any:
+        return _quantize_dequantize(g, x, 2.0**-fraction_length, signed)
 
 
 class FakeQuantize(nn.Module):
-    """Quantizes a tensor to a scaled 8-bit type and back (an int8 layer's output)."""
+    """A quantization point: a tensor quantized to a scaled 8-bit type and back."""
 
     def __init__(self, tensor_type: TensorType, rounding: Rounding) -> None:
         super().__init__()
@@ -84,86 +88,204 @@ class FakeQuantize(nn.Module):
         self.rounding = rounding
 
     def forward(self, x: Tensor) -> Tensor:
-        return quantize_fixed(x, self.tensor_type.fraction_length, rounding=self.rounding, signed=self.tensor_type.signed)
+        return _QuantizeFunction.apply(x, self.tensor_type.fraction_length, self.tensor_type.signed, self.rounding)
 
     def extra_repr(self) -> str:
         kind = "int8" if self.tensor_type.signed else "uint8"
         return f"{kind}, scale=2^-{self.tensor_type.fraction_length}, rounding={self.rounding}"
 
 
+class _LayerSpec(NamedTuple):
+    """Everything the int8 arithmetic of one layer needs besides its tensors: plain values, as
+    ``autograd.Function`` arguments must be for torch's exporter."""
+
+    kind: str  # "conv" or "linear"
+    dims: int
+    stride: tuple[int, ...]
+    padding: Any  # numbers, "valid" or "same"
+    dilation: tuple[int, ...]
+    groups: int
+    kernel: tuple[int, ...]
+    input_fraction: int
+    input_signed: bool
+    weight_fractions: tuple[int, ...]  # one, or one per output channel
+    per_channel: bool
+    integer_bias: bool  # int32 bias codes ("cpu") or a float32 bias ("gpu")
+    rounding: str
+    accumulate_float64: bool
+
+
+class _LayerFunction(torch.autograd.Function):
+    """The int8 conv/linear arithmetic; exports as DequantizeLinear(weights) [and bias] → Conv/Gemm."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight_codes: Tensor, bias: Tensor, spec: tuple[Any, ...]) -> Tensor:
+        return _layer_compute(_LayerSpec(*spec), x, weight_codes, bias)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight_codes: Any, bias: Any, spec: tuple[Any, ...]) -> Any:
+        return _layer_onnx(_LayerSpec(*spec), g, x, weight_codes, bias)
+
+
+def _channel_shape(spec: _LayerSpec) -> tuple[int, ...]:
+    """Broadcast shape of a per-output-channel vector (channels on axis 1 for conv, last for linear)."""
+    return (1, -1) + (1,) * spec.dims if spec.kind == "conv" else (-1,)
+
+
+def _accumulate(spec: _LayerSpec, x: Tensor, weight_codes: Tensor, bias: Tensor) -> Tensor:
+    dtype = torch.float64 if spec.accumulate_float64 else torch.float32
+    codes = quantize_to_integer(x.to(dtype), spec.input_fraction, rounding=spec.rounding, signed=spec.input_signed)  # type: ignore[arg-type]
+    if spec.kind == "linear":
+        acc = F.linear(codes, weight_codes.to(dtype))
+    else:
+        conv = (F.conv1d, F.conv2d, F.conv3d)[spec.dims - 1]
+        acc = conv(codes, weight_codes.to(dtype), stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
+    if spec.integer_bias:
+        acc = acc + bias.to(dtype).view(_channel_shape(spec))
+    return acc
+
+
+def _layer_compute(spec: _LayerSpec, x: Tensor, weight_codes: Tensor, bias: Tensor) -> Tensor:
+    """The layer's output before its activation, in float32 as the target produces it."""
+    acc = _accumulate(spec, x, weight_codes, bias)
+    shape = _channel_shape(spec)
+    fractions = torch.tensor([spec.input_fraction + f for f in spec.weight_fractions], dtype=torch.int32)
+    scale = torch.ldexp(torch.ones(len(fractions), dtype=torch.float64), -fractions)
+    real = (acc.double() * scale.view(shape)).float()  # powers of two: exact up to float32
+    if not spec.integer_bias:
+        real = real + bias.view(shape)
+    return real.to(x.dtype)
+
+
+def _layer_onnx(spec: _LayerSpec, g: Any, x: Any, weight_codes: Any, bias: Any) -> Any:
+    """The ONNX form of :func:`_layer_compute` (for ``torch.onnx.export``)."""
+    scales = [2.0**-f for f in spec.weight_fractions]
+    axis = {"axis_i": 0} if spec.per_channel else {}
+    weight_scale = _constant(g, scales if spec.per_channel else scales[0], torch.float32)
+    weight_zero = _constant(g, [0] * len(scales) if spec.per_channel else 0, torch.int8)
+    weight = g.op("DequantizeLinear", weight_codes, weight_scale, weight_zero, **axis)
+    if spec.integer_bias:
+        bias_scales = [2.0 ** -(spec.input_fraction + f) for f in spec.weight_fractions]
+        bias_scale = _constant(g, bias_scales if spec.per_channel else bias_scales[0], torch.float32)
+        bias_zero = _constant(g, [0] * len(bias_scales) if spec.per_channel else 0, torch.int32)
+        bias = g.op("DequantizeLinear", bias, bias_scale, bias_zero, **axis)
+    if spec.kind == "linear":
+        rank = x.type().dim() if hasattr(x.type(), "dim") else None
+        if rank == 2:
+            return g.op("Gemm", x, weight, bias, transB_i=1)
+        return g.op("Add", g.op("MatMul", x, g.op("Transpose", weight, perm_i=[1, 0])), bias)
+    kernel = list(spec.kernel)
+    dilations = list(spec.dilation)
+    return g.op(
+        "Conv", x, weight, bias,
+        kernel_shape_i=kernel,
+        strides_i=list(spec.stride),
+        pads_i=_pads(spec.padding, kernel, dilations),
+        dilations_i=dilations,
+        group_i=spec.groups,
+    )
+
+
 class EmulatedLayer(nn.Module):
-    """An optimized conv/linear layer computed as the int8 target computes it.
+    """An optimized conv/linear layer computed as the int8 target computes it (without the output
+    quantization, which the plan places after it).
 
     Attributes:
         weight_codes: int8 weight codes (an ``int8`` tensor).
-        bias_codes: int32 bias codes at scale ``2**-(input_fraction + weight_fraction)``.
+        bias_codes: int32 bias codes (``"cpu"``), or the float32 bias (``"gpu"``).
     """
 
-    def __init__(
-        self,
-        fused: FusedLayer,
-        weight_fraction: int | list[int],
-        input_type: TensorType,
-        output_type: TensorType,
-        rounding: Rounding,
-    ) -> None:
+    def __init__(self, fused: FusedLayer, plan: LayerPlan, rounding: Rounding) -> None:
         super().__init__()
         layer = fused.layer
-        self.kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-        self.conv_options = {
-            key: getattr(layer, key) for key in ("stride", "padding", "dilation", "groups") if hasattr(layer, key)
-        }
-        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.padding_mode != "zeros":
-            raise ValueError(f"padding mode {layer.padding_mode!r} is not supported by int8 emulation")
-        self.dims = layer.weight.dim() - 2
-        self.weight_fraction = weight_fraction
-        self.input_type = input_type
-        self.output_type = output_type
-        self.rounding = rounding
+        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        dims = layer.weight.dim() - 2
+        self.plan = plan
         self.activation = copy.deepcopy(fused.activation)
-        weight = layer.weight.detach().double()
-        bias = layer.bias.detach().double()
-        # one fraction length per layer, or one per output channel (per-channel weights)
-        weight_fractions = torch.tensor(weight_fraction) if isinstance(weight_fraction, list) else weight_fraction
-        self.register_buffer("weight_codes", quantize_to_integer(weight, weight_fractions, rounding=rounding).to(torch.int8))
-        accumulator_fraction = input_type.fraction_length + weight_fractions
-        self.register_buffer("bias_codes", quantize_to_integer(bias, accumulator_fraction, 32, rounding).to(torch.int32))
-        exponent = -torch.as_tensor(accumulator_fraction, dtype=torch.int32).expand(bias.shape[0])
-        self.register_buffer("accumulator_scale", torch.ldexp(torch.ones(bias.shape[0], dtype=torch.float64), exponent))
-        fan_in = self.weight_codes[0].numel()
-        largest_input = 2**8 if not input_type.signed else 2**7
-        bound = fan_in * largest_input * 128 + int(self.bias_codes.abs().max())
-        self.accumulate_dtype = torch.float32 if bound < _EXACT_FLOAT32 else torch.float64
+        self.register_buffer("weight_codes", plan.weight_codes.clone())
+        self.register_buffer("bias_codes", plan.bias_codes.clone() if plan.bias_codes is not None else plan.bias.clone())
+        fan_in = plan.weight_codes[0].numel()
+        largest_input = 2**8 if not plan.input_type.signed else 2**7
+        largest_bias = int(plan.bias_codes.abs().max()) if plan.bias_codes is not None else 0
+        per_channel = isinstance(plan.weight_fraction, list)
+        conv = layer if kind == "conv" else None
+        self.spec = _LayerSpec(
+            kind=kind,
+            dims=dims,
+            stride=_tuple(conv.stride, dims) if conv is not None else (),
+            padding=(conv.padding if isinstance(conv.padding, str) else _tuple(conv.padding, dims)) if conv is not None else (),
+            dilation=_tuple(conv.dilation, dims) if conv is not None else (),
+            groups=int(conv.groups) if conv is not None else 1,
+            kernel=tuple(plan.weight_codes.shape[2:]),
+            input_fraction=plan.input_type.fraction_length,
+            input_signed=plan.input_type.signed,
+            weight_fractions=tuple(plan.weight_fraction) if per_channel else (plan.weight_fraction,),  # type: ignore[arg-type]
+            per_channel=per_channel,
+            integer_bias=plan.bias_codes is not None,
+            rounding=rounding,
+            accumulate_float64=fan_in * largest_input * 128 + largest_bias >= _EXACT_FLOAT32,
+        )
 
-    def _linear_op(self, x: Tensor, weight: Tensor) -> Tensor:
-        if self.kind == "linear":
-            return F.linear(x, weight)
-        conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
-        return conv(x, weight, **self.conv_options)
+    @property
+    def accumulate_dtype(self) -> torch.dtype:
+        """float32 where every possible accumulator is a whole number below 2**24, else float64."""
+        return torch.float64 if self.spec.accumulate_float64 else torch.float32
 
     def accumulate(self, x: Tensor) -> Tensor:
-        """The int32 accumulator (as a float tensor of whole numbers) for a float input."""
-        dtype = self.accumulate_dtype
-        codes = quantize_to_integer(x.to(dtype), self.input_type.fraction_length, rounding=self.rounding, signed=self.input_type.signed)
-        acc = self._linear_op(codes, self.weight_codes.to(dtype))
-        shape = (1, -1) + (1,) * self.dims if self.kind == "conv" else (1, -1)
-        return acc + self.bias_codes.to(dtype).view(shape)
+        """The int32 accumulator (as a float tensor of whole numbers) for a float input, bias codes
+        included on ``"cpu"``."""
+        return _accumulate(self.spec, x, self.weight_codes, self.bias_codes)
 
     def forward(self, x: Tensor) -> Tensor:
-        acc = self.accumulate(x)
-        shape = (1, -1) + (1,) * self.dims if self.kind == "conv" else (1, -1)
-        real = acc * self.accumulator_scale.to(acc.dtype).view(shape)  # powers of two: exact
-        if self.activation is not None:
-            real = self.activation(real)
-        out = quantize_fixed(real, self.output_type.fraction_length, rounding=self.rounding, signed=self.output_type.signed)
-        return out.to(x.dtype)
+        y = _LayerFunction.apply(x, self.weight_codes, self.bias_codes, tuple(self.spec))
+        return self.activation(y) if self.activation is not None else y
 
     def extra_repr(self) -> str:
-        weights = "per channel" if isinstance(self.weight_fraction, list) else f"2^-{self.weight_fraction}"
+        weights = "per channel" if self.spec.per_channel else f"2^-{self.spec.weight_fractions[0]}"
+        bias = "int32" if self.spec.integer_bias else "float32"
         return (
-            f"{self.kind}, weights int8 {weights}, input 2^-{self.input_type.fraction_length}, "
-            f"output 2^-{self.output_type.fraction_length}, accumulate {str(self.accumulate_dtype).split('.')[-1]}"
+            f"{self.spec.kind}, weights int8 {weights}, bias {bias}, input 2^-{self.spec.input_fraction}, "
+            f"accumulate {str(self.accumulate_dtype).split('.')[-1]}"
         )
+
+
+def _tuple(value: Any, dims: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * dims
+
+
+def _pads(padding: Any, kernel: list[int], dilations: list[int]) -> list[int]:
+    """ONNX pads (begins then ends) of a torch padding: numbers, ``"valid"`` or ``"same"``."""
+    if padding == "valid":
+        return [0] * (2 * len(kernel))
+    if padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, dilations)]
+        return [t // 2 for t in totals] + [t - t // 2 for t in totals]
+    pads = list(_tuple(padding, len(kernel)))
+    return pads + pads
+
+
+class _GlobalAveragePoolFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, types: tuple[int, bool, int, bool], keepdim: bool) -> Tensor:
+        return _global_average_pool(x, TensorType(*types[:2]), TensorType(*types[2:]), keepdim)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, types: tuple[int, bool, int, bool], keepdim: bool) -> Any:
+        output_type = TensorType(*types[2:])
+        pooled = _quantize_dequantize(g, g.op("GlobalAveragePool", x), output_type.scale, output_type.signed)
+        return pooled if keepdim else g.op("Flatten", pooled, axis_i=1)
+
+
+def _global_average_pool(x: Tensor, input_type: TensorType, output_type: TensorType, keepdim: bool) -> Tensor:
+    codes = quantize_to_integer(x.float(), input_type.fraction_length, rounding="half_even", signed=input_type.signed)
+    sums = codes.sum(dim=(-2, -1), keepdim=True)  # whole numbers below 2**24: exact in float32
+    pixels = x.shape[-2] * x.shape[-1]
+    ratio = torch.tensor(math.ldexp(1.0, output_type.fraction_length - input_type.fraction_length), dtype=torch.float32)
+    scale = ratio / torch.tensor(float(pixels), dtype=torch.float32)  # float32 division, as ONNX Runtime
+    low, high = (-128, 127) if output_type.signed else (0, 255)
+    out_codes = torch.round(sums * scale).clamp_(low, high)
+    out = (out_codes * math.ldexp(1.0, -output_type.fraction_length)).to(x.dtype)
+    return out if keepdim else out.flatten(1)
 
 
 class QuantizedGlobalAveragePool(nn.Module):
@@ -171,58 +293,19 @@ class QuantizedGlobalAveragePool(nn.Module):
 
     The int32 sum of the input codes over each image is scaled in float32 by
     ``float32(input_scale / (output_scale * pixels))``, rounded to nearest even and saturated: the
-    same float32 operations in the same order, so the emulation is exact.
+    same float32 operations in the same order, so the emulation is exact. Its output is already
+    quantized (no quantization point follows it).
     """
 
-    def __init__(self, input_type: TensorType, output_type: TensorType) -> None:
+    def __init__(self, input_type: TensorType, output_type: TensorType, keepdim: bool) -> None:
         super().__init__()
         self.input_type = input_type
         self.output_type = output_type
+        self.keepdim = keepdim
 
     def forward(self, x: Tensor) -> Tensor:
-        codes = quantize_to_integer(x.float(), self.input_type.fraction_length, rounding="half_even", signed=self.input_type.signed)
-        sums = codes.sum(dim=(-2, -1), keepdim=True)  # whole numbers below 2**24: exact in float32
-        pixels = x.shape[-2] * x.shape[-1]
-        ratio = torch.tensor(math.ldexp(1.0, self.output_type.fraction_length - self.input_type.fraction_length), dtype=torch.float32)
-        scale = ratio / torch.tensor(float(pixels), dtype=torch.float32)  # float32 division, as ONNX Runtime
-        low, high = (-128, 127) if self.output_type.signed else (0, 255)
-        out_codes = torch.round(sums * scale).clamp_(low, high)
-        return (out_codes * math.ldexp(1.0, -self.output_type.fraction_length)).to(x.dtype)
-
-
-_INT8_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.ReLU, nn.Dropout, nn.Identity, nn.Flatten)
-_INT8_FUNCTIONS = {torch.cat, torch.concat, operator.add, operator.iadd, torch.add, torch.flatten, torch.reshape, F.relu, torch.relu, F.max_pool2d}
-_INT8_METHODS = {"view", "reshape", "flatten", "relu", "contiguous", "squeeze", "unsqueeze"}
-
-
-def global_average_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether a node is global average pooling (to a 1×1 output)."""
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
-    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
-        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-        return size in (1, (1, 1), [1, 1])
-    return False
-
-
-def int8_node(gm: fx.GraphModule, node: fx.Node, target: str = "gpu") -> bool:
-    """Whether a node (other than a conv/linear layer) runs in int8 on the target.
-
-    Max pooling, concatenation, addition, flatten, dropout and ReLU do on both targets; global
-    average pooling does on ``"cpu"`` (ONNX Runtime's QLinearGlobalAveragePool), not on ``"gpu"``
-    (cuDNN, seed 001).
-    """
-    if target == "cpu" and global_average_pool(gm, node):
-        return True
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        return isinstance(module, _INT8_MODULES) and not isinstance(module, nn.ReLU6)
-    if node.op == "call_function":
-        return node.target in _INT8_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _INT8_METHODS
-    return False
+        types = (self.input_type.fraction_length, self.input_type.signed, self.output_type.fraction_length, self.output_type.signed)
+        return _GlobalAveragePoolFunction.apply(x, types, self.keepdim)
 
 
 @dataclass
@@ -255,8 +338,8 @@ def quantization_details(module: nn.Module) -> QuantizationDetails:
         the CPU target); ``quantized_layer_names``: network layers that run in int8 (the conv/linear
         layers with the BatchNorm and activation layers fused into them, and int8 layers such as max
         pooling and concatenation); ``quantized_learnables``: a table ``Layer``, ``Parameter``,
-        ``Value`` with each quantized layer's int8 weight codes and its bias (float32 values of the
-        int32 codes, as MATLAB shows biases in single).
+        ``Value`` with each quantized layer's int8 weight codes and its bias as the target keeps it
+        (float32: the value of the int32 codes on ``"cpu"``, the single-precision bias on ``"gpu"``).
     """
     details = getattr(module, "quantization_details_", None)
     if isinstance(details, QuantizationDetails):
@@ -264,74 +347,69 @@ def quantization_details(module: nn.Module) -> QuantizationDetails:
     return QuantizationDetails()
 
 
-def build_emulated_network(
-    optimized: fx.GraphModule,
-    layer_members: dict[str, tuple[str, ...]],
-    quantized_layers: list[str],
-    weight_fractions: dict[str, int | list[int]],
-    types: dict[str, TensorType],
-    target: str,
-    metadata: dict[str, Any],
-) -> fx.GraphModule:
-    """The emulated network: quantized layers replaced, int8 layers followed by fake quantization.
+def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, metadata: dict[str, Any]) -> fx.GraphModule:
+    """The emulated network of a plan: quantized layers replaced, quantization points inserted.
 
     Args:
         optimized: The optimized graph (it is copied, not changed).
-        layer_members: Network layer names of each optimized conv/linear layer.
-        quantized_layers: Optimized layers to quantize.
-        weight_fractions: Weight fraction length of each quantized layer (a list: one per channel).
-        types: The calibrated type of every tensor-producing node.
-        target: ``"gpu"`` or ``"cpu"``.
+        plan: The quantization plan.
         metadata: Class names and the like, carried by the result.
     """
-    rounding = ROUNDING[target]
     gm = copy.deepcopy(optimized)
     graph = gm.graph
+    rounding = plan.rounding
     quantized_names: list[str] = []
     learnables = []
-    # First replace the quantized layers (their inputs are still the original nodes), then add
-    # fake quantization after the int8 layers between them.
+    self_quantized: set[str] = set()
+    int8_consumers = {name for name, node in plan.nodes.items() if node.run == "int8"}
     for node in list(graph.nodes):
-        if node.op != "call_module" or node.target not in quantized_layers:
+        node_plan = plan.nodes.get(node.name)
+        if node_plan is None or node_plan.run != "int8":
             continue
-        source = node.args[0]
-        if not isinstance(source, fx.Node) or source.name not in types:
-            continue  # an input dlqnb has no type for: the layer stays float
-        fused = gm.get_submodule(node.target)
-        emulated = EmulatedLayer(fused, weight_fractions[node.target], types[source.name], types[node.name], rounding)
-        setattr(gm, node.target, emulated)
-        quantized_names.extend(layer_members[node.target])
-        conv_name = layer_members[node.target][0]
-        learnables.append((conv_name, "Weights", emulated.weight_codes.clone()))
-        learnables.append((conv_name, "Bias", (emulated.bias_codes.double() * emulated.accumulator_scale).float()))
-    for node in list(graph.nodes):
-        if node.op == "output" or node.name not in types or not int8_node(gm, node, target):
-            continue
-        if global_average_pool(gm, node):
+        layer = plan.layers.get(node.name)
+        if layer is not None:
+            setattr(gm, node.target, EmulatedLayer(gm.get_submodule(node.target), layer, rounding))
+            quantized_names.extend(layer.members)
+            learnables.append((layer.members[0], "Weights", layer.weight_codes.clone()))
+            learnables.append((layer.members[0], "Bias", layer.bias.clone()))
+        elif node_plan.kind == "global_avg_pool" and global_average_pool(gm, node):
             source = node.args[0]
-            if isinstance(source, fx.Node) and source.name in types:
-                name = f"{node.name}_int8"
-                gm.add_submodule(name, QuantizedGlobalAveragePool(types[source.name], types[node.name]))
-                with graph.inserting_after(node):
-                    pooled = graph.call_module(name, args=(source,))
-                node.replace_all_uses_with(pooled)
-                graph.erase_node(node)
-                quantized_names.append(node.name)
-            continue
-        name = f"{node.name}_quantize"
-        gm.add_submodule(name, FakeQuantize(types[node.name], rounding))
-        with graph.inserting_after(node):
-            fake = graph.call_module(name, args=(node,))
-        node.replace_all_uses_with(fake, delete_user_cb=lambda user: user is not fake)
-        quantized_names.append(node.name)
+            name = f"{node.name}_int8"
+            keepdim = node.op == "call_module" or node.target is F.adaptive_avg_pool2d or bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+            gm.add_submodule(name, QuantizedGlobalAveragePool(plan.tensor_type(source.name), plan.tensor_type(node.name), keepdim))
+            with graph.inserting_after(node):
+                pooled = graph.call_module(name, args=(source,))
+            node.replace_all_uses_with(pooled)
+            graph.erase_node(node)
+            self_quantized.add(node.name)
+            int8_consumers.add(pooled.name)
+            quantized_names.append(node.name)
+        else:
+            quantized_names.append(node.name)
+    by_name = {node.name: node for node in graph.nodes}
+    for name, tensor_type in plan.quantize_after.items():
+        if name not in self_quantized:
+            _insert_quantization(gm, by_name[name], tensor_type, rounding, lambda user: True)
+    for name, tensor_type in plan.quantize_for.items():
+        _insert_quantization(gm, by_name[name], tensor_type, rounding, lambda user: user.name in int8_consumers)
     graph.lint()
     gm.recompile()
     gm.quantization_details_ = QuantizationDetails(
         is_quantized=bool(quantized_names),
-        target_library=TARGET_LIBRARY[target],
+        target_library=plan.target_library,
         quantized_layer_names=quantized_names,
         quantized_learnables=pd.DataFrame(learnables, columns=["Layer", "Parameter", "Value"]),
     )
+    gm.quantization_plan_ = plan
     for key, value in metadata.items():
         setattr(gm, key, value)
     return gm.eval()
+
+
+def _insert_quantization(gm: fx.GraphModule, node: fx.Node, tensor_type: TensorType, rounding: Rounding, reads_it: Any) -> None:
+    """Insert a quantization point after ``node``, read by the users for which ``reads_it`` is true."""
+    name = f"{node.name}_quantize"
+    gm.add_submodule(name, FakeQuantize(tensor_type, rounding))
+    with gm.graph.inserting_after(node):
+        fake = gm.graph.call_module(name, args=(node,))
+    node.replace_all_uses_with(fake, delete_user_cb=lambda user: user is not fake and reads_it(user))

@@ -9,7 +9,7 @@ torch.fx and, for every convolution or fully connected layer:
   or method form) into one *optimized layer*;
 * gives it a bias (zeros where the layer had none), since every deployed int8 layer has an int32 bias.
 
-Naming follows ``shared/DESIGN.md``: a network layer is an fx node, named after its module path
+Naming (``docs/design.md``): a network layer is an fx node, named after its module path
 (``features.0`` → ``features_0``; a module called twice gives ``relu`` and ``relu_1``); an
 optimized layer joins its members' names with ``_`` (``conv1`` + ``relu_conv1`` →
 ``conv1_relu_conv1``), and its network layer name is its last member.
@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,7 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-__all__ = ["FusedLayer", "NetworkGraphError", "OptimizedLayer", "OptimizedNetwork", "optimize_network"]
+from dlqnb.ops import fusable_activation
+
+__all__ = ["FusedLayer", "NetworkGraphError", "OptimizedLayer", "OptimizedNetwork", "optimize_network", "trace_network"]
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -139,6 +140,15 @@ class _Tracer(fx.Tracer):
         return bool(getattr(m, "dlqnb_leaf", False)) or super().is_leaf_module(m, module_qualified_name)
 
 
+def trace_network(net: nn.Module) -> fx.GraphModule:
+    """Trace a network with torch.fx (dlqnb's input layer kept whole).
+
+    Raises:
+        NetworkGraphError: If fx cannot trace it; the message says why.
+    """
+    return _trace(net)
+
+
 def _trace(net: nn.Module) -> fx.GraphModule:
     try:
         tracer = _Tracer()
@@ -153,35 +163,6 @@ def _trace(net: nn.Module) -> fx.GraphModule:
 
 def _called_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def _activation_of(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> nn.Module | None:
-    """The activation ``node`` applies to ``source``, as a module, or None if it is not one."""
-    if not node.args or node.args[0] is not source:
-        return None
-    module = _called_module(gm, node)
-    if module is not None:
-        if isinstance(module, nn.ReLU6):
-            return nn.ReLU6(inplace=True)
-        if isinstance(module, nn.ReLU):
-            return nn.ReLU(inplace=True)
-        if isinstance(module, nn.LeakyReLU):
-            return nn.LeakyReLU(module.negative_slope, inplace=True)
-        if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0):
-            return nn.ReLU6(inplace=True)
-        return None
-    if node.op == "call_function":
-        if node.target in (F.relu, torch.relu, torch.relu_):
-            return nn.ReLU(inplace=True)
-        if node.target is F.relu6:
-            return nn.ReLU6(inplace=True)
-        if node.target is F.leaky_relu:
-            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
-            return nn.LeakyReLU(float(slope), inplace=True)
-        return None
-    if node.op == "call_method" and node.target in ("relu", "relu_"):
-        return nn.ReLU(inplace=True)
-    return None
 
 
 def _activation_kind(activation: nn.Module | None) -> str | None:
@@ -265,7 +246,7 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
             layer = _fold_batchnorm(layer, bn, follower.name)
             members.append(follower)
         follower = _sole_user(members[-1])
-        activation = _activation_of(gm, follower, members[-1]) if follower is not None else None
+        activation = fusable_activation(gm, follower, members[-1]) if follower is not None else None
         if activation is not None:
             members.append(follower)
         name = "_".join(member.name for member in members)
@@ -311,47 +292,3 @@ def _rebuild(gm: fx.GraphModule, members_of: dict[fx.Node, list[fx.Node]]) -> fx
             new_node[node] = graph.node_copy(node, new_node.__getitem__)
     graph.lint()
     return fx.GraphModule(gm, graph, class_name=type(gm).__name__).eval()
-
-
-#: Operations whose output holds exactly the values of their inputs (rearranged or joined), so
-#: that their calibration statistics are the union of their inputs'.
-_VALUE_PRESERVING_FUNCTIONS = {torch.cat, torch.concat, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-_VALUE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute", "transpose"}
-_VALUE_PRESERVING_MODULES = (nn.Dropout, nn.Identity, nn.Flatten)
-_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
-
-
-def value_sources(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
-    """The input nodes whose values ``node``'s output merely rearranges or joins, else None.
-
-    Example:
-        >>> import torchvision
-        >>> opt = optimize_network(torchvision.models.squeezenet1_1())
-        >>> cat = next(n for n in opt.nodes() if n.name == "cat")
-        >>> [n.name for n in value_sources(opt.module, cat)]
-        ['features_3_expand1x1_features_3_expand1x1_activation', 'features_3_expand3x3_features_3_expand3x3_activation']
-    """
-    if node.op == "call_function" and node.target in _VALUE_PRESERVING_FUNCTIONS:
-        first = node.args[0] if node.args else None
-        sources = list(first) if isinstance(first, (list, tuple)) else [first]
-    elif node.op == "call_method" and node.target in _VALUE_PRESERVING_METHODS:
-        sources = [node.args[0]]
-    elif node.op == "call_module" and isinstance(_called_module(gm, node), _VALUE_PRESERVING_MODULES):
-        sources = [node.args[0]]
-    else:
-        return None
-    if not sources or not all(isinstance(source, fx.Node) for source in sources):
-        return None
-    return sources
-
-
-def mutates_input(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether ``node`` writes into its first input tensor (in-place ops)."""
-    if node.op == "call_module":
-        return bool(getattr(_called_module(gm, node), "inplace", False))
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return node.target in _IN_PLACE_FUNCTIONS or bool(node.kwargs.get("inplace")) or name.endswith("_")
-    if node.op == "call_method":
-        return str(node.target).endswith("_")
-    return False

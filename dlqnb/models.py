@@ -105,7 +105,7 @@ class SqueezeNet(nn.Module):
 
 
 class DigitsNet(nn.Module):
-    """The 12-layer digits network of seed 004: three conv-BN-ReLU blocks of 20 filters and a fc.
+    """The 12-layer digits network of *updateScore*: three conv-BN-ReLU blocks of 20 filters and a fc.
 
     Input 28×28×1 with 'zerocenter' normalization; conv1 is 5×5 without padding, conv2 and conv3
     3×3 with padding 1.
@@ -219,12 +219,12 @@ def digits_net(num_classes: int = 10, mean: float = 0.0) -> DigitsNet:
     return DigitsNet(num_classes, mean)
 
 
-# --------------------------------------------------------------------------- surgery (seed 001)
+# --------------------------------------------------------------------------- surgery (*INT8 Code Generation for Deep Learning Networks*)
 def find_layers_to_replace(net: nn.Module) -> tuple[str, nn.Module]:
-    """The last learnable layer before the network's output (the seed's ``findLayersToReplace``).
+    """The last learnable layer before the network's output (MATLAB's ``findLayersToReplace``).
 
     Walks back from the output through layers with a single input until it reaches a convolution
-    or fully connected layer. PyTorch networks end in logits, so the seed's classification layer
+    or fully connected layer. PyTorch networks end in logits, so MATLAB's classification layer
     is the network output itself.
 
     Returns:

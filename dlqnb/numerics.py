@@ -1,7 +1,7 @@
 """Scaled 8-bit integer numerics, bit for bit as the MATLAB quantization pages define them.
 
 A scaled integer type here is a word of ``word_length`` bits with a power-of-two scale
-``2**-fraction_length``: the stored integer ``q`` stands for ``q * 2**-fraction_length``. The seeds'
+``2**-fraction_length``: the stored integer ``q`` stands for ``q * 2**-fraction_length``. MATLAB's
 rules, reproduced exactly:
 
 * **Type choice (MinMax).** The type must avoid overflow, cover the range and allow underflow: its
@@ -100,7 +100,7 @@ def fraction_length(max_abs: float | Tensor, word_length: int = 8) -> int:
         ValueError: If ``max_abs`` is negative, NaN or infinite, or ``word_length`` is out of range.
 
     Example:
-        >>> fraction_length(0.88489)   # seed 000's conv1 weights: 2**-1 <= 0.88 < 2**0
+        >>> fraction_length(0.88489)   # the *dlquantizer* example's conv1 weights: 2**-1 <= 0.88 < 2**0
         7
         >>> fraction_length(16.25)
         2
@@ -139,7 +139,7 @@ def representable_bits(fraction_length: int, word_length: int = 8) -> tuple[int,
     The sign takes one more bit, so ``msb - lsb + 2 == word_length``.
 
     Example:
-        >>> representable_bits(3)   # the seed's type: bits 2^3 ... 2^-3 plus sign
+        >>> representable_bits(3)   # MATLAB's type: bits 2^3 ... 2^-3 plus sign
         (3, -3)
     """
     _check_word_length(word_length)
@@ -228,14 +228,14 @@ def quantize_fixed(
         x: Values to quantize (any floating dtype; integers are taken as float32).
         fraction_length: The type's fraction length (scale ``2**-fraction_length``).
         word_length: Bits in the word, sign included when ``signed``.
-        rounding: ``"half_away"`` (ties away from zero, the seeds) or ``"half_even"`` (ONNX).
+        rounding: ``"half_away"`` (ties away from zero, the MATLAB pages) or ``"half_even"`` (ONNX).
         signed: Signed codes ``[-2**(wl-1), 2**(wl-1)-1]``, or unsigned ``[0, 2**wl - 1]``.
 
     Returns:
         A tensor like ``x`` holding the emulated values.
 
     Example:
-        >>> quantize_fixed(torch.tensor([0.03125, 2.1, 16.25]), 3).tolist()   # seed 003
+        >>> quantize_fixed(torch.tensor([0.03125, 2.1, 16.25]), 3).tolist()   # *Quantization of Deep Neural Networks*
         [0.0, 2.125, 15.875]
     """
     codes = quantize_to_integer(x, fraction_length, word_length, rounding, signed)
@@ -284,7 +284,7 @@ class MSBHistogram:
     """Streaming MSB counts of a tensor: how many logged values have their MSB at each bit.
 
     ``counts`` is indexed by the float32 exponent field (see :func:`exponent_field_counts`);
-    the properties give the seed's view: ``bins`` (bit positions ``k`` of ``2**k``), ``zeros``
+    the properties give MATLAB's view: ``bins`` (bit positions ``k`` of ``2**k``), ``zeros``
     and ``nonfinite`` counted apart.
 
     Example:
@@ -358,7 +358,7 @@ class MSBHistogram:
         """Nonzero values that become zero in the type.
 
         With rounding (the default, as quantization does) a value needs to be below half an LSB to
-        vanish; with ``rounding=False`` every MSB below the LSB counts (the seed's "bits removed").
+        vanish; with ``rounding=False`` every MSB below the LSB counts (MATLAB's "bits removed").
         """
         _, lsb = representable_bits(fraction_length, word_length)
         limit = lsb - 1 if rounding else lsb
@@ -375,7 +375,7 @@ def choose_fraction_length(
 ) -> int:
     """Fraction length for a calibrated range, by the chosen exponent scheme.
 
-    * ``"minmax"`` (default, the seeds): :func:`fraction_length` of ``max(|min|, |max|)``.
+    * ``"minmax"`` (default, the MATLAB pages): :func:`fraction_length` of ``max(|min|, |max|)``.
     * ``"histogram"``: the smallest top bit that leaves at most ``overflow_fraction`` of the
       nonzero values above it, i.e. buys precision by letting rare large values saturate. It never
       picks a type wider than MinMax would.
@@ -413,7 +413,7 @@ def choose_fraction_length(
 
 
 def bit_table(values: Sequence[float], high_bit: int, low_bit: int) -> pd.DataFrame:
-    """The ideal binary words of values, one column per bit ``2**high_bit … 2**low_bit`` (seed 003).
+    """The ideal binary words of values, one column per bit ``2**high_bit … 2**low_bit`` (*Quantization of Deep Neural Networks*).
 
     Digits are of ``|value|`` (exact: float binary expansions are finite), truncated below
     ``2**low_bit``; column ``"MSB"`` holds each value's most significant bit.
@@ -444,7 +444,7 @@ def describe_quantization(
     word_length: int = 8,
     rounding: Rounding = "half_away",
 ) -> pd.DataFrame:
-    """What a scaled type does to each value: the seed's precision-loss / underflow / overflow table.
+    """What a scaled type does to each value: MATLAB's precision-loss / underflow / overflow table.
 
     Columns: ``Value``, ``StoredInteger``, ``Word`` (the two's complement bits), ``Quantized``,
     ``Error``, ``Effect`` (``exact``, ``precision loss``, ``underflow``, ``overflow``) and

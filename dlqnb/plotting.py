@@ -279,7 +279,7 @@ def style_bit_table(table: pd.DataFrame, fraction_length: int | None = None, wor
 
 def prediction_comparison_figure(image: Any, class_names: Sequence[str], probabilities: Mapping[str, Sequence[float]], title: str = "Predictions") -> go.Figure:
     """An image beside horizontal bars of class probabilities, one bar series per implementation
-    (the seed's ``barh`` figure: MATLAB single against the int8 code).
+    (MATLAB's ``barh`` figure: MATLAB single against the int8 code).
 
     Args:
         image: H×W×3 uint8 image.

@@ -4,11 +4,15 @@
 output channels (filters) are **prunable** when removing one can be propagated consistently: through the
 BatchNorm, activation, pooling and dropout layers that follow, through channel concatenations
 (SqueezeNet's fire modules, with channel offsets), into the input channels of the next convolutions or
-the input features of a ``Linear`` after a flatten. Channels that reach a residual addition, the network
-output, a grouped convolution or any other operation are **not prunable**: dlqnb does not couple residual
-channel groups (ResNet's block outputs stay whole; the convolutions inside the blocks are prunable).
+the input features of a ``Linear`` after a flatten (:mod:`dlqnb.ops` says which ops keep or join
+channels). Channels that reach a residual addition, a multiplication (squeeze-and-excitation), the
+network output, a depthwise or grouped convolution, a reshape or permute, or a per-channel op that maps
+0 to something else (a BatchNorm other than the convolution's own, a sigmoid: a masked channel would
+not stay zero through it) are **not prunable**: dlqnb does not couple tied channel groups (ResNet's block
+outputs stay whole; the convolutions inside the blocks are prunable). A network whose convolutions are
+all tied (ConvNeXt, ShuffleNetV2, Swin) constructs with no prunable filters.
 
-**The rule for** ``num_prunables`` (it reproduces the seed's 48 of 60 filters): every prunable layer keeps
+**The rule for** ``num_prunables`` (it reproduces MATLAB's 48 of 60 filters): every prunable layer keeps
 at least ``ceil(0.2 × its original filters)``; ``num_prunables`` counts the filters that may still go.
 
 **Scores** are first-order Taylor importances (Molchanov et al., 2017): for each filter the absolute
@@ -46,14 +50,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from dlqnb.graph import _Tracer
+from dlqnb.graph import trace_network
+from dlqnb.ops import SHIFTS_ZERO, op_traits
 
 __all__ = ["MIN_KEEP_FRACTION", "TaylorPrunableNetwork", "conv_layer_table", "count_flops"]
 
 MIN_KEEP_FRACTION = 0.2
-
-_PASS_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
-_PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout}
 
 
 @dataclass
@@ -83,7 +85,7 @@ class TaylorPrunableNetwork:
         if not isinstance(net, nn.Module):
             raise TypeError(f"TaylorPrunableNetwork needs an nn.Module, got {type(net).__name__}")
         model = copy.deepcopy(net).eval()
-        self.graph_module = fx.GraphModule(model, _Tracer().trace(model))
+        self.graph_module = trace_network(model)
         self.metadata = {k: getattr(net, k) for k in ("class_names", "input_size") if hasattr(net, k)}
         self.input_names = [n.name for n in self.graph_module.graph.nodes if n.op == "placeholder"]
         output = next(n for n in self.graph_module.graph.nodes if n.op == "output")
@@ -98,8 +100,8 @@ class TaylorPrunableNetwork:
                     mask_node = users[0]
                 filters = module.out_channels
                 self.layers[node.name] = _Layer(node.name, mask_node.name, filters, math.ceil(MIN_KEEP_FRACTION * filters), torch.ones(filters, dtype=torch.bool))
-        if not self.layers:
-            raise ValueError(f"{type(net).__name__} has no prunable convolution filters (no Conv2d whose channels can be removed consistently)")
+        if not self.layers and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise ValueError(f"{type(net).__name__} has no prunable convolution filters: it has no Conv2d layer")
         self._score_sum = {name: torch.zeros(layer.filters, dtype=torch.float64) for name, layer in self.layers.items()}
         self._score_count = 0
         self._input_shape: tuple[int, ...] | None = None
@@ -111,7 +113,8 @@ class TaylorPrunableNetwork:
         return self.graph_module.get_submodule(node.target)
 
     def _channels_propagate(self, start: fx.Node) -> bool:
-        """Whether every path from a conv's output ends in a channel consumer (conv or flatten→linear)."""
+        """Whether every path from a conv's output ends in a channel consumer (a conv, or a linear
+        layer after a flatten), through ops that keep or join channels (:mod:`dlqnb.ops`)."""
         pending = [start]
         seen = set()
         while pending:
@@ -121,19 +124,23 @@ class TaylorPrunableNetwork:
                     continue
                 seen.add(user)
                 module = self._module(user)
+                traits = op_traits(self.graph_module, user)
                 if isinstance(module, nn.Conv2d):
-                    if module.groups != 1:
-                        return False
+                    if module.groups != 1 or user.args[0] is not node:
+                        return False  # depthwise and grouped convolutions tie channels: left whole
                     continue  # its input channels follow
-                if isinstance(module, _PASS_MODULES) or (user.op == "call_function" and user.target in _PASS_FUNCTIONS):
+                own_batchnorm = node is start and traits.kind == "batch_norm" and len(start.users) == 1
+                if traits.kind in SHIFTS_ZERO and not own_batchnorm:
+                    return False  # a masked channel would not stay zero through it (masked ≠ extracted)
+                if traits.channels == "keeps" and traits.values != "shape" and user.args and user.args[0] is node:
                     pending.append(user)
-                elif user.op == "call_function" and user.target in (torch.cat, torch.concat) and _cat_dim(user) == 1:
+                elif traits.channels == "joins" and _cat_dim(user) == 1:
                     pending.append(user)
-                elif _is_flatten(self, user):
+                elif traits.channels == "flattens" and _is_flatten(self, user):
                     if not all(isinstance(self._module(u), nn.Linear) for u in user.users):
                         return False
                 else:
-                    return False  # addition, output, reshape, ...: not propagated
+                    return False  # addition, multiplication, output, reshape, shape queries, ...: not propagated
         return True
 
     # ------------------------------------------------------------------------------ MATLAB views
@@ -171,7 +178,7 @@ class TaylorPrunableNetwork:
 
         Args:
             x: A batch of network input.
-            training: Use batch statistics in BatchNorm (as the seed's ``forward``) without changing
+            training: Use batch statistics in BatchNorm (as MATLAB's ``forward``) without changing
                 the running statistics; by default BatchNorm uses its running statistics.
 
         Returns:

@@ -5,7 +5,7 @@ The MATLAB ``dlquantizer`` in PyTorch. Construction traces and optimizes a copy 
 records, for every optimized layer, the range and MSB counts of its folded weights and bias, and for
 every layer that produces a tensor the range and MSB counts of its activations.
 
-The calibration table has exactly the seed's columns and is shaped like the seed's: the Weights and
+The calibration table has exactly MATLAB's columns and is shaped like MATLAB's: the Weights and
 Bias rows of every conv/linear layer first, then the Activations rows, each part in network order.
 
 Calling :meth:`~DLQuantizer.calibrate` again widens the ranges with the new data (the counts add
@@ -31,21 +31,26 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dlqnb.batches import count_batches, iter_batches
-from dlqnb.graph import OptimizedNetwork, mutates_input, optimize_network, value_sources
-from dlqnb.emulation import TARGET_LIBRARY, TensorType, build_emulated_network, int8_node
+from dlqnb.calibration_file import CalibrationState, read_calibration, write_calibration
+from dlqnb.emulation import build_emulated_network
+from dlqnb.errors import CalibrationError, NotCalibratedError
+from dlqnb.graph import OptimizedNetwork, optimize_network
 from dlqnb.numerics import ExponentScheme, choose_fraction_length, fraction_length, representable_bits
 from dlqnb.observers import RangeStats
+from dlqnb.ops import mutates_input, op_traits, tensor_args
+from dlqnb.plan import QuantizationPlan, TensorType, build_plan
+from dlqnb.validation import QuantizationOptions, ValidationResult, learnable_memory, run_both, validation_table
 
 __all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibratedError"]
 
@@ -57,14 +62,6 @@ CALIBRATION_COLUMNS = [
     "MaxValue",
 ]
 ExecutionEnvironment = Literal["gpu", "cpu"]
-
-
-class CalibrationError(RuntimeError):
-    """Calibration failed on a layer or batch; the message names it."""
-
-
-class NotCalibratedError(RuntimeError):
-    """A step that needs calibration ranges was called before :meth:`DLQuantizer.calibrate`."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +76,16 @@ class _Row:
 
 
 class _StatsRecorder(fx.Interpreter):
-    """Runs the optimized graph, recording each computing node's output as soon as it exists."""
+    """Runs the optimized graph, recording each computing node's output as soon as it exists.
 
-    def __init__(self, module: fx.GraphModule, derived: set[str], stats: dict[str, RangeStats]) -> None:
+    A node that only moves values (:mod:`dlqnb.ops`) and whose tensor inputs are all recorded
+    activations is not read at all: its statistics are the union of its inputs'. A candidate whose
+    inputs turn out not to be activations (a tuple, a parameter) is recorded like any other node.
+    """
+
+    def __init__(self, module: fx.GraphModule, candidates: dict[str, list[str]], stats: dict[str, RangeStats]) -> None:
         super().__init__(module, garbage_collect_values=True)
-        self.derived = derived
+        self.candidates = candidates
         self.stats = stats
         self.tensor_nodes: set[str] = set()
         self.batch_index = 0
@@ -98,16 +100,19 @@ class _StatsRecorder(fx.Interpreter):
             raise CalibrationError(
                 f"layer '{n.name}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
             ) from error
-        if n.op != "output" and n.op != "get_attr" and isinstance(out, Tensor) and out.is_floating_point():
-            self.tensor_nodes.add(n.name)
-            if n.name not in self.derived:
-                stats = self.stats.setdefault(n.name, RangeStats.empty())
-                stats.update(out)
-                if stats.histogram.nonfinite:
-                    raise CalibrationError(
-                        f"layer '{n.name}' produced NaN or Inf activations on batch {self.batch_index}; "
-                        "the network overflows float32 on this data"
-                    )
+        if n.op in ("output", "get_attr") or not isinstance(out, Tensor) or not out.is_floating_point():
+            return out
+        self.tensor_nodes.add(n.name)
+        sources = self.candidates.get(n.name)
+        if sources and all(source in self.tensor_nodes for source in sources):
+            return out  # derived from its sources' statistics
+        stats = self.stats.setdefault(n.name, RangeStats.empty())
+        stats.update(out)
+        if stats.histogram.nonfinite:
+            raise CalibrationError(
+                f"layer '{n.name}' produced NaN or Inf activations on batch {self.batch_index}; "
+                "the network overflows float32 on this data"
+            )
         return out
 
 
@@ -117,17 +122,18 @@ class DLQuantizer:
     Args:
         net: The network (an ``nn.Module`` that torch.fx can trace); it is never modified.
         execution_environment: ``"gpu"`` (cuDNN/TensorRT int8, the default) or ``"cpu"`` (ONNX
-            Runtime int8); see ``shared/DESIGN.md`` for the arithmetic of each.
-        exponent_scheme: How a type is chosen from the ranges: ``"minmax"`` (the seeds' default)
+            Runtime int8); see ``docs/design.md`` for the arithmetic of each.
+        exponent_scheme: How a type is chosen from the ranges: ``"minmax"`` (MATLAB's default)
             or ``"histogram"`` (see :func:`dlqnb.numerics.choose_fraction_length`).
         excluded_layers: Optimized layer names to keep in float (the app's per-layer switch).
         per_channel_weights: One power-of-two weight scale per output channel (MinMax of each
             channel) instead of one per layer; emulation and export follow it.
 
     Attributes:
-        optimized_: The traced network with BatchNorm folded and activations fused.
+        optimized: The traced network with BatchNorm folded and activations fused.
+        excluded_layers: Optimized layers the user keeps in float.
         num_calibration_samples_: Images seen by :meth:`calibrate` so far.
-        excluded_layers_: Optimized layers the user keeps in float.
+        input_shape_: Shape (C, H, W) of the images :meth:`calibrate` saw last.
 
     Raises:
         NetworkGraphError: If the network cannot be traced or holds a layer dlqnb cannot handle.
@@ -159,13 +165,12 @@ class DLQuantizer:
         self.execution_environment: ExecutionEnvironment = environment  # type: ignore[assignment]
         self.exponent_scheme: ExponentScheme = exponent_scheme
         self.per_channel_weights = bool(per_channel_weights)
-        self.optimized_: OptimizedNetwork = optimize_network(net)
-        self._derived_sources = _derived_sources(self.optimized_.module)
-        self._stats: dict[str, RangeStats] = {}
-        self._tensor_nodes: set[str] = set()
+        self.optimized: OptimizedNetwork = optimize_network(net)
+        self._derivable = _derivable_sources(self.optimized.module)
+        self._state = CalibrationState.empty()
         self._row_stats_cache: dict[str, RangeStats] | None = None
-        self.num_calibration_samples_ = 0
-        self.excluded_layers_: set[str] = set()
+        self._plan_cache: tuple[tuple[Any, ...], QuantizationPlan] | None = None
+        self.excluded_layers: set[str] = set()
         self.exclude(*excluded_layers)
 
     # ------------------------------------------------------------------ calibration
@@ -186,8 +191,9 @@ class DLQuantizer:
             CalibrationError: A layer fails on the data (wrong channels or size) or overflows.
         """
         stats: dict[str, RangeStats] = {}
-        recorder = _StatsRecorder(self.optimized_.module, set(self._derived_sources), stats)
+        recorder = _StatsRecorder(self.optimized.module, self._derivable, stats)
         samples = 0
+        shape: tuple[int, ...] = ()
         batches = iter_batches(data, mini_batch_size)
         total = count_batches(data, mini_batch_size)
         with torch.no_grad():
@@ -197,36 +203,56 @@ class DLQuantizer:
                 recorder.batch_index, recorder.batch_shape = index, tuple(images.shape)
                 recorder.run(images)
                 samples += images.shape[0]
+                shape = tuple(images.shape[1:])
+        merged = {name: RangeStats.union([part]) for name, part in self._state.stats.items()}
         for name, part in stats.items():
-            self._stats.setdefault(name, RangeStats.empty()).merge_in(part)
-        self._restore_calibration(self._stats, self._tensor_nodes | recorder.tensor_nodes, self.num_calibration_samples_ + samples)
+            merged.setdefault(name, RangeStats.empty()).merge_in(part)
+        self.restore_calibration(
+            CalibrationState(merged, self._state.tensor_nodes | recorder.tensor_nodes, self._state.num_samples + samples, shape or self._state.input_shape)
+        )
         return self.calibration_table
 
-    def _restore_calibration(self, stats: dict[str, RangeStats], tensor_nodes: set[str], samples: int) -> None:
-        """Set the recorded statistics (after calibrate, or from a calibration file) and drop derived state."""
-        self._stats = stats
-        self._tensor_nodes = tensor_nodes
-        self.num_calibration_samples_ = samples
+    def calibration_state(self) -> CalibrationState:
+        """What calibration recorded (ranges and MSB counts of the observed tensors, sample count);
+        what the calibration file stores."""
+        return self._state
+
+    def restore_calibration(self, state: CalibrationState) -> None:
+        """Set the recorded statistics (after :meth:`calibrate`, or from a calibration file)."""
+        self._state = state
         self._row_stats_cache = None
+        self._plan_cache = None
+
+    @property
+    def num_calibration_samples_(self) -> int:
+        """Images seen by :meth:`calibrate` so far."""
+        return self._state.num_samples
+
+    @property
+    def input_shape_(self) -> tuple[int, ...] | None:
+        """Shape (C, H, W) of the images calibration saw last (None before, or from an older file)."""
+        return tuple(self._state.input_shape) if self._state.input_shape else None
 
     @property
     def is_calibrated(self) -> bool:
         """Whether :meth:`calibrate` has run."""
         return self.num_calibration_samples_ > 0
 
-    def _require_calibration(self, what: str) -> None:
+    def check_calibrated(self, what: str) -> None:
+        """Raise :class:`NotCalibratedError` naming ``what`` when :meth:`calibrate` has not run."""
         if not self.is_calibrated:
             raise NotCalibratedError(f"{what} needs calibration ranges: call calibrate(data) first")
 
     def _rows(self) -> list[_Row]:
         learnables: list[_Row] = []
         activations: list[_Row] = []
-        for node in self.optimized_.nodes():
-            layer = self.optimized_.layers.get(node.name)
+        tensor_nodes = self._state.tensor_nodes
+        for node in self.optimized.nodes():
+            layer = self.optimized.layers.get(node.name)
             if layer is not None:
                 learnables.append(_Row(node.name, layer.network_layer_name, "Weights"))
                 learnables.append(_Row(node.name, layer.network_layer_name, "Bias"))
-            if node.name in self._tensor_nodes:
+            if node.name in tensor_nodes:
                 network_layer = layer.network_layer_name if layer is not None else node.name
                 activations.append(_Row(node.name, network_layer, "Activations"))
         return learnables + activations
@@ -242,16 +268,16 @@ class DLQuantizer:
         return dict(self._row_stats_cache)
 
     def _compute_row_stats(self) -> dict[str, RangeStats]:
-        by_node = dict(self._stats)
-        for name, sources in self._derived_sources.items():
-            if name in self._tensor_nodes:
+        by_node = dict(self._state.stats)
+        for name, sources in self._derivable.items():  # in network order: sources come first
+            if name in self._state.tensor_nodes and name not in by_node:
                 by_node[name] = RangeStats.union(by_node[source] for source in sources)
         result: dict[str, RangeStats] = {}
         for row in self._rows():
             if row.kind == "Activations":
                 result[row.name] = by_node[row.layer]
             else:
-                fused = self.optimized_.fused(row.layer)
+                fused = self.optimized.fused(row.layer)
                 tensor = fused.layer.weight if row.kind == "Weights" else fused.layer.bias
                 result[row.name] = RangeStats.of(tensor.detach())
         return result
@@ -263,7 +289,7 @@ class DLQuantizer:
         Columns, exactly: ``Optimized Layer Name`` (``<layer>_<Weights|Bias|Activations>``),
         ``Network Layer Name``, ``Learnables / Activations``, ``MinValue``, ``MaxValue``.
         """
-        self._require_calibration("the calibration table")
+        self.check_calibrated("the calibration table")
         stats = self._row_stats()
         records = [
             (row.name, row.network_layer, row.kind, stats[row.name].min_value, stats[row.name].max_value)
@@ -277,7 +303,7 @@ class DLQuantizer:
         Raises:
             KeyError: If no row has that ``Optimized Layer Name``; the message lists close names.
         """
-        self._require_calibration("range_stats")
+        self.check_calibrated("range_stats")
         stats = self._row_stats()
         if row_name not in stats:
             close = [name for name in stats if row_name.split("_")[0] in name][:5]
@@ -310,59 +336,59 @@ class DLQuantizer:
     @property
     def quantizable_layers(self) -> list[str]:
         """Every optimized conv/linear layer, in network order."""
-        return list(self.optimized_.layers)
+        return list(self.optimized.layers)
 
     def _check_layer_names(self, names: Iterable[str]) -> list[str]:
         names = list(names)
-        unknown = [name for name in names if name not in self.optimized_.layers]
+        unknown = [name for name in names if name not in self.optimized.layers]
         if unknown:
             raise KeyError(f"no optimized layer named {unknown}; quantizable layers are {self.quantizable_layers}")
         return names
 
     def exclude(self, *names: str) -> DLQuantizer:
         """Keep these optimized layers in float (quantize, validate and export honour it)."""
-        self.excluded_layers_.update(self._check_layer_names(names))
+        self.excluded_layers.update(self._check_layer_names(names))
         return self
 
     def include(self, *names: str) -> DLQuantizer:
         """Quantize these optimized layers again (undo :meth:`exclude`)."""
-        self.excluded_layers_.difference_update(self._check_layer_names(names))
+        self.excluded_layers.difference_update(self._check_layer_names(names))
         return self
 
-    def unsupported_layers(self) -> pd.DataFrame:
-        """Layers the target cannot run in int8, with the reason: they stay in float.
+    def with_excluded(self, names: Iterable[str]) -> DLQuantizer:
+        """A copy sharing this calibration that keeps exactly ``names`` in float."""
+        variant = copy.copy(self)
+        variant.excluded_layers = set(self._check_layer_names(names))
+        variant._plan_cache = None
+        return variant
 
-        On the ``"gpu"`` target (cuDNN, seed 001) a conv/linear layer fused with a leaky ReLU or a
-        clipped ReLU (ReLU6) stays in float, and so does global average pooling; on both targets
-        layers with no int8 implementation in dlqnb (average pooling, the input normalization,
-        softmax, ...) compute in float on dequantized values.
+    def plan(self) -> QuantizationPlan:
+        """The quantization plan for the current calibration, target and exclusions (see
+        :mod:`dlqnb.plan`): what every node does, and the int8 codes of every quantized layer.
+
+        Raises:
+            NotCalibratedError: Before :meth:`calibrate`.
         """
-        rows = []
-        library = TARGET_LIBRARY[self.execution_environment]
-        for name, layer in self.optimized_.layers.items():
-            if self.execution_environment == "gpu" and layer.activation in ("leaky_relu", "relu6"):
-                kind = "leaky ReLU" if layer.activation == "leaky_relu" else "clipped ReLU (ReLU6)"
-                rows.append((name, f"fused with a {kind}, which is not an int8 layer for {library} (seed 001)"))
-        module = self.optimized_.module
-        for node in self.optimized_.nodes():
-            if node.op in ("placeholder", "output", "get_attr") or node.name in self.optimized_.layers or int8_node(module, node, self.execution_environment):
-                continue
-            target = type(module.get_submodule(node.target)).__name__ if node.op == "call_module" else str(getattr(node.target, "__name__", node.target))
-            if "adaptive_avg_pool" in target.lower() or target == "AdaptiveAvgPool2d":
-                reason = (
-                    f"global average pooling is not an int8 layer for {library} (seed 001)"
-                    if self.execution_environment == "gpu"
-                    else "global average pooling: computed in float on dequantized values"
-                )
-            else:
-                reason = f"{target} has no int8 implementation in dlqnb: computed in float"
-            rows.append((node.name, reason))
-        return pd.DataFrame(rows, columns=["Layer", "Reason"])
+        self.check_calibrated("the quantization plan")
+        key = (id(self._state), frozenset(self.excluded_layers), self.per_channel_weights)
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            self._plan_cache = (key, build_plan(self))
+        return self._plan_cache[1]
+
+    def unsupported_layers(self) -> pd.DataFrame:
+        """Layers that compute in float on the target, with the reason.
+
+        On the ``"gpu"`` target (cuDNN, as in MATLAB's *INT8 Code Generation for Deep Learning
+        Networks*) a conv/linear layer fused with a leaky ReLU or a clipped ReLU (ReLU6) stays in
+        float, and so does global average pooling; on both targets layers with no int8 form (average
+        pooling, the input normalization, SiLU, sigmoid, softmax, ...) compute in float on dequantized
+        values. Shape queries and layers that only move float values are not listed.
+        """
+        return pd.DataFrame(self.plan().float_layers(), columns=["Layer", "Reason"])
 
     def quantized_layers(self) -> list[str]:
         """Optimized layers that run in int8: quantizable, supported by the target, not excluded."""
-        unsupported = set(self.unsupported_layers()["Layer"])
-        return [name for name in self.optimized_.layers if name not in unsupported and name not in self.excluded_layers_]
+        return list(self.plan().layers)
 
     # ------------------------------------------------------------------ types, quantize, validate
     def tensor_types(self) -> dict[str, TensorType]:
@@ -374,8 +400,8 @@ class DLQuantizer:
         Scales are shared as TensorRT and ONNX Runtime share them: a concatenation's inputs (when it is
         their only consumer) take the concatenation's type, whose calibrated range is the union of
         theirs, so they are produced in it directly (one rounding instead of two, and the
-        concatenation is a copy); max pooling, flatten and dropout keep their input's type, as their
-        values stay on its grid.
+        concatenation is a copy); ops that keep their input's grid (max pooling, reshapes, dropout;
+        :mod:`dlqnb.ops`) keep its type.
         """
         types = self.quantization_types()
         activations = types[types["Learnables / Activations"] == "Activations"]
@@ -384,16 +410,19 @@ class DLQuantizer:
             node = row_name[: -len("_Activations")]
             signed = self.execution_environment == "gpu" or low < 0
             result[node] = TensorType(int(fraction), signed)
-        module = self.optimized_.module
-        for node in self.optimized_.nodes():
+        module = self.optimized.module
+        for node in self.optimized.nodes():
             if node.name not in result:
                 continue
-            if node.op == "call_function" and node.target in (torch.cat, torch.concat):
-                for source in node.args[0]:
-                    if isinstance(source, fx.Node) and source.name in result and len(source.users) == 1:
+            traits = op_traits(module, node)
+            if traits.kind == "concat":
+                for source in tensor_args(node):
+                    if source.name in result and len(source.users) == 1:
                         result[source.name] = result[node.name]
-            elif _keeps_input_grid(module, node) and isinstance(node.args[0], fx.Node) and node.args[0].name in result:
-                result[node.name] = result[node.args[0].name]
+            elif traits.keeps_type:
+                sources = [source for source in tensor_args(node) if source.name in result]
+                if len(sources) == 1:
+                    result[node.name] = result[sources[0].name]
         return result
 
     def weight_fraction_lengths(self) -> dict[str, int | list[int]]:
@@ -401,8 +430,8 @@ class DLQuantizer:
         list: the MinMax fraction length of each output channel)."""
         if self.per_channel_weights:
             result: dict[str, int | list[int]] = {}
-            for name in self.optimized_.layers:
-                weight = self.optimized_.fused(name).layer.weight.detach()
+            for name in self.optimized.layers:
+                weight = self.optimized.fused(name).layer.weight.detach()
                 result[name] = [fraction_length(m) for m in weight.abs().flatten(1).amax(1).tolist()]
             return result
         types = self.quantization_types()
@@ -415,21 +444,12 @@ class DLQuantizer:
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
         """
-        self._require_calibration("quantize")
         from dlqnb.models import network_metadata
 
         metadata = {k: v for k, v in network_metadata(self.network).items() if k in ("class_names", "input_size") and v}
-        return build_emulated_network(
-            self.optimized_.module,
-            {name: layer.members for name, layer in self.optimized_.layers.items()},
-            self.quantized_layers(),
-            self.weight_fraction_lengths(),
-            self.tensor_types(),
-            self.execution_environment,
-            metadata,
-        )
+        return build_emulated_network(self.optimized.module, self.plan(), metadata)
 
-    def validate(self, data: Any, options: Any = None, mini_batch_size: int | None = None, progress: bool = True) -> Any:
+    def validate(self, data: Any, options: QuantizationOptions | None = None, mini_batch_size: int | None = None, progress: bool = True) -> ValidationResult:
         """Quantize, run float and quantized networks on ``data``, and compare them.
 
         Args:
@@ -445,54 +465,81 @@ class DLQuantizer:
             NotCalibratedError: Before :meth:`calibrate`.
             CalibrationError: Data the network cannot take (names the batch and the reason).
         """
-        from dlqnb.validation import QuantizationOptions, ValidationResult, learnable_memory, run_both, validation_table
-
-        self._require_calibration("validate")
+        self.check_calibrated("validate")
         options = options or QuantizationOptions()
-        float_scores, quantized_scores, labels = run_both(self, data, mini_batch_size, progress)
-        table = validation_table(options.metric_fcn, float_scores, quantized_scores, labels, learnable_memory(self))
+        float_scores, quantized_scores, labels = run_both(self.network, self.quantize(), data, mini_batch_size, progress)
+        table = validation_table(options.metric_fcn, float_scores, quantized_scores, labels, learnable_memory(self.network, self.plan()))
         return ValidationResult(len(float_scores), table, float_scores, quantized_scores, labels)
 
     # ------------------------------------------------------------------ calibration file
+    def network_fingerprint(self) -> str:
+        """SHA-256 of the optimized graph's code and of every parameter and buffer (names, shapes,
+        bytes): what ties a calibration file or an exported model to this network."""
+        from dlqnb.calibration_file import fingerprint
+
+        return fingerprint(self.optimized.module)
+
     def save(self, path: str) -> None:
         """Write the calibration file (see :mod:`dlqnb.calibration_file`)."""
-        from dlqnb.calibration_file import save_calibration
-
-        save_calibration(self, path)
+        self.check_calibrated("save")
+        types = self.quantization_types()
+        write_calibration(
+            path,
+            self._state,
+            {
+                "execution_environment": self.execution_environment,
+                "exponent_scheme": self.exponent_scheme,
+                "excluded_layers": sorted(self.excluded_layers),
+                "per_channel_weights": self.per_channel_weights,
+                "network_fingerprint": self.network_fingerprint(),
+                "types": {row: int(f) for row, f in zip(types["Optimized Layer Name"], types["FractionLength"])},
+            },
+        )
 
     @classmethod
     def load(cls, path: str, net: nn.Module) -> DLQuantizer:
-        """A calibrated quantizer for ``net`` from a calibration file written by :meth:`save`."""
-        from dlqnb.calibration_file import load_calibration
+        """A calibrated quantizer for ``net`` from a calibration file written by :meth:`save`.
 
-        return load_calibration(path, net)
+        Raises:
+            CalibrationFileError: Missing, truncated, foreign, newer, edited file, or a different network.
+        """
+        from dlqnb.calibration_file import CalibrationFileError
+
+        settings, state = read_calibration(path)
+        quantizer = cls(
+            net,
+            execution_environment=settings["execution_environment"],
+            exponent_scheme=settings["exponent_scheme"],
+            excluded_layers=settings["excluded_layers"],
+            per_channel_weights=settings.get("per_channel_weights", False),
+        )
+        if quantizer.network_fingerprint() != settings["network_fingerprint"]:
+            raise CalibrationFileError(
+                f"{str(path)!r} was calibrated on a different network (its graph or weights differ from "
+                f"the {type(net).__name__} given); calibrate this network instead"
+            )
+        quantizer.restore_calibration(state)
+        return quantizer
 
     def __repr__(self) -> str:
         state = f"{self.num_calibration_samples_} calibration samples" if self.is_calibrated else "not calibrated"
         return (
             f"DLQuantizer({type(self.network).__name__}, execution_environment={self.execution_environment!r}, "
-            f"{len(self.optimized_.layers)} quantizable layers, {state})"
+            f"{len(self.optimized.layers)} quantizable layers, {state})"
         )
 
 
-def _keeps_input_grid(module: fx.GraphModule, node: fx.Node) -> bool:
-    """Int8 layers whose output values are some of their input's values (pooling by max, reshaping)."""
-    if node.op == "call_module":
-        return isinstance(module.get_submodule(node.target), (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Dropout, nn.Identity, nn.Flatten))
-    if node.op == "call_function":
-        return node.target in (torch.flatten, torch.reshape, F.max_pool2d)
-    return node.op == "call_method" and node.target in ("view", "reshape", "flatten", "contiguous")
-
-
-def _derived_sources(module: fx.GraphModule) -> dict[str, list[str]]:
-    """Nodes whose statistics are the union of their inputs', by name, with those inputs."""
+def _derivable_sources(module: fx.GraphModule) -> dict[str, list[str]]:
+    """Nodes that only move values (by :mod:`dlqnb.ops`) with the tensor inputs whose statistics they
+    may be derived from, in network order; inputs that an in-place op overwrites are not usable."""
     mutated = {
         n.args[0].name for n in module.graph.nodes if n.args and isinstance(n.args[0], fx.Node) and mutates_input(module, n)
     }
-    derived: dict[str, list[str]] = {}
+    derivable: dict[str, list[str]] = {}
     for node in module.graph.nodes:
-        sources = value_sources(module, node)
-        if sources is not None and not any(source.name in mutated for source in sources):
-            derived[node.name] = [source.name for source in sources]
-    return derived
-
+        if op_traits(module, node).values != "moves":
+            continue
+        sources = [s for s in tensor_args(node) if op_traits(module, s).is_layer]
+        if sources and not any(source.name in mutated for source in sources):
+            derivable[node.name] = [source.name for source in sources]
+    return derivable

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
@@ -66,12 +65,12 @@ def sensitivity_analysis(
     """
     if mode not in ("only", "all_but"):
         raise ValueError(f"mode must be 'only' or 'all_but', got {mode!r}")
-    quantizer._require_calibration("sensitivity_analysis")
+    quantizer.check_calibrated("sensitivity_analysis")
     batches = list(iter_batches(data, mini_batch_size))
     images = [b[0] for b in batches]
     labels = None if any(b[1] is None for b in batches) else torch.cat([b[1] for b in batches])
     with torch.no_grad():
-        reference = torch.cat([quantizer.optimized_.module(x) for x in images])
+        reference = torch.cat([quantizer.optimized.module(x) for x in images])
     float_metric = float(metric(reference, labels))
     layers = quantizer.quantized_layers()
     baseline = float_metric
@@ -81,9 +80,8 @@ def sensitivity_analysis(
             baseline = float(metric(torch.cat([full(x) for x in images]), labels))
     rows = []
     for layer in tqdm(layers, desc="Sensitivity", disable=not progress):
-        variant = copy.copy(quantizer)
         others = [name for name in layers if name != layer]
-        variant.excluded_layers_ = set(quantizer.excluded_layers_) | (set(others) if mode == "only" else {layer})
+        variant = quantizer.with_excluded(set(quantizer.excluded_layers) | (set(others) if mode == "only" else {layer}))
         network = variant.quantize()
         with torch.no_grad():
             scores = torch.cat([network(x) for x in images])

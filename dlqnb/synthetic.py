@@ -4,7 +4,7 @@ Neither MerchData nor ImageNet can be downloaded here, so dlqnb draws its own ph
 one object per image, with random pose, scale, position, colour, lighting and background, every
 image a pure function of ``(class, index, seed)``.
 
-* **Merch** (:data:`MERCH_CLASSES`, the seeds' five classes and MerchData's folder names): a navy
+* **Merch** (:data:`MERCH_CLASSES`, MATLAB's five classes and MerchData's folder names): a navy
   cap, an orange cube, fanned playing cards, a red-handled screwdriver and a dark torch (flashlight).
   Like MerchData, which photographs one physical object per class, each class keeps its paint (its
   hue varies a little, and lighting varies a lot), so a person tells them apart at a glance.

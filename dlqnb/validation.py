@@ -5,13 +5,13 @@ compares them with metric functions ``fn(scores, labels) -> float`` (``scores`` 
 outputs, N×C logits; ``labels`` class indices, or None when the data has none). The default metric
 is top-1 accuracy.
 
-Learnable parameter memory, as the seeds count it:
+Learnable parameter memory, as MATLAB counts it:
 
 * **Floating-Point**: 4 bytes per learnable parameter of the network as given (BatchNorm's included);
 * **Quantized**: counted after folding BatchNorm: 1 byte per int8 weight of a quantized layer, 4 bytes
-  per bias (the seeds keep biases at 32 bits) and 4 bytes per parameter left in float.
+  per bias (the MATLAB pages keep biases at 32 bits) and 4 bytes per parameter left in float.
 
-For seed 000's SqueezeNet with five classes that is 725,061 parameters, 2,900,244 bytes in float,
+For the *dlquantizer* example's SqueezeNet with five classes that is 725,061 parameters, 2,900,244 bytes in float,
 about a quarter of that quantized.
 
 Example:
@@ -32,9 +32,10 @@ from torch import Tensor, nn
 
 from dlqnb.batches import iter_batches
 from dlqnb.emulation import EmulatedLayer
+from dlqnb.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from dlqnb.quantizer import DLQuantizer
+    from dlqnb.plan import QuantizationPlan
 
 __all__ = ["QuantizationOptions", "ValidationResult", "classify", "learnable_memory", "top1_accuracy"]
 
@@ -43,7 +44,7 @@ RESULT_COLUMNS = ["NetworkImplementation", "MetricOutput", "LearnableParameterMe
 
 
 def top1_accuracy(scores: Tensor, labels: Tensor | None) -> float:
-    """Share of samples whose highest score is their label (the seeds' ``hComputeModelAccuracy``)."""
+    """Share of samples whose highest score is their label (MATLAB's ``hComputeModelAccuracy``)."""
     if labels is None:
         raise ValueError("top-1 accuracy needs labels: validate with (images, labels) data or give a metric_fcn")
     return float((scores.argmax(1) == labels).float().mean())
@@ -98,30 +99,26 @@ class ValidationResult:
         }
 
 
-def learnable_memory(quantizer: DLQuantizer) -> tuple[int, int]:
-    """Learnable parameter memory in bytes: (float network as given, quantized network)."""
-    float_bytes = 4 * sum(p.numel() for p in quantizer.network.parameters())
-    quantized = set(quantizer.quantized_layers())
-    quantized_bytes = 0
-    for name, parameter in quantizer.optimized_.module.named_parameters():
-        layer, _, leaf = name.rpartition(".layer.")
-        if layer in quantized and leaf == "weight":
-            quantized_bytes += parameter.numel()  # int8
-        else:
-            quantized_bytes += 4 * parameter.numel()  # int32 bias, or float
-    return float_bytes, quantized_bytes
+def learnable_memory(network: nn.Module, plan: QuantizationPlan) -> tuple[int, int]:
+    """Learnable parameter memory in bytes: (float network as given, quantized network).
+
+    The float network counts 4 bytes per parameter; the quantized network 1 byte per int8 weight of
+    a quantized layer, 4 per bias (int32 or single) and 4 per parameter left in float. Folding
+    BatchNorm removes its parameters from the quantized network, as MATLAB's optimized network does.
+    """
+    float_bytes = 4 * sum(p.numel() for p in network.parameters())
+    quantized_weights = sum(layer.weight_codes.numel() for layer in plan.layers.values())
+    optimized_parameters = plan.optimized_parameters
+    return float_bytes, quantized_weights + 4 * (optimized_parameters - quantized_weights)
 
 
-def run_both(quantizer: DLQuantizer, data: Any, mini_batch_size: int | None, progress: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def run_both(float_net: nn.Module, quantized_net: nn.Module, data: Any, mini_batch_size: int | None, progress: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Scores of the float network and of its emulation on the same data, and the labels."""
     from tqdm.auto import tqdm
 
     from dlqnb.batches import count_batches
-    from dlqnb.quantizer import CalibrationError
 
-    float_net = quantizer.network
     was_training = float_net.training
-    quantized_net = quantizer.quantize()
     float_scores, quantized_scores, labels = [], [], []
     float_net.eval()
     try:
@@ -154,7 +151,7 @@ def validation_table(
 
 
 def classify(net: nn.Module, data: Any, mini_batch_size: int | None = None) -> list[str]:
-    """Predicted class names of ``net`` on ``data`` (the seeds' ``classify``).
+    """Predicted class names of ``net`` on ``data`` (MATLAB's ``classify``).
 
     Raises:
         ValueError: If the network carries no class names (set them with

@@ -1,9 +1,9 @@
-"""Trained networks the examples start from, trained once and cached (the seeds' ``load ...mat``).
+"""Trained networks the examples start from, trained once and cached (MATLAB's ``load ...mat``).
 
-* :func:`digits_custom` — seed 004's ``digitsCustom.mat``: the 12-layer digits network trained on
+* :func:`digits_custom` — the *updateScore* example's ``digitsCustom.mat``: the 12-layer digits network trained on
   scikit-learn's handwritten digits (90 % of them; :func:`digits_split` gives the same split).
-* :func:`squeezenet_merch` — seeds 000/002's ``squeezenetmerch``: dlqnb's SqueezeNet transferred to
-  the MerchData-like set with seed 001's recipe (:data:`MERCH_RECIPE`), exactly as notebook 01 does
+* :func:`squeezenet_merch` — the ``squeezenetmerch`` of MATLAB's *dlquantizer* and *Emulate Quantized Network Behavior for GPU Target* examples: dlqnb's SqueezeNet transferred to
+  the MerchData-like set with the *INT8 Code Generation for Deep Learning Networks* example's recipe (:data:`MERCH_RECIPE`), exactly as notebook 01 does
   on its defaults.
 
 Each network is stored in dlqnb's cache folder under a key made of everything that produced it
@@ -53,7 +53,7 @@ DIGITS_RECIPE: dict[str, Any] = {
     "max_epochs": 6,
 }
 
-#: Seed 001's transfer-learning recipe, the defaults of notebook 01.
+#: the *INT8 Code Generation for Deep Learning Networks* example's transfer-learning recipe, the defaults of notebook 01.
 MERCH_RECIPE: dict[str, Any] = {
     "split": 0.7,
     "seed": 0,
@@ -124,13 +124,13 @@ def digits_custom(data_dir: str | os.PathLike[str] | None = None) -> nn.Module:
 
 
 def merch_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, split: float = 0.7) -> tuple[Any, Any]:
-    """MerchData (or the generated set) split 70/30 per label, as seed 001 and notebook 01 do."""
+    """MerchData (or the generated set) split 70/30 per label, as *INT8 Code Generation for Deep Learning Networks* and notebook 01 do."""
     store = image_datastore(data_dir or merch_data_dir())
     return split_each_label(store, split, seed=seed)
 
 
 def train_merch(data_dir: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
-    """Seed 001's transfer learning, uncached: returns the trained network and its training info."""
+    """the *INT8 Code Generation for Deep Learning Networks* example's transfer learning, uncached: returns the trained network and its training info."""
     recipe = {**MERCH_RECIPE, **(recipe or {})}
     train_store, validation_store = merch_split(data_dir, recipe["seed"], recipe["split"])
     size = tuple(recipe["input_size"])

@@ -45,10 +45,10 @@ def test_quantize_switch_excludes_the_layer_everywhere(tmp_path):
     app = make_app(tmp_path)
     app.calibrate()
     app.switches["features_0_features_1"].value = False
-    assert "features_0_features_1" in app.quantizer.excluded_layers_
+    assert "features_0_features_1" in app.quantizer.excluded_layers
     assert not isinstance(app.quantizer.quantize().get_submodule("features_0_features_1"), EmulatedLayer)
     app.switches["features_0_features_1"].value = True
-    assert app.quantizer.excluded_layers_ == set()
+    assert app.quantizer.excluded_layers == set()
 
 
 def test_validate_sensitivity_and_export_buttons(tmp_path):

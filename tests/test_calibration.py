@@ -28,7 +28,7 @@ def test_squeezenet_table_shape(squeezenet, images):
     assert list(table.columns) == CALIBRATION_COLUMNS
     kinds = table["Learnables / Activations"]
     assert (kinds == "Weights").sum() == 26 and (kinds == "Bias").sum() == 26
-    # the seed's shape: all learnables first, then activations, each in network order
+    # MATLAB's shape: all learnables first, then activations, each in network order
     assert list(kinds[:52]) == ["Weights", "Bias"] * 26 and set(kinds[52:]) == {"Activations"}
     assert table["Optimized Layer Name"].is_unique
     activations = table.loc[kinds == "Activations", "Network Layer Name"].tolist()

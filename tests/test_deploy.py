@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from dlqnb import DLQuantizer
-from dlqnb import deploy
+from dlqnb import deploy, runtime
 from dlqnb.deploy import ExportError, export_qdq_onnx, load_int8, predict_int8
 
 
@@ -51,10 +51,15 @@ def test_every_quantized_convolution_becomes_qlinearconv(calibrated, tmp_path):
     assert counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
 
 
-def test_gpu_flavour_is_signed_int8_with_zero_points_0(calibrated, tmp_path):
+def _producers(model):
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def test_gpu_flavour_is_signed_int8_with_float_biases_as_tensorrt_takes_it(calibrated, tmp_path):
     _, _, quantizers = calibrated
     model = onnx.load(export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx"))
     initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = _producers(model)
     quantize_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert quantize_nodes
     for node in quantize_nodes:
@@ -62,28 +67,37 @@ def test_gpu_flavour_is_signed_int8_with_zero_points_0(calibrated, tmp_path):
         assert zero.dtype == np.int8 and zero == 0
         scale = float(initializers[node.input[1]])
         assert scale == 2.0 ** round(np.log2(scale))  # a power of two
-    weights = [v for k, v in initializers.items() if k.endswith("_weight_codes")]
-    biases = [v for k, v in initializers.items() if k.endswith("_bias_codes")]
-    assert len(weights) == len(biases) == 26
-    assert all(w.dtype == np.int8 for w in weights) and all(b.dtype == np.int32 for b in biases)
+    # TensorRT's parser takes DequantizeLinear only on int8 tensors: activations or int8 weights
+    for node in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
+        source = node.input[0]
+        assert (source in initializers and initializers[source].dtype == np.int8) or producers[source].op_type == "QuantizeLinear"
+    assert not [v for v in initializers.values() if v.dtype == np.int32]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 26
+    for conv in convs:
+        assert producers[conv.input[1]].op_type == "DequantizeLinear"
+        assert initializers[conv.input[2]].dtype == np.float32  # float bias
 
 
-def test_cpu_flavour_uses_uint8_after_relu(calibrated, tmp_path):
+def test_cpu_flavour_has_int32_biases_and_uint8_after_relu(calibrated, tmp_path):
     _, _, quantizers = calibrated
     model = onnx.load(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"))
     initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    assert initializers["features_0_features_1_zero_point"].dtype == np.uint8
-    assert initializers["x_zero_point"].dtype == np.int8 or initializers["x_zero_point"].dtype == np.uint8
+    producers = _producers(model)
+    after_relu = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producers and producers[n.input[0]].op_type == "Relu"]
+    assert len(after_relu) == 26
+    assert all(initializers[n.input[2]].dtype == np.uint8 for n in after_relu)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    bias_sources = [initializers[producers[c.input[2]].input[0]] for c in convs]
+    assert all(b.dtype == np.int32 for b in bias_sources)
 
 
 def test_metadata_round_trip(calibrated, tmp_path):
     _, _, quantizers = calibrated
-    from dlqnb.calibration_file import network_fingerprint
-
     model = onnx.load(export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx"))
     props = {p.key: p.value for p in model.metadata_props}
     assert props["dlqnb_target"] == "gpu"
-    assert props["dlqnb_calibration_fingerprint"] == network_fingerprint(quantizers["gpu"])
+    assert props["dlqnb_calibration_fingerprint"] == quantizers["gpu"].network_fingerprint()
     assert model.opset_import[0].version >= 19
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch
 
@@ -101,13 +115,23 @@ def test_excluded_layers_are_exported_in_float(calibrated, tmp_path):
     assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.99
 
 
-def test_unexportable_layer_is_named(tmp_path):
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(16, 2)).eval()
-    quantizer = DLQuantizer(net, execution_environment="cpu")
+class _BesselNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.special.i0(self.conv(x)).mean((2, 3)))
+
+
+def test_unexportable_op_is_named_and_nothing_is_written(tmp_path, capfd):
+    quantizer = DLQuantizer(_BesselNet().eval(), execution_environment="cpu")
     quantizer.calibrate(torch.rand(2, 3, 8, 8), progress=False)
-    with pytest.raises(ExportError, match="'_2'.*AdaptiveAvgPool2d"):
+    with pytest.raises(ExportError, match="aten::i0"):
         export_qdq_onnx(quantizer, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+    assert "Torch IR graph" not in capfd.readouterr().err  # no exporter dump on the terminal
 
 
 def test_predict_int8_loads_once_per_file(calibrated, tmp_path, monkeypatch):
@@ -115,7 +139,7 @@ def test_predict_int8_loads_once_per_file(calibrated, tmp_path, monkeypatch):
     path = export_qdq_onnx(quantizers["cpu"], tmp_path / "model.onnx")
     loads = []
     real = deploy.load_int8
-    monkeypatch.setattr(deploy, "load_int8", lambda p, *a, **k: loads.append(p) or real(p, *a, **k))
+    monkeypatch.setattr(runtime, "load_int8", lambda p, *a, **k: loads.append(p) or real(p, *a, **k))
     first = predict_int8(path, images[:2])
     for _ in range(3):
         assert np.array_equal(predict_int8(path, images[:2]), first)
@@ -216,9 +240,20 @@ class StandInTensorRT(types.ModuleType):
                 calls.append(("build_serialized_network",))
                 return b"serialized-engine"
 
+        class TensorIOMode:
+            INPUT, OUTPUT = 1, 2
+
         class Engine:
+            num_io_tensors = 2
+
             def create_execution_context(self):
                 return object()
+
+            def get_tensor_name(self, index):
+                return ["scores", "input"][index]  # outputs may come first: found by mode, not index
+
+            def get_tensor_mode(self, name):
+                return TensorIOMode.INPUT if name == "input" else TensorIOMode.OUTPUT
 
         class Runtime:
             def __init__(self, logger):
@@ -229,6 +264,7 @@ class StandInTensorRT(types.ModuleType):
                 return Engine()
 
         self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
+        self.TensorIOMode = TensorIOMode
         self.Logger, self.OnnxParser, self.Builder, self.Runtime = Logger, Parser, Builder, Runtime
 
 
@@ -248,9 +284,18 @@ def test_tensorrt_engine_is_built_strongly_typed_and_cached(calibrated, tmp_path
     assert ("set_shape", "input", (1, 3, 96, 96), (8, 3, 96, 96)) in stand_in.calls
     assert runner.engine_path.read_bytes() == b"serialized-engine"
     assert "Stand-in-GPU" in runner.engine_path.name and "11.0.0-stand-in" in runner.engine_path.name
+    assert (runner.input_name, runner.output_name) == ("input", "scores")
     stand_in.calls.clear()
     deploy.TensorRTRunner(path)
     assert "build_serialized_network" not in [call[0] for call in stand_in.calls]  # loaded from the cache
+
+
+def test_tensorrt_profile_takes_dynamic_height_and_width_from_the_recorded_size():
+    from dlqnb.runtime import _profile_dims
+
+    assert _profile_dims([-1, 3, -1, -1], {"channels": 3, "input_size": [227, 227]}, "m.onnx") == [3, 227, 227]
+    with pytest.raises(RuntimeError, match="m.onnx.*input_size"):
+        _profile_dims([-1, 3, -1, -1], {"channels": 3}, "m.onnx")
 
 
 def test_backend_choice_and_errors(calibrated, tmp_path, monkeypatch):
@@ -304,13 +349,14 @@ def test_per_channel_weights_emulate_and_deploy_alike(calibrated, tmp_path):
     quantizer = DLQuantizer(net, execution_environment="cpu", per_channel_weights=True)
     quantizer.calibrate(images, progress=False)
     fractions = quantizer.weight_fraction_lengths()["features_0_features_1"]
-    weight = quantizer.optimized_.fused("features_0_features_1").layer.weight.detach()
+    weight = quantizer.optimized.fused("features_0_features_1").layer.weight.detach()
     assert len(fractions) == 64 and len(set(fractions)) > 1
     assert fractions == [6 - math.floor(math.log2(m)) for m in weight.abs().flatten(1).amax(1).tolist()]
     path = export_qdq_onnx(quantizer, tmp_path / "per_channel.onnx")
     model = onnx.load(path)
-    scale = next(i for i in model.graph.initializer if i.name == "features_0_features_1_weight_scale")
-    assert list(scale.dims) == [64]
+    initializers = {i.name: i for i in model.graph.initializer}
+    first_weight = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers and list(initializers[n.input[0]].dims) == [64, 3, 3, 3])
+    assert list(initializers[first_weight.input[1]].dims) == [64]
     scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
     with torch.no_grad():
         emulated = quantizer.quantize()(images).numpy()

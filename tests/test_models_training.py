@@ -29,7 +29,7 @@ def test_find_layers_to_replace_on_squeezenet():
     assert path == "classifier.1" and isinstance(module, nn.Conv2d)
 
 
-def test_find_layers_to_replace_errors_are_the_seeds():
+def test_find_layers_to_replace_errors_are_matlabs():
     class TwoHeads(nn.Module):
         def __init__(self) -> None:
             super().__init__()

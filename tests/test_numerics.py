@@ -1,4 +1,4 @@
-"""dlqnb.numerics against the seeds' worked example and against exact reference arithmetic."""
+"""dlqnb.numerics against MATLAB's worked example and against exact reference arithmetic."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def reference_quantize(value: float, f: int, word_length: int = 8, rounding: str
 
 
 class TestSeedExample:
-    """Seed 003: bits 2^3 … 2^-3 plus sign."""
+    """*Quantization of Deep Neural Networks*: bits 2^3 … 2^-3 plus sign."""
 
     def test_worked_values(self):
         result = quantize_fixed(torch.tensor([0.03125, 2.1, 16.25]), 3)
@@ -77,7 +77,7 @@ class TestSeedExample:
         assert effects == ["underflow", "precision loss", "overflow"]
 
     def test_seed_000_weight_range(self):
-        # conv1 weights of seed 000 span [-0.91985, 0.88489]: MSB 2^-1, so 7 fraction bits
+        # conv1 weights of *dlquantizer* span [-0.91985, 0.88489]: MSB 2^-1, so 7 fraction bits
         assert fraction_length(max(abs(-0.91985), 0.88489)) == 7
 
 

@@ -120,7 +120,7 @@ def test_pruned_network_trains_and_quantizes(digits):
 
 def test_bad_input(digits):
     net, x, y = digits
-    with pytest.raises(ValueError, match="no prunable convolution"):
+    with pytest.raises(ValueError, match="no prunable convolution filters: it has no Conv2d"):
         TaylorPrunableNetwork(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
     pn = TaylorPrunableNetwork(net)
     with pytest.raises(ValueError, match="update_score"):

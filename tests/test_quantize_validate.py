@@ -21,16 +21,28 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 
 
 def integer_conv_reference(x, conv, f_in, f_w, f_out):
-    """int8 input × int8 weight → int64 accumulate + int32 bias → ReLU → requantize, in integers."""
+    """The GPU target's layer: int8 input × int8 weight → exact integer accumulator, scaled to single
+    precision, plus the single-precision bias → ReLU → requantize (ties away from zero, saturate)."""
     x_codes = round_half_away(x.double() * 2.0**f_in).clamp(-128, 127).long()
     w_codes = round_half_away(conv.weight.detach().double() * 2.0**f_w).clamp(-128, 127).long()
-    b_codes = round_half_away(conv.bias.detach().double() * 2.0 ** (f_in + f_w)).long()
     columns = F.unfold(x_codes.double(), conv.kernel_size, padding=conv.padding).long()  # N × (C·k·k) × L
-    acc = torch.einsum("ok,nkl->nol", w_codes.view(w_codes.shape[0], -1), columns) + b_codes.view(1, -1, 1)
-    acc = acc.clamp(min=0)  # fused ReLU
-    # requantize: acc · 2^-(f_in+f_w) in the output type 2^-f_out, ties away, saturate
-    shift = f_in + f_w - f_out
-    out = round_half_away(acc.double() / 2.0**shift).clamp(-128, 127)
+    acc = torch.einsum("ok,nkl->nol", w_codes.view(w_codes.shape[0], -1), columns)
+    real = (acc.double() * 2.0 ** -(f_in + f_w)).float() + conv.bias.detach().float().view(1, -1, 1)
+    real = real.clamp(min=0)  # fused ReLU
+    out = round_half_away(real.double() * 2.0**f_out).clamp(-128, 127)
+    side = int(math.isqrt(out.shape[-1]))
+    return (out * 2.0**-f_out).view(x.shape[0], -1, side, side)
+
+
+def integer_conv_reference_cpu(x, conv, f_in, f_w, f_out):
+    """The CPU target's layer (ONNX Runtime's QLinearConv): int8 input × int8 weight → int64 accumulate
+    + int32 bias → ReLU → requantize (ties to even, saturate to uint8)."""
+    x_codes = torch.round(x.double() * 2.0**f_in).clamp(-128, 127).long()
+    w_codes = torch.round(conv.weight.detach().double() * 2.0**f_w).clamp(-128, 127).long()
+    b_codes = torch.round(conv.bias.detach().double() * 2.0 ** (f_in + f_w)).long()
+    columns = F.unfold(x_codes.double(), conv.kernel_size, padding=conv.padding).long()
+    acc = (torch.einsum("ok,nkl->nol", w_codes.view(w_codes.shape[0], -1), columns) + b_codes.view(1, -1, 1)).clamp(min=0)
+    out = torch.round(acc.double() / 2.0 ** (f_in + f_w - f_out)).clamp(0, 255)  # torch.round: ties to even
     side = int(math.isqrt(out.shape[-1]))
     return (out * 2.0**-f_out).view(x.shape[0], -1, side, side)
 
@@ -138,7 +150,20 @@ def test_cpu_target_uses_unsigned_types_and_ties_to_even(squeezenet, images):
     qnet = quantizer.quantize()
     assert quantization_details(qnet).target_library == "onnxruntime"
     layer = qnet.get_submodule("features_0_features_1")
-    assert layer.rounding == "half_even" and layer.output_type.signed is False
+    assert layer.spec.rounding == "half_even" and layer.spec.integer_bias
+
+
+def test_one_conv_layer_on_the_cpu_target_equals_the_integer_reference():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(4, 3, 10, 10) * 3
+    quantizer = DLQuantizer(net, execution_environment="cpu")
+    quantizer.calibrate(x, progress=False)
+    types = quantizer.tensor_types()
+    f_in, f_out = types["input_1"].fraction_length, types["_0__1"].fraction_length
+    assert types["_0__1"].signed is False
+    expected = integer_conv_reference_cpu(x, net[0], f_in, quantizer.weight_fraction_lengths()["_0__1"], f_out)
+    with torch.no_grad():
+        assert torch.equal(quantizer.quantize()(x).double(), expected)
 
 
 def test_excluded_layers_stay_float(squeezenet, images):
@@ -147,11 +172,11 @@ def test_excluded_layers_stay_float(squeezenet, images):
     qnet = quantizer.quantize()
     assert not isinstance(qnet.get_submodule("features_0_features_1"), EmulatedLayer)
     assert "features_0" not in quantization_details(qnet).quantized_layer_names
-    float_bytes, quantized_bytes = dlqnb.validation.learnable_memory(quantizer)
+    float_bytes, quantized_bytes = dlqnb.validation.learnable_memory(squeezenet, quantizer.plan())
     all_in = DLQuantizer(squeezenet)
     all_in.calibrate(images, progress=False)
     conv1 = squeezenet.features[0].weight.numel()
-    assert quantized_bytes - dlqnb.validation.learnable_memory(all_in)[1] == 3 * conv1
+    assert quantized_bytes - dlqnb.validation.learnable_memory(squeezenet, all_in.plan())[1] == 3 * conv1
     quantizer.include("features_0_features_1")
     assert isinstance(quantizer.quantize().get_submodule("features_0_features_1"), EmulatedLayer)
     with pytest.raises(KeyError, match="no optimized layer named \\['conv99'\\]"):
@@ -194,7 +219,7 @@ class TestCalibrationFile:
         loaded = DLQuantizer.load(path, squeezenet)
         assert loaded.calibration_table.equals(quantizer.calibration_table)
         assert loaded.quantization_types().equals(quantizer.quantization_types())
-        assert loaded.excluded_layers_ == {"features_0_features_1"}
+        assert loaded.excluded_layers == {"features_0_features_1"}
         with torch.no_grad():
             assert torch.equal(loaded.quantize()(images), quantizer.quantize()(images))
         assert not list(path.parent.glob(".*tmp"))  # nothing half-written left behind
