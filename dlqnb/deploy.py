@@ -1,7 +1,8 @@
-"""INT8 deployment: QDQ ONNX export (:mod:`dlqnb.export`) and the runtimes that run it (:mod:`dlqnb.runtime`).
+"""INT8 deployment: QDQ ONNX export (:mod:`dlqnb.export`), the runtimes that run it (:mod:`dlqnb.runtime`)
+and code generation of a standalone deployable (:mod:`dlqnb.codegen`).
 
 The names users call, in one place: :func:`export_qdq_onnx`, :func:`export_float_onnx`,
-:func:`load_int8`, :func:`predict_int8`.
+:func:`load_int8`, :func:`predict_int8`, :class:`DeploymentConfig` and :func:`codegen`.
 
 Example:
     >>> import tempfile, torch, torchvision
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from dlqnb.codegen import DeploymentConfig, codegen
 from dlqnb.export import ExportError, export_float_onnx, export_qdq_onnx
 from dlqnb.runtime import (
     ModelFileError,
@@ -29,6 +31,8 @@ from dlqnb.runtime import (
 )
 
 __all__ = [
+    "DeploymentConfig",
+    "codegen",
     "ExportError",
     "ModelFileError",
     "OnnxRuntimeRunner",

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from dlqnb.graph import FusedLayer
 from dlqnb.numerics import Rounding, quantize_fixed, quantize_to_integer
-from dlqnb.ops import global_average_pool
+from dlqnb.ops import global_average_pool, op_traits
 from dlqnb.plan import LayerPlan, QuantizationPlan, TensorType
 
 __all__ = ["EmulatedLayer", "FakeQuantize", "QuantizationDetails", "QuantizedGlobalAveragePool", "build_emulated_network", "quantization_details"]
@@ -316,6 +316,18 @@ class QuantizationDetails:
     target_library: str = ""
     quantized_layer_names: list[str] = field(default_factory=list)
     quantized_learnables: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["Layer", "Parameter", "Value"]))
+    layer_kinds: dict[str, str] = field(default_factory=dict)
+
+    def layer_counts(self) -> pd.Series:
+        """How many quantized layer names of each kind (``conv``, ``fused relu``, ``max_pool``, ...),
+        in the order they first appear.
+
+        Example:
+            >>> QuantizationDetails(quantized_layer_names=["c", "r"], layer_kinds={"c": "conv", "r": "fused relu"}).layer_counts().to_dict()
+            {'conv': 1, 'fused relu': 1}
+        """
+        kinds = [self.layer_kinds.get(name, "other") for name in self.quantized_layer_names]
+        return pd.Series(kinds, dtype=object).value_counts(sort=False).rename("layers")
 
     def learnables_summary(self) -> pd.DataFrame:
         """The learnables table with each value shown as its size and type (``64×3×3×3 int8``)."""
@@ -336,8 +348,9 @@ def quantization_details(module: nn.Module) -> QuantizationDetails:
     Returns:
         ``is_quantized``; ``target_library`` (``"cudnn"`` for the GPU target, ``"onnxruntime"`` for
         the CPU target); ``quantized_layer_names``: network layers that run in int8 (the conv/linear
-        layers with the BatchNorm and activation layers fused into them, and int8 layers such as max
-        pooling and concatenation); ``quantized_learnables``: a table ``Layer``, ``Parameter``,
+        layers with the BatchNorm and activation layers fused into them, and the int8 layers that
+        compute or pool, such as max pooling and additions; as MATLAB counts them, layers that only move
+        values, such as concatenation, dropout and flatten, are not listed); ``quantized_learnables``: a table ``Layer``, ``Parameter``,
         ``Value`` with each quantized layer's int8 weight codes and its bias as the target keeps it
         (float32: the value of the int32 codes on ``"cpu"``, the single-precision bias on ``"gpu"``).
     """
@@ -347,18 +360,20 @@ def quantization_details(module: nn.Module) -> QuantizationDetails:
     return QuantizationDetails()
 
 
-def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, metadata: dict[str, Any]) -> fx.GraphModule:
+def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, metadata: dict[str, Any], rounding: Rounding | None = None) -> fx.GraphModule:
     """The emulated network of a plan: quantized layers replaced, quantization points inserted.
 
     Args:
         optimized: The optimized graph (it is copied, not changed).
         plan: The quantization plan.
         metadata: Class names and the like, carried by the result.
+        rounding: How activations are rounded (the plan's target rule by default).
     """
     gm = copy.deepcopy(optimized)
     graph = gm.graph
-    rounding = plan.rounding
+    rounding = rounding or plan.rounding
     quantized_names: list[str] = []
+    kinds: dict[str, str] = {}
     learnables = []
     self_quantized: set[str] = set()
     int8_consumers = {name for name, node in plan.nodes.items() if node.run == "int8"}
@@ -368,8 +383,10 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
             continue
         layer = plan.layers.get(node.name)
         if layer is not None:
-            setattr(gm, node.target, EmulatedLayer(gm.get_submodule(node.target), layer, rounding))
+            fused = gm.get_submodule(node.target)
+            setattr(gm, node.target, EmulatedLayer(fused, layer, rounding))
             quantized_names.extend(layer.members)
+            kinds.update(_member_kinds(layer.members, fused))
             learnables.append((layer.members[0], "Weights", layer.weight_codes.clone()))
             learnables.append((layer.members[0], "Bias", layer.bias.clone()))
         elif node_plan.kind == "global_avg_pool" and global_average_pool(gm, node):
@@ -384,8 +401,10 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
             self_quantized.add(node.name)
             int8_consumers.add(pooled.name)
             quantized_names.append(node.name)
-        else:
+            kinds[node.name] = "global_avg_pool"
+        elif op_traits(gm, node).listed_as_quantized:
             quantized_names.append(node.name)
+            kinds[node.name] = op_traits(gm, node).kind
     by_name = {node.name: node for node in graph.nodes}
     for name, tensor_type in plan.quantize_after.items():
         if name not in self_quantized:
@@ -399,11 +418,21 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
         target_library=plan.target_library,
         quantized_layer_names=quantized_names,
         quantized_learnables=pd.DataFrame(learnables, columns=["Layer", "Parameter", "Value"]),
+        layer_kinds=kinds,
     )
     gm.quantization_plan_ = plan
     for key, value in metadata.items():
         setattr(gm, key, value)
     return gm.eval()
+
+
+def _member_kinds(members: list[str], fused: FusedLayer) -> dict[str, str]:
+    """Kinds of a fused layer's members: the conv/linear, then BatchNorm, then the activation."""
+    kinds = {members[0]: "linear" if isinstance(fused.layer, nn.Linear) else "conv"}
+    for index, member in enumerate(members[1:], 1):
+        is_activation = fused.activation is not None and index == len(members) - 1
+        kinds[member] = f"fused {type(fused.activation).__name__.lower()}" if is_activation else "fused batch_norm"
+    return kinds
 
 
 def _insert_quantization(gm: fx.GraphModule, node: fx.Node, tensor_type: TensorType, rounding: Rounding, reads_it: Any) -> None:

@@ -22,8 +22,8 @@ Example:
     >>> gm = fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()))
     >>> [(n.name, op_traits(gm, n).kind) for n in gm.graph.nodes]
     [('input_1', 'input'), ('_0', 'conv'), ('_1', 'relu'), ('_2', 'max_pool'), ('_3', 'flatten'), ('output', 'output')]
-    >>> op_traits(gm, list(gm.graph.nodes)[3]).int8_on
-    frozenset({'cpu', 'gpu'})
+    >>> sorted(op_traits(gm, list(gm.graph.nodes)[3]).int8_on)
+    ['cpu', 'gpu']
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ class OpTraits:
     channels: Channels = "opaque"
     int8_on: frozenset[str] = NONE
     keeps_type: bool = False
+
+    @property
+    def listed_as_quantized(self) -> bool:
+        """Whether MATLAB's ``quantizationDetails`` lists the op among the quantized layers when it runs
+        in int8: ops that compute, and max pooling; not ops that only move values (concatenation,
+        dropout, flatten, reshapes)."""
+        return self.values == "computes" or self.kind == "max_pool"
 
     @property
     def is_layer(self) -> bool:

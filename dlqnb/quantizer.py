@@ -46,7 +46,7 @@ from dlqnb.calibration_file import CalibrationState, read_calibration, write_cal
 from dlqnb.emulation import build_emulated_network
 from dlqnb.errors import CalibrationError, NotCalibratedError
 from dlqnb.graph import OptimizedNetwork, optimize_network
-from dlqnb.numerics import ExponentScheme, choose_fraction_length, fraction_length, representable_bits
+from dlqnb.numerics import ExponentScheme, Rounding, choose_fraction_length, fraction_length, representable_bits
 from dlqnb.observers import RangeStats
 from dlqnb.ops import mutates_input, op_traits, tensor_args
 from dlqnb.plan import QuantizationPlan, TensorType, build_plan
@@ -438,16 +438,24 @@ class DLQuantizer:
         weights = types[types["Learnables / Activations"] == "Weights"]
         return {name[: -len("_Weights")]: int(f) for name, f in zip(weights["Optimized Layer Name"], weights["FractionLength"])}
 
-    def quantize(self) -> nn.Module:
+    def quantize(self, rounding: Rounding | None = None) -> nn.Module:
         """An ``nn.Module`` that emulates the int8 target exactly (see :mod:`dlqnb.emulation`).
+
+        Args:
+            rounding: How activations are rounded where they are quantized. By default the target's
+                rule: ties away from zero on ``"gpu"`` (MATLAB's cuDNN target), to even on ``"cpu"``
+                (ONNX Runtime). ``"half_even"`` on ``"gpu"`` computes what TensorRT computes from the
+                exported file (its QuantizeLinear rounds ties to even); weight codes are the same.
 
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
         """
         from dlqnb.models import network_metadata
 
+        if rounding not in (None, "half_away", "half_even"):
+            raise ValueError(f"rounding must be 'half_away' or 'half_even' (or None for the target's rule), got {rounding!r}")
         metadata = {k: v for k, v in network_metadata(self.network).items() if k in ("class_names", "input_size") and v}
-        return build_emulated_network(self.optimized.module, self.plan(), metadata)
+        return build_emulated_network(self.optimized.module, self.plan(), metadata, rounding)
 
     def validate(self, data: Any, options: QuantizationOptions | None = None, mini_batch_size: int | None = None, progress: bool = True) -> ValidationResult:
         """Quantize, run float and quantized networks on ``data``, and compare them.
@@ -497,8 +505,14 @@ class DLQuantizer:
         )
 
     @classmethod
-    def load(cls, path: str, net: nn.Module) -> DLQuantizer:
+    def load(cls, path: str, net: nn.Module, execution_environment: str | None = None) -> DLQuantizer:
         """A calibrated quantizer for ``net`` from a calibration file written by :meth:`save`.
+
+        Args:
+            path: The calibration file.
+            net: The network it was calibrated on.
+            execution_environment: Another target for the same ranges (the file's by default): the
+                ranges do not depend on the target, the types derived from them do.
 
         Raises:
             CalibrationFileError: Missing, truncated, foreign, newer, edited file, or a different network.
@@ -508,7 +522,7 @@ class DLQuantizer:
         settings, state = read_calibration(path)
         quantizer = cls(
             net,
-            execution_environment=settings["execution_environment"],
+            execution_environment=execution_environment or settings["execution_environment"],
             exponent_scheme=settings["exponent_scheme"],
             excluded_layers=settings["excluded_layers"],
             per_channel_weights=settings.get("per_channel_weights", False),

@@ -37,7 +37,7 @@ from dlqnb.errors import CalibrationError
 if TYPE_CHECKING:
     from dlqnb.plan import QuantizationPlan
 
-__all__ = ["QuantizationOptions", "ValidationResult", "classify", "learnable_memory", "top1_accuracy"]
+__all__ = ["QuantizationOptions", "ValidationResult", "classify", "learnable_memory", "matlab_short", "top1_accuracy"]
 
 Metric = Callable[[Tensor, Tensor | None], float]
 RESULT_COLUMNS = ["NetworkImplementation", "MetricOutput", "LearnableParameterMemory(bytes)"]
@@ -135,6 +135,19 @@ def run_both(float_net: nn.Module, quantized_net: nn.Module, data: Any, mini_bat
         float_net.train(was_training)
     all_labels = None if any(label is None for label in labels) else torch.cat(labels)
     return torch.cat(float_scores), torch.cat(quantized_scores), all_labels
+
+
+def matlab_short(value: float) -> str:
+    """A number as MATLAB's ``format short`` shows it in a table: five significant digits, in
+    exponent form from 1e5 up.
+
+    Example:
+        >>> matlab_short(2900244), matlab_short(733908), matlab_short(0.99375)
+        ('2.9002e+06', '7.3391e+05', '0.9938')
+    """
+    if value != 0 and not 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4e}"
+    return f"{value:.4f}" if value != int(value) else str(int(value))
 
 
 def validation_table(
