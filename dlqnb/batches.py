@@ -1,7 +1,10 @@
 """Every form of data dlqnb accepts, read as mini-batches of ``(images, labels)``.
 
 ``data`` may be a ``DataLoader``, a map-style ``Dataset`` of ``(image, label)`` samples, any
-iterable of ``(images, labels)`` batches (or of image batches), or one tensor of images (N×C×H×W).
+iterable of ``(images, labels)`` batches (or of image batches), one tensor of images (N×C×H×W), a
+NumPy array (float N×C×H×W as given, or uint8 N×H×W×C images scaled to [0, 1] as dlqnb's datastores
+scale them; the network's own normalization then applies), or a list of PIL images of one size
+(converted like uint8 arrays; RGBA loses its alpha, palette images become RGB).
 Labels are ``None`` where the data has none. Batches are checked as they are read: they must be
 floating-point tensors with a batch dimension and finite values, and a bad batch gets an error that
 says which batch and what was expected.
@@ -19,6 +22,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -39,9 +43,58 @@ def _is_sample_dataset(data: Any) -> bool:
     return isinstance(data, Dataset) and not isinstance(data, IterableDataset)
 
 
+def _is_pil_list(data: Any) -> bool:
+    if not isinstance(data, (list, tuple)) or not data:
+        return False
+    from PIL import Image
+
+    return all(isinstance(item, Image.Image) for item in data)
+
+
+def _from_array(images: np.ndarray, where: str) -> Tensor:
+    """A NumPy image batch as a float N×C×H×W tensor (uint8 N×H×W×C is scaled to [0, 1])."""
+    if images.dtype == np.uint8:
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[3] not in (1, 3):
+            raise DataError(f"{where}: expected uint8 images N×H×W×C with 1 or 3 channels, got shape {images.shape}")
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    if np.issubdtype(images.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    raise DataError(f"{where}: expected float N×C×H×W or uint8 N×H×W×C images, got a NumPy array of {images.dtype}")
+
+
+def _from_pil(images: list[Any] | tuple[Any, ...]) -> Tensor:
+    """A list of PIL images of one size as a float N×C×H×W tensor in [0, 1]."""
+    arrays = []
+    for index, image in enumerate(images):
+        pixels = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+        arrays.append(pixels[:, :, None] if pixels.ndim == 2 else pixels)
+        if arrays[-1].shape != arrays[0].shape:
+            raise DataError(
+                f"PIL image {index} is {arrays[-1].shape[1]}×{arrays[-1].shape[0]} with {arrays[-1].shape[2]} channel(s), image 0 "
+                f"{arrays[0].shape[1]}×{arrays[0].shape[0]} with {arrays[0].shape[2]}: give images of one size and mode "
+                "(or use augmented_image_datastore, which resizes)"
+            )
+    return _from_array(np.stack(arrays), "the PIL images")
+
+
+def _as_batchable(data: Any) -> Any:
+    """NumPy arrays and lists of PIL images as an image tensor; anything else as given."""
+    if isinstance(data, np.ndarray):
+        return _from_array(data, "the NumPy array")
+    if _is_pil_list(data):
+        return _from_pil(data)
+    return data
+
+
 def count_batches(data: Any, mini_batch_size: int | None = None) -> int | None:
     """How many batches :func:`iter_batches` will yield, when that is known in advance."""
     size = mini_batch_size or DEFAULT_MINI_BATCH_SIZE
+    if isinstance(data, np.ndarray):
+        return math.ceil(len(data) / size) if data.ndim == 4 or (data.ndim == 3 and data.dtype != np.uint8) else 1
+    if _is_pil_list(data):
+        return math.ceil(len(data) / size)
     if isinstance(data, Tensor):
         return math.ceil(data.shape[0] / size) if data.ndim else None
     if _is_sample_dataset(data):
@@ -75,6 +128,8 @@ def _check_batch(images: Any, index: int) -> Tensor:
     where = f"batch {index}"
     if images is None:
         raise DataError(f"{where} holds no images; expected (images, labels) or an image tensor")
+    if isinstance(images, np.ndarray):
+        images = _from_array(images, where)
     if not isinstance(images, Tensor):
         raise DataError(f"{where}: expected images as a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
@@ -111,7 +166,7 @@ def _raw_batches(data: Any, size: int) -> Iterator[tuple[Any, Any]]:
     else:
         raise DataError(
             f"cannot read data of type {type(data).__name__}; expected a DataLoader, a Dataset of "
-            "(image, label), an iterable of (images, labels) batches or an image tensor"
+            "(image, label), an iterable of (images, labels) batches, an image tensor, a NumPy array or a list of PIL images"
         )
 
 
@@ -130,7 +185,7 @@ def iter_batches(data: Any, mini_batch_size: int | None = None) -> Iterator[Batc
     if not isinstance(size, int) or size < 1:
         raise DataError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
     count = 0
-    for index, (images, labels) in enumerate(_raw_batches(data, size)):
+    for index, (images, labels) in enumerate(_raw_batches(_as_batchable(data), size)):
         yield _check_batch(images, index), _as_label_tensor(labels)
         count += 1
     if count == 0:

@@ -57,6 +57,10 @@ __all__ = [
     "split_each_label",
 ]
 
+#: MATLAB's ``ColorPreprocessing`` values: gray images to 3 channels (RGBA files lose their alpha
+#: when read), or color images to one gray channel.
+COLOR_PREPROCESSING = ("none", "gray2rgb", "rgb2gray")
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 _GENERATOR_VERSION = 2  # bump when generated data changes, so caches are rebuilt
 
@@ -236,10 +240,14 @@ class AugmentedImageDatastore(Dataset):
     seed: int = 0
     epoch: int = field(default=0)
     cache_images: bool = True
+    color_preprocessing: str = "none"
 
     def __post_init__(self) -> None:
+        if self.color_preprocessing not in COLOR_PREPROCESSING:
+            raise ValueError(f"color_preprocessing must be one of {COLOR_PREPROCESSING}, got {self.color_preprocessing!r}")
         self._label_indices = self.store.label_indices()
         self._decoded: dict[int, torch.Tensor] = {}
+        self._channels: int | None = None
 
     def __len__(self) -> int:
         return len(self.store)
@@ -271,12 +279,32 @@ class AugmentedImageDatastore(Dataset):
         cached = self._decoded.get(index)
         if cached is not None:
             return cached
-        pixels = torch.from_numpy(self.store.read(index)).permute(2, 0, 1).float() / 255
+        pixels = torch.from_numpy(self._colors(self.store.read(index), index)).permute(2, 0, 1).float() / 255
         if tuple(pixels.shape[-2:]) != tuple(self.output_size):
             pixels = F.interpolate(pixels[None], size=tuple(self.output_size), mode="bilinear", antialias=True, align_corners=False)[0]
         pixels = pixels.clamp_(0, 1)
         if self.cache_images:
             self._decoded[index] = pixels
+        return pixels
+
+    def _colors(self, pixels: np.ndarray, index: int) -> np.ndarray:
+        """Apply ``color_preprocessing``; with ``"none"``, refuse an image whose channel count differs
+        from the first image read (naming the file)."""
+        channels = pixels.shape[2]
+        if self.color_preprocessing == "gray2rgb" and channels == 1:
+            return np.repeat(pixels, 3, axis=2)
+        if self.color_preprocessing == "rgb2gray" and channels == 3:
+            # ITU-R BT.601 luma, MATLAB's rgb2gray weights
+            gray = pixels.astype(np.float64) @ np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
+            return np.clip(np.floor(gray + 0.5), 0, 255).astype(np.uint8)[:, :, None]
+        if self._channels is None:
+            self._channels = channels
+        elif channels != self._channels:
+            fix = "gray2rgb" if channels == 1 else "rgb2gray"
+            raise DataError(
+                f"image file {str(self.store.files[index])!r} has {channels} channel(s) where the images read before have "
+                f"{self._channels}; pass color_preprocessing={fix!r} to augmented_image_datastore to convert them"
+            )
         return pixels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -291,9 +319,19 @@ def augmented_image_datastore(
     ds: ImageDatastore,
     data_augmentation: ImageDataAugmenter | None = None,
     seed: int = 0,
+    color_preprocessing: str = "none",
 ) -> AugmentedImageDatastore:
     """Resize (and optionally augment) the images of ``ds`` for a network (MATLAB's
     ``augmentedImageDatastore``).
+
+    Args:
+        output_size: (H, W) of the network's input.
+        ds: The image store.
+        data_augmentation: Random augmentation applied on every read, or None.
+        seed: Seed of the augmentation.
+        color_preprocessing: ``"none"`` (a file whose channel count differs from the others is an
+            error naming it), ``"gray2rgb"`` (gray images get three equal channels) or ``"rgb2gray"``
+            (MATLAB's ``ColorPreprocessing``).
 
     Example:
         >>> aug = augmented_image_datastore((227, 227), image_datastore(merch_data_dir()))
@@ -303,7 +341,7 @@ def augmented_image_datastore(
     """
     if len(output_size) < 2:
         raise ValueError(f"output_size must be (height, width), got {output_size}")
-    return AugmentedImageDatastore((int(output_size[0]), int(output_size[1])), ds, data_augmentation, seed)
+    return AugmentedImageDatastore((int(output_size[0]), int(output_size[1])), ds, data_augmentation, seed, color_preprocessing=color_preprocessing)
 
 
 def imtile(images: Sequence[np.ndarray | torch.Tensor], columns: int | None = None, size: int = 160) -> np.ndarray:

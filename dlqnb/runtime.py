@@ -62,6 +62,8 @@ def _model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError and others on a foreign or damaged file
         raise ModelFileError(f"{os.fspath(path)!r} is not a readable ONNX model (truncated, damaged or another format): {error}") from error
+    if not model.graph.node or not model.graph.input:
+        raise ModelFileError(f"{os.fspath(path)!r} is not a readable ONNX model: it holds no graph (empty, truncated or another format)")
     props = {p.key: p.value for p in model.metadata_props}
     if "dlqnb_target" not in props:
         warnings.warn(f"{os.fspath(path)!r} carries no dlqnb metadata: no class names or preprocessing; inputs are used as given", stacklevel=3)
