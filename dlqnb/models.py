@@ -215,7 +215,7 @@ def _load_matching(net: nn.Module, state: dict[str, torch.Tensor], include_class
 
 
 def digits_net(num_classes: int = 10, mean: float = 0.0) -> DigitsNet:
-    """The seed-004 digits network (random weights); see :class:`DigitsNet`."""
+    """The digits network of the *updateScore* example (random weights); see :class:`DigitsNet`."""
     return DigitsNet(num_classes, mean)
 
 

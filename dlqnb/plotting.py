@@ -247,7 +247,7 @@ def training_progress_figure(info: pd.DataFrame, widget: bool = False) -> go.Fig
 
 
 def style_bit_table(table: pd.DataFrame, fraction_length: int | None = None, word_length: int = 8) -> Any:
-    """The seed-003 view of :func:`dlqnb.numerics.bit_table`: each value's MSB in yellow, the MSB
+    """The *Quantization of Deep Neural Networks* view of :func:`dlqnb.numerics.bit_table`: each value's MSB in yellow, the MSB
     counts per column in green, and, given a type, the bits outside it greyed.
 
     Returns:

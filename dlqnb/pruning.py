@@ -372,7 +372,7 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 def conv_layer_table(net: nn.Module) -> pd.DataFrame:
-    """The convolution layers of a network as the seed lists them: name, filters, kernel, input
+    """The convolution layers of a network as the *updateScore* example lists them: name, filters, kernel, input
     channels, stride and padding."""
     rows = []
     for name, module in net.named_modules():

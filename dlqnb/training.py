@@ -1,6 +1,6 @@
 """Training with MATLAB's options: ``training_options`` and ``train_network``.
 
-MATLAB's defaults apply where a seed is silent: SGDM with momentum 0.9, L2 regularization 1e-4 on
+MATLAB's defaults apply where an example does not say: SGDM with momentum 0.9, L2 regularization 1e-4 on
 weights (not biases), mini-batches of 128, 30 epochs, shuffling once, validation every 50 iterations.
 As ``trainNetwork`` does, each epoch drops the last incomplete mini-batch; per-layer learn-rate
 factors (``weight_learn_rate_factor`` / ``bias_learn_rate_factor`` attributes of a module, set by

@@ -101,7 +101,7 @@ def digits_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, 
 
 
 def digits_custom(data_dir: str | os.PathLike[str] | None = None) -> nn.Module:
-    """The seed-004 digits network, trained on the digits by :data:`DIGITS_RECIPE` (cached)."""
+    """The digits network of the *updateScore* example, trained on the digits by :data:`DIGITS_RECIPE` (cached)."""
     folder = Path(data_dir or digits_data_dir())
     recipe = {"network": "digits", **DIGITS_RECIPE, "data": _folder_fingerprint(folder)}
 

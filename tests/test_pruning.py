@@ -33,7 +33,7 @@ def test_seed_counts(digits):
     net, x, y = digits
     pn = TaylorPrunableNetwork(net)
     assert pn.num_prunables == 48  # 3 layers × 20 filters, each keeping ceil(0.2 × 20) = 4
-    assert len(pn.learnables) == 14 and len(pn.state) == 6  # as the seed prints
+    assert len(pn.learnables) == 14 and len(pn.state) == 6  # as the updateScore example prints
     pruned = scored(pn, x, y).update_prunables()
     assert pruned.num_prunables == 40
     assert sum(pruned.filter_counts().values()) == 60 - 8  # exactly max_to_prune removed
