@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["DEFAULT_MINI_BATCH_SIZE", "DataError", "count_batches", "iter_batches"]
+__all__ = ["DEFAULT_MINI_BATCH_SIZE", "DataError", "count_batches", "iter_batches", "pil_pixels"]
 
 #: MATLAB's default ``MiniBatchSize`` for calibrate and validate.
 DEFAULT_MINI_BATCH_SIZE = 32
@@ -64,12 +64,18 @@ def _from_array(images: np.ndarray, where: str) -> Tensor:
     raise DataError(f"{where}: expected float N×C×H×W or uint8 N×H×W×C images, got a NumPy array of {images.dtype}")
 
 
+def pil_pixels(image: Any) -> np.ndarray:
+    """A PIL image as H×W×C uint8 pixels: gray keeps one channel, every other mode (RGBA, palette,
+    CMYK, ...) becomes RGB."""
+    pixels = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
 def _from_pil(images: list[Any] | tuple[Any, ...]) -> Tensor:
     """A list of PIL images of one size as a float N×C×H×W tensor in [0, 1]."""
     arrays = []
     for index, image in enumerate(images):
-        pixels = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
-        arrays.append(pixels[:, :, None] if pixels.ndim == 2 else pixels)
+        arrays.append(pil_pixels(image))
         if arrays[-1].shape != arrays[0].shape:
             raise DataError(
                 f"PIL image {index} is {arrays[-1].shape[1]}×{arrays[-1].shape[0]} with {arrays[-1].shape[2]} channel(s), image 0 "

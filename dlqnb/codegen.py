@@ -196,18 +196,11 @@ def run_entry_point(folder: str | os.PathLike[str], image: np.ndarray, entry_poi
 
 def _model_facts(path: Path) -> dict[str, Any]:
     """Input name, size and channels, class names and target from the model's metadata."""
-    import onnx
+    from dlqnb.runtime import model_info
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    preprocessing = json.loads(props.get("dlqnb_preprocessing", "{}"))
-    return {
-        "input_name": model.graph.input[0].name,
-        "input_size": list(preprocessing["input_size"]),
-        "channels": int(preprocessing["channels"]),
-        "class_names": json.loads(props.get("dlqnb_class_names", "null")),
-        "target": props.get("dlqnb_target"),
-    }
+    info = model_info(path)
+    preprocessing = info["preprocessing"]
+    return {**info, "input_size": list(preprocessing["input_size"]), "channels": int(preprocessing["channels"])}
 
 
 def entry_point_source(cfg: DeploymentConfig, entry_point: str, info: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dlqnb.batches import DataError
+from dlqnb.batches import DataError, pil_pixels
 from dlqnb.cache import cache_dir, cache_lock, content_key
 from dlqnb.synthetic import MERCH_CLASSES, render_merch, sample_rng
 
@@ -102,12 +102,10 @@ class ImageDatastore:
         try:
             with Image.open(path) as image:
                 image.load()
-                if image.mode not in ("L", "RGB"):
-                    image = image.convert("RGB")
-                pixels = np.array(image)
+                pixels = np.array(pil_pixels(image))  # writable, as torch.from_numpy wants it
         except (OSError, UnidentifiedImageError, ValueError) as error:
             raise DataError(f"cannot read image file {str(path)!r}: {error}") from error
-        return pixels[:, :, None] if pixels.ndim == 2 else pixels
+        return pixels
 
     def subset(self, indices: Sequence[int]) -> ImageDatastore:
         """A store of the files at ``indices`` (same class names)."""

@@ -420,7 +420,6 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
         quantized_learnables=pd.DataFrame(learnables, columns=["Layer", "Parameter", "Value"]),
         layer_kinds=kinds,
     )
-    gm.quantization_plan_ = plan
     for key, value in metadata.items():
         setattr(gm, key, value)
     return gm.eval()

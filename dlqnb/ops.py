@@ -40,7 +40,7 @@ from torch import nn
 #: Per-channel ops that map 0 to something else: a channel zeroed before them is not zero after.
 SHIFTS_ZERO = frozenset({"batch_norm", "sigmoid", "add_constant"})
 
-__all__ = ["SHIFTS_ZERO", "OpTraits", "conv_or_linear", "fusable_activation", "global_average_pool", "is_layer", "mutates_input", "op_traits", "tensor_args"]
+__all__ = ["SHIFTS_ZERO", "OpTraits", "conv_or_linear", "fusable_activation", "global_average_pool", "mutates_input", "op_traits", "tensor_args"]
 
 Values = Literal["moves", "computes", "shape", "input", "constant", "output"]
 Channels = Literal["keeps", "joins", "ties", "consumes", "flattens", "opaque"]
@@ -299,11 +299,6 @@ def fusable_activation(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> nn
     if node.op == "call_method" and node.target in ("relu", "relu_"):
         return nn.ReLU(inplace=True)
     return None
-
-
-def is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether a node is a network layer (it produces a tensor; shape queries and constants are not)."""
-    return op_traits(gm, node).is_layer
 
 
 def mutates_input(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -164,10 +164,6 @@ class QuantizationPlan:
         """The type a node's output is quantized to (where it is produced, or for its int8 consumers)."""
         return self.quantize_after[name] if name in self.quantize_after else self.quantize_for[name]
 
-    def int8_nodes(self) -> list[str]:
-        """Nodes that run in int8 (quantized layers and int8 ops), in network order."""
-        return [name for name, node in self.nodes.items() if node.run == "int8"]
-
     def float_layers(self) -> list[tuple[str, str]]:
         """``(node, reason)`` of every layer that computes in float."""
         return [(name, node.reason) for name, node in self.nodes.items() if node.reason]

@@ -370,7 +370,7 @@ class DLQuantizer:
             NotCalibratedError: Before :meth:`calibrate`.
         """
         self.check_calibrated("the quantization plan")
-        key = (id(self._state), frozenset(self.excluded_layers), self.per_channel_weights)
+        key = (frozenset(self.excluded_layers), self.per_channel_weights)  # restore_calibration clears the cache
         if self._plan_cache is None or self._plan_cache[0] != key:
             self._plan_cache = (key, build_plan(self))
         return self._plan_cache[1]

@@ -38,17 +38,7 @@ import torch.nn.functional as F
 
 from dlqnb.cache import atomic_write_bytes, cache_dir
 
-__all__ = [
-    "ModelFileError",
-    "OnnxRuntimeRunner",
-    "TensorRTRunner",
-    "choose_backend",
-    "engine_cache_path",
-    "load_int8",
-    "onnxruntime_ops",
-    "predict_int8",
-    "prepare_input",
-]
+__all__ = ["ModelFileError", "OnnxRuntimeRunner", "TensorRTRunner", "choose_backend", "engine_cache_path", "load_int8", "model_info", "onnxruntime_ops", "predict_int8", "prepare_input"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +47,13 @@ class ModelFileError(ValueError):
     """A model file that cannot be run; the message names the file and the reason."""
 
 
-def _model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a dlqnb model file says of itself: ``target``, ``class_names``, ``preprocessing`` (input
+    size, channels) and ``input_name``.
+
+    Raises:
+        ModelFileError: The file is not a readable ONNX model.
+    """
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError and others on a foreign or damaged file
@@ -67,8 +63,9 @@ def _model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     props = {p.key: p.value for p in model.metadata_props}
     if "dlqnb_target" not in props:
         warnings.warn(f"{os.fspath(path)!r} carries no dlqnb metadata: no class names or preprocessing; inputs are used as given", stacklevel=3)
-        return {"target": None, "class_names": None, "preprocessing": {}}
+        return {"target": None, "class_names": None, "preprocessing": {}, "input_name": model.graph.input[0].name}
     return {
+        "input_name": model.graph.input[0].name,
         "target": props["dlqnb_target"],
         "class_names": json.loads(props.get("dlqnb_class_names", "null")),
         "preprocessing": json.loads(props.get("dlqnb_preprocessing", "{}")),
@@ -126,7 +123,7 @@ class OnnxRuntimeRunner:
         import onnxruntime as ort
 
         self.path = os.fspath(path)
-        self.info = _model_info(path)
+        self.info = model_info(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
@@ -188,7 +185,7 @@ class TensorRTRunner:
 
         self.trt = trt
         self.path = os.fspath(path)
-        self.info = _model_info(path)
+        self.info = model_info(path)
         with open(self.path, "rb") as stream:
             onnx_bytes = stream.read()
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
@@ -273,7 +270,7 @@ def choose_backend(path: str | os.PathLike[str], backend: str = "auto") -> tuple
         if not has_gpu:
             raise RuntimeError("backend='tensorrt' needs a CUDA device; none is visible to torch")
         return "tensorrt", "asked for"
-    target = _model_info(path)["target"]
+    target = model_info(path)["target"]
     if not has_tensorrt:
         return "onnxruntime", "TensorRT is not installed"
     if not has_gpu:
