@@ -10,7 +10,7 @@ Example:
 
 from dlqnb import data, models, numerics, plotting, sensitivity, training, zoo
 from dlqnb.batches import DataError
-from dlqnb.graph import NetworkGraphError
+from dlqnb.graph import NetworkGraphError, network_summary
 from dlqnb.quantizer import CalibrationError, DLQuantizer, NotCalibratedError
 from dlqnb.calibration_file import CalibrationFileError
 from dlqnb.emulation import quantization_details
@@ -35,6 +35,7 @@ __all__ = [
     "data",
     "load_network",
     "models",
+    "network_summary",
     "numerics",
     "plotting",
     "save_network",

@@ -4,9 +4,11 @@
 
 * a **Calibrate** button with a progress bar (calibration runs batch by batch; the ranges widen as
   :meth:`DLQuantizer.calibrate` documents);
-* the calibrated layers as a list, each with a **Quantize** switch (exclusion is honoured by
-  quantize, validate and export) and the selected layer's **MSB heat map** of its weights, bias and
-  activations, with each 8-bit type boxed;
+* the **layer table** of the Deep Network Quantizer: one row per calibrated tensor with its name in
+  full, Learnables/Activations, min, max and a small MSB histogram with its 8-bit type boxed, and a
+  **Quantize** check box on each quantizable layer's Weights row (exclusion is honoured by quantize,
+  validate and export); clicking a row shows its layer's large **MSB heat map** of weights, bias and
+  activations;
 * a **Validate** button showing the metric and memory table, a **Sensitivity** button ranking the
   quantized layers, and **Export** buttons for the calibration file and the QDQ ONNX model.
 
@@ -17,14 +19,15 @@ Example:
     >>> import torch, torchvision
     >>> app = QuantizerApp(torchvision.models.squeezenet1_1(num_classes=5), torch.rand(4, 3, 64, 64))
     >>> app.calibrate()
-    >>> app.select("features_0_features_1")
+    >>> app.row_buttons["features_3_squeeze_features_3_squeeze_activation_Bias"].click()
     >>> list(app.heatmap.layout.yaxis.ticktext)[0]
-    'features_0_features_1_Weights'
+    'features_3_squeeze_features_3_squeeze_activation_Weights'
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,12 +37,28 @@ import plotly.graph_objects as go
 from torch import nn
 
 from dlqnb.batches import count_batches, iter_batches
-from dlqnb.plotting import calibration_heatmap, sensitivity_figure
+from dlqnb.plotting import calibration_heatmap, msb_sparkline, sensitivity_figure
 from dlqnb.quantizer import DLQuantizer
 from dlqnb.sensitivity import sensitivity_analysis
 from dlqnb.validation import QuantizationOptions
 
 __all__ = ["QuantizerApp"]
+
+_CHECK_WIDTH = "90px"
+_ROW_LAYOUT = {"flex": "0 0 auto", "min_height": "30px", "align_items": "center"}  # rows keep their height in the scrolled table
+_TABLE_STYLE = (
+    "<style>.dlqnb-row-name button, button.dlqnb-row-name {text-align: left; font-family: monospace;}"
+    " .dlqnb-layer-row {border-bottom: 1px solid #eee;}</style>"
+)
+
+
+def _header_cells(name_width: str) -> list[tuple[str, str]]:
+    return [("Quantize", _CHECK_WIDTH), ("Optimized Layer Name", name_width), ("Learnables / Activations", "110px"),
+            ("MinValue", "90px"), ("MaxValue", "90px"), ("MSB histogram", "130px")]
+
+
+def _number(value: float) -> str:
+    return "0" if value == 0 else f"{value:.5g}" if math.isfinite(value) else str(value)
 
 
 class QuantizerApp:
@@ -77,9 +96,12 @@ class QuantizerApp:
         self.sensitivity_button = widgets.Button(description="Sensitivity", disabled=True)
         self.export_calibration_button = widgets.Button(description="Export calibration file", disabled=True)
         self.export_onnx_button = widgets.Button(description="Export QDQ ONNX", disabled=True)
-        self.layer_select = widgets.Select(options=[], description="Layer", rows=12, layout={"width": "100%"})
+        self.layer_table = widgets.VBox([widgets.HTML("<i>Calibrate to fill the layer table.</i>")], layout={"max_height": "460px", "overflow": "auto"})
+        self.layer_table.add_class("dlqnb-layer-table")
+        self.row_buttons: dict[str, widgets.Button] = {}
+        self.selected_layer: str | None = None
         self.switches = {
-            name: widgets.Checkbox(value=True, description="Quantize", indent=False, layout={"width": "auto"})
+            name: widgets.Checkbox(value=True, description="Quantize", indent=False, layout={"width": _CHECK_WIDTH})
             for name in self.quantizer.quantizable_layers
         }
         self.results = widgets.HTML()
@@ -88,19 +110,14 @@ class QuantizerApp:
         self.sensitivity_button.on_click(lambda _: self.sensitivity())
         self.export_calibration_button.on_click(lambda _: self.export_calibration())
         self.export_onnx_button.on_click(lambda _: self.export_onnx())
-        self.layer_select.observe(lambda change: self.select(change["new"]) if change["new"] else None, names="value")
         for name, switch in self.switches.items():
             switch.observe(lambda change, name=name: self.set_quantize(name, change["new"]), names="value")
-        switch_rows = [widgets.HBox([switch, widgets.Label(name)]) for name, switch in self.switches.items()]
         self.widget = widgets.VBox(
             [
+                widgets.HTML(_TABLE_STYLE),
                 widgets.HBox([self.calibrate_button, self.progress, self.status]),
-                widgets.HBox(
-                    [
-                        widgets.VBox([self.layer_select, widgets.HTML("<b>Quantize switches</b>"), widgets.VBox(switch_rows, layout={"max_height": "260px", "overflow": "auto"})], layout={"width": "40%"}),
-                        widgets.VBox([self.heatmap], layout={"width": "60%"}),
-                    ]
-                ),
+                self.layer_table,
+                self.heatmap,
                 widgets.HBox([self.validate_button, self.sensitivity_button, self.export_calibration_button, self.export_onnx_button]),
                 self.results,
                 self.sensitivity_chart,
@@ -121,17 +138,54 @@ class QuantizerApp:
             self.quantizer.calibrate([(images, labels)] if labels is not None else [images], progress=False)
             self.progress.value += 1
         layers = self.quantizer.quantizable_layers
-        self.layer_select.options = layers
+        self._fill_layer_table()
         self.status.value = f"Calibrated on {self.quantizer.num_calibration_samples_} images: {len(self.quantizer.calibration_table)} rows."
         for button in (self.export_calibration_button, self.export_onnx_button):
             button.disabled = False
         self.validate_button.disabled = self.sensitivity_button.disabled = self.validation_data is None
         if layers:
-            self.layer_select.value = layers[0]
+            self.select(layers[0])
+
+    def _fill_layer_table(self) -> None:
+        types = self.quantizer.quantization_types()
+        histograms = {row: self.quantizer.range_stats(row).histogram for row in types["Optimized Layer Name"]}
+        bits = [bit for h in histograms.values() for bit in h.nonzero_counts()] + list(types["MSB"]) + list(types["LSB"])
+        high, low = max(bits) + 1, min(bits) - 1
+        name_width = f"{max(len(row) for row in histograms) + 6}ch"  # wide enough for the longest name: never cut
+        header = widgets.HBox(
+            [widgets.HTML(f"<b>{text}</b>", layout={"width": width}) for text, width in _header_cells(name_width)], layout=_ROW_LAYOUT
+        )
+        rows = [header]
+        self.row_buttons = {}
+        for row in types.itertuples(index=False):
+            name, network_layer, kind, low_value, high_value = row[:5]
+            fraction = int(row[5])
+            layer = name.rsplit("_", 1)[0]
+            button = widgets.Button(description=name, tooltip=f"{name} (network layer {network_layer})", layout={"width": name_width})
+            button.add_class("dlqnb-row-name")
+            button.on_click(lambda _, layer=layer: self.select(layer))
+            self.row_buttons[name] = button
+            check = self.switches[layer] if kind == "Weights" and layer in self.switches else widgets.Box(layout={"width": _CHECK_WIDTH})
+            cells = [
+                check,
+                button,
+                widgets.HTML(kind, layout={"width": "110px"}),
+                widgets.HTML(_number(low_value), layout={"width": "90px"}),
+                widgets.HTML(_number(high_value), layout={"width": "90px"}),
+                widgets.HTML(msb_sparkline(histograms[name], fraction, high, low), layout={"width": "130px"}),
+            ]
+            line = widgets.HBox(cells, layout=_ROW_LAYOUT)
+            line.add_class("dlqnb-layer-row")
+            rows.append(line)
+        self.layer_table.children = rows
 
     def select(self, layer: str) -> None:
-        """Show the MSB heat map of a layer's weights, bias and activations."""
+        """Show the MSB heat map of a layer's weights, bias and activations (an optimized layer name, or a
+        layer with only an Activations row)."""
         figure = calibration_heatmap(self.quantizer, layer)
+        self.selected_layer = layer
+        for name, button in self.row_buttons.items():
+            button.button_style = "info" if name.rsplit("_", 1)[0] == layer else ""
         with self.heatmap.batch_update():
             self.heatmap.data = []
             self.heatmap.add_trace(figure.data[0])

@@ -46,7 +46,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlqnb.graph import FusedLayer
+from dlqnb.graph import FusedLayer, layer_name
 from dlqnb.numerics import Rounding, quantize_fixed, quantize_to_integer
 from dlqnb.ops import global_average_pool, op_traits
 from dlqnb.plan import LayerPlan, QuantizationPlan, TensorType
@@ -378,10 +378,10 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
     self_quantized: set[str] = set()
     int8_consumers = {name for name, node in plan.nodes.items() if node.run == "int8"}
     for node in list(graph.nodes):
-        node_plan = plan.nodes.get(node.name)
+        node_plan = plan.nodes.get(layer_name(node))
         if node_plan is None or node_plan.run != "int8":
             continue
-        layer = plan.layers.get(node.name)
+        layer = plan.layers.get(layer_name(node))
         if layer is not None:
             fused = gm.get_submodule(node.target)
             setattr(gm, node.target, EmulatedLayer(fused, layer, rounding))
@@ -391,26 +391,26 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
             learnables.append((layer.members[0], "Bias", layer.bias.clone()))
         elif node_plan.kind == "global_avg_pool" and global_average_pool(gm, node):
             source = node.args[0]
-            name = f"{node.name}_int8"
+            name = f"{layer_name(node)}_int8"
             keepdim = node.op == "call_module" or node.target is F.adaptive_avg_pool2d or bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-            gm.add_submodule(name, QuantizedGlobalAveragePool(plan.tensor_type(source.name), plan.tensor_type(node.name), keepdim))
+            gm.add_submodule(name, QuantizedGlobalAveragePool(plan.tensor_type(layer_name(source)), plan.tensor_type(layer_name(node)), keepdim))
             with graph.inserting_after(node):
                 pooled = graph.call_module(name, args=(source,))
             node.replace_all_uses_with(pooled)
             graph.erase_node(node)
-            self_quantized.add(node.name)
-            int8_consumers.add(pooled.name)
-            quantized_names.append(node.name)
-            kinds[node.name] = "global_avg_pool"
+            self_quantized.add(layer_name(node))
+            int8_consumers.add(layer_name(pooled))
+            quantized_names.append(layer_name(node))
+            kinds[layer_name(node)] = "global_avg_pool"
         elif op_traits(gm, node).listed_as_quantized:
-            quantized_names.append(node.name)
-            kinds[node.name] = op_traits(gm, node).kind
-    by_name = {node.name: node for node in graph.nodes}
+            quantized_names.append(layer_name(node))
+            kinds[layer_name(node)] = op_traits(gm, node).kind
+    by_name = {layer_name(node): node for node in graph.nodes}
     for name, tensor_type in plan.quantize_after.items():
         if name not in self_quantized:
             _insert_quantization(gm, by_name[name], tensor_type, rounding, lambda user: True)
     for name, tensor_type in plan.quantize_for.items():
-        _insert_quantization(gm, by_name[name], tensor_type, rounding, lambda user: user.name in int8_consumers)
+        _insert_quantization(gm, by_name[name], tensor_type, rounding, lambda user: layer_name(user) in int8_consumers)
     graph.lint()
     gm.recompile()
     gm.quantization_details_ = QuantizationDetails(

@@ -31,18 +31,30 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from dlqnb.ops import fusable_activation
+from dlqnb.ops import fusable_activation, op_traits, tensor_args
 
-__all__ = ["FusedLayer", "NetworkGraphError", "OptimizedLayer", "OptimizedNetwork", "optimize_network", "trace_network"]
+__all__ = [
+    "FusedLayer",
+    "NetworkGraphError",
+    "OptimizedLayer",
+    "OptimizedNetwork",
+    "NetworkSummary",
+    "layer_name",
+    "network_summary",
+    "optimize_network",
+    "trace_network",
+]
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -62,6 +74,40 @@ _UNSUPPORTED_REASONS = {
     nn.Embedding: "embedding layers are not supported",
     nn.EmbeddingBag: "embedding layers are not supported",
 }
+
+
+def layer_name(node: fx.Node) -> str:
+    """The name users see for a network layer: its module's own name, hyphens and capitals kept.
+
+    fx names a node after a Python identifier (``fire2-squeeze1x1`` becomes ``fire2_squeeze1x1``,
+    ``features.3`` becomes ``features_3``); the tables show the module's name with ``.`` written
+    ``_`` and nothing else changed, plus fx's ``_1`` suffix when a module is called again. Nodes of
+    functions keep fx's name (``cat``, ``add_1``).
+
+    Example:
+        >>> import torch.fx as fx
+        >>> from torch import nn
+        >>> net = nn.Sequential()
+        >>> net.add_module("fire2-squeeze1x1", nn.Conv2d(3, 4, 1))
+        >>> [layer_name(n) for n in fx.symbolic_trace(net).graph.nodes if n.op == "call_module"]
+        ['fire2-squeeze1x1']
+    """
+    name = node.name
+    if node.op != "call_module":
+        return name
+    own = str(node.target).replace(".", "_")
+    identifier = _snake_identifier(own)
+    suffix = name[len(identifier):]
+    if name.startswith(identifier) and (not suffix or re.fullmatch(r"_\d+", suffix)):
+        return own + suffix
+    return name
+
+
+def _snake_identifier(text: str) -> str:
+    """The identifier fx derives from a module name (capitals lowered, other characters ``_``)."""
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", text).lower() if not text.isupper() else text.lower()
+    snake = re.sub(r"[^0-9a-zA-Z_]+", "_", snake)
+    return f"_{snake}" if snake[:1].isdigit() else snake
 
 
 class NetworkGraphError(ValueError):
@@ -206,7 +252,7 @@ def _check_supported(gm: fx.GraphModule) -> None:
                 (text for kind, text in _UNSUPPORTED_REASONS.items() if isinstance(module, kind)),
                 "transposed convolutions are not supported",
             )
-            raise NetworkGraphError(f"layer '{node.name}' ({type(module).__name__}): {reason} by dlqnb quantization")
+            raise NetworkGraphError(f"layer '{layer_name(node)}' ({type(module).__name__}): {reason} by dlqnb quantization")
 
 
 def optimize_network(net: nn.Module) -> OptimizedNetwork:
@@ -243,18 +289,18 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
         follower = _sole_user(node)
         bn = _called_module(gm, follower) if follower is not None else None
         if isinstance(bn, _BATCHNORM_TYPES) and follower.args and follower.args[0] is node:
-            layer = _fold_batchnorm(layer, bn, follower.name)
+            layer = _fold_batchnorm(layer, bn, layer_name(follower))
             members.append(follower)
         follower = _sole_user(members[-1])
         activation = fusable_activation(gm, follower, members[-1]) if follower is not None else None
         if activation is not None:
             members.append(follower)
-        name = "_".join(member.name for member in members)
+        name = "_".join(layer_name(member) for member in members)
         gm.add_submodule(name, FusedLayer(_with_bias(layer), activation))
         members_of[node] = members
         layers[name] = OptimizedLayer(
             name=name,
-            members=tuple(member.name for member in members),
+            members=tuple(layer_name(member) for member in members),
             module_path=str(node.target),
             kind="linear" if isinstance(layer, nn.Linear) else "conv",
             activation=_activation_kind(activation),
@@ -276,15 +322,15 @@ def _rebuild(gm: fx.GraphModule, members_of: dict[fx.Node, list[fx.Node]]) -> fx
             continue
         if node in members_of:
             members = members_of[node]
-            name = "_".join(member.name for member in members)
+            name = "_".join(layer_name(member) for member in members)
             fused = graph.create_node(
                 "call_module",
                 name,
                 args=fx.map_arg(node.args, new_node.__getitem__),
                 kwargs=fx.map_arg(node.kwargs, new_node.__getitem__),
-                name=name,
+                name=_snake_identifier(name),
             )
-            if fused.name != name:
+            if layer_name(fused) != name:
                 raise NetworkGraphError(f"optimized layer name '{name}' clashes with another layer of the network")
             for member in members:
                 new_node[member] = fused
@@ -292,3 +338,73 @@ def _rebuild(gm: fx.GraphModule, members_of: dict[fx.Node, list[fx.Node]]) -> fx
             new_node[node] = graph.node_copy(node, new_node.__getitem__)
     graph.lint()
     return fx.GraphModule(gm, graph, class_name=type(gm).__name__).eval()
+
+
+@dataclass(frozen=True)
+class NetworkSummary:
+    """What MATLAB's ``DAGNetwork`` display shows: the layers, their connections, inputs and outputs.
+
+    Attributes:
+        name: The network's class name.
+        layers: Layer names in network order (the input layer first; shape queries are not layers).
+        connections: One row per connection, columns ``Source`` and ``Destination``.
+        input_names: The input layers (dlqnb's ``data`` layer, or the forward's argument).
+        output_names: The layers whose outputs the network returns.
+    """
+
+    name: str
+    layers: list[str]
+    connections: pd.DataFrame
+    input_names: list[str]
+    output_names: list[str]
+
+    def __repr__(self) -> str:
+        def names(values: list[str]) -> str:
+            return "{" + ", ".join(f"'{value}'" for value in values) + "}"
+
+        return (
+            f"  {self.name} with properties:\n\n"
+            f"         Layers: [{len(self.layers)}×1 layers]\n"
+            f"    Connections: [{len(self.connections)}×2 table]\n"
+            f"     InputNames: {names(self.input_names)}\n"
+            f"    OutputNames: {names(self.output_names)}"
+        )
+
+
+def network_summary(net: nn.Module) -> NetworkSummary:
+    """The layers and connections of a network, counted from its traced graph.
+
+    A layer is a node that produces a tensor (:mod:`dlqnb.ops`): modules, and functions such as
+    ``cat`` or ``flatten``; the forward's argument counts as the input layer only when no input
+    layer (dlqnb's ``data``, normalizing the images) takes it.
+
+    Example:
+        >>> from dlqnb.models import squeezenet
+        >>> summary = network_summary(squeezenet(weights=None))
+        >>> summary.input_names, summary.layers[:3], len(summary.layers)
+        (['data'], ['data', 'conv1', 'relu_conv1'], 67)
+    """
+    gm = _trace(net)
+
+    def is_input_layer(node: fx.Node) -> bool:
+        return node.op == "call_module" and getattr(gm.get_submodule(node.target), "dlqnb_op", None) == "input"
+
+    def is_layer(node: fx.Node) -> bool:
+        if node.op == "placeholder":
+            return not (node.users and all(is_input_layer(user) for user in node.users))
+        return op_traits(gm, node).is_layer
+
+    layers = [node for node in gm.graph.nodes if is_layer(node)]
+    connections = [
+        (layer_name(source), layer_name(node)) for node in layers for source in tensor_args(node) if is_layer(source)
+    ]
+    inputs = [node for node in layers if node.op == "placeholder" or is_input_layer(node)]
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    return NetworkSummary(
+        name=type(net).__name__,
+        layers=[layer_name(node) for node in layers],
+        connections=pd.DataFrame(connections, columns=["Source", "Destination"]),
+        input_names=[layer_name(node) for node in inputs],
+        output_names=[layer_name(node) for node in tensor_args(output)],
+    )
+

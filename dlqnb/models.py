@@ -33,6 +33,7 @@ from dlqnb.cache import atomic_write_bytes
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DepthConcatenation",
     "DigitsNet",
     "ImageInput",
     "SqueezeNet",
@@ -44,12 +45,13 @@ __all__ = [
     "save_network",
     "set_metadata",
     "squeezenet",
+    "torchvision_state_dict",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NETWORK_FILE_FORMAT = "dlqnb-network"
-NETWORK_FILE_VERSION = 1
+NETWORK_FILE_VERSION = 2  # 2: SqueezeNet layers under MATLAB's names (version 1 files are renamed on load)
 _SHIPPED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "squeezenet1_1_shapes.pt")
 
 
@@ -62,6 +64,7 @@ class ImageInput(nn.Module):
     """
 
     dlqnb_leaf = True  # one network layer ("data") in dlqnb's graphs, as in MATLAB
+    dlqnb_op = "input"  # the input layer in network summaries
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -79,29 +82,150 @@ class ImageInput(nn.Module):
         return (x - self.mean) / self.std
 
 
-class SqueezeNet(nn.Module):
-    """torchvision's squeezenet1_1 (MATLAB's ``squeezenet``) behind an :class:`ImageInput` layer.
+class DepthConcatenation(nn.Module):
+    """Concatenates its inputs along the channels (MATLAB's depth concatenation layer).
 
-    Layer names follow torchvision (``features.0`` is MATLAB's ``conv1``, ``classifier.1`` its
-    ``conv10``); fx names them ``features_0``, ``classifier_1``.
+    A module rather than a ``torch.cat`` call so that the layer carries a name (``fire2-concat``).
+    """
+
+    dlqnb_leaf = True  # one network layer in dlqnb's graphs
+    dlqnb_op = "concat"  # what dlqnb.ops treats it as
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(inputs, 1)
+
+
+# SqueezeNet v1.1's fire modules: (number, squeeze filters, expand filters of each branch).
+_FIRES = ((2, 16, 64), (3, 16, 64), (4, 32, 128), (5, 32, 128), (6, 48, 192), (7, 48, 192), (8, 64, 256), (9, 64, 256))
+_POOL_AFTER_FIRE = {3: "pool3", 5: "pool5"}
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet v1.1 with the layer names of MATLAB's ``squeezenet``.
+
+    The layers, in order: ``data`` (:class:`ImageInput`), ``conv1``, ``relu_conv1``, ``pool1``,
+    for each fire module N = 2..9 ``fireN-squeeze1x1``, ``fireN-relu_squeeze1x1``,
+    ``fireN-expand1x1``, ``fireN-relu_expand1x1``, ``fireN-expand3x3``, ``fireN-relu_expand3x3``,
+    ``fireN-concat`` (with ``pool3`` after fire 3 and ``pool5`` after fire 5), then ``drop9``,
+    ``conv10`` (``new_conv`` after transfer learning), ``relu_conv10``, ``pool10``. The network
+    returns the scores before softmax, so MATLAB's ``prob`` and classification layers have no
+    counterpart; a ``flatten`` turns ``pool10``'s N×C×1×1 output into N×C. Same arithmetic as
+    torchvision's squeezenet1_1 (:func:`torchvision_state_dict` maps the weights).
+
+    Example:
+        >>> net = SqueezeNet(num_classes=5)
+        >>> [name for name, _ in net.named_children()][:6]
+        ['data', 'conv1', 'relu_conv1', 'pool1', 'fire2-squeeze1x1', 'fire2-relu_squeeze1x1']
     """
 
     architecture = "squeezenet1_1"
 
-    def __init__(self, num_classes: int = 1000, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        classifier_name: str = "conv10",
+    ) -> None:
         super().__init__()
-        base = torchvision.models.squeezenet1_1(num_classes=num_classes)
         self.data = ImageInput(mean, std)
-        self.features = base.features
-        self.classifier = base.classifier
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2)
+        self.relu_conv1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        channels = 64
+        for number, squeeze, expand in _FIRES:
+            self.add_module(f"fire{number}-squeeze1x1", nn.Conv2d(channels, squeeze, kernel_size=1))
+            self.add_module(f"fire{number}-relu_squeeze1x1", nn.ReLU())
+            self.add_module(f"fire{number}-expand1x1", nn.Conv2d(squeeze, expand, kernel_size=1))
+            self.add_module(f"fire{number}-relu_expand1x1", nn.ReLU())
+            self.add_module(f"fire{number}-expand3x3", nn.Conv2d(squeeze, expand, kernel_size=3, padding=1))
+            self.add_module(f"fire{number}-relu_expand3x3", nn.ReLU())
+            self.add_module(f"fire{number}-concat", DepthConcatenation())
+            if number in _POOL_AFTER_FIRE:
+                self.add_module(_POOL_AFTER_FIRE[number], nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True))
+            channels = 2 * expand
+        self.drop9 = nn.Dropout(p=0.5)
+        self.classifier_name = classifier_name
+        self.add_module(classifier_name, nn.Conv2d(channels, num_classes, kernel_size=1))
+        self.relu_conv10 = nn.ReLU()
+        self.pool10 = nn.AdaptiveAvgPool2d((1, 1))
+        self._init_like_torchvision()
+
+    def _init_like_torchvision(self) -> None:
+        for name, module in self.named_children():
+            if isinstance(module, nn.Conv2d):
+                if name == self.classifier_name:
+                    nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(module.weight)
+                nn.init.constant_(module.bias, 0)
+
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The classifier convolution (``conv10``, or the layer that replaced it)."""
+        return self.get_submodule(self.classifier_name)
 
     @property
     def num_classes(self) -> int:
         """Number of outputs of the classifier convolution."""
-        return self.classifier[1].out_channels
+        return self.classifier.out_channels
+
+    def replace_layer(self, name: str, new_name: str, layer: nn.Module) -> None:
+        """Put ``layer`` where ``name`` was, under ``new_name`` (MATLAB's ``replaceLayer``).
+
+        Only the classifier can be replaced: the rest of the network is fixed by its architecture.
+
+        Raises:
+            ValueError: If ``name`` is not the classifier, or ``new_name`` is taken or not a name.
+        """
+        if name != self.classifier_name:
+            raise ValueError(f"only the classifier layer {self.classifier_name!r} of SqueezeNet can be replaced, not {name!r}")
+        if new_name != name and (new_name in self._modules or not new_name or "." in new_name):
+            raise ValueError(f"cannot name the new layer {new_name!r}: the name is empty, has a '.' or is taken")
+        self._modules = type(self._modules)((new_name if key == name else key, layer if key == name else module) for key, module in self._modules.items())
+        self.classifier_name = new_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(self.features(self.data(x))), 1)
+        x = self.pool1(self.relu_conv1(self.conv1(self.data(x))))
+        for number, _, _ in _FIRES:
+            x = self._fire(number, x)
+            if number in _POOL_AFTER_FIRE:
+                x = self.get_submodule(_POOL_AFTER_FIRE[number])(x)
+        x = self.pool10(self.relu_conv10(self.classifier(self.drop9(x))))
+        return torch.flatten(x, 1)
+
+    def _fire(self, number: int, x: torch.Tensor) -> torch.Tensor:
+        def layer(part: str) -> nn.Module:
+            return self.get_submodule(f"fire{number}-{part}")
+
+        squeezed = layer("relu_squeeze1x1")(layer("squeeze1x1")(x))
+        left = layer("relu_expand1x1")(layer("expand1x1")(squeezed))
+        right = layer("relu_expand3x3")(layer("expand3x3")(squeezed))
+        return layer("concat")(left, right)
+
+
+def torchvision_state_dict(state: dict[str, torch.Tensor], classifier_name: str = "conv10") -> dict[str, torch.Tensor]:
+    """torchvision squeezenet1_1 weights (``features.0.weight``, ...) under MATLAB's layer names.
+
+    Keys already named as :class:`SqueezeNet` names them pass unchanged (``data.mean``, say), so the
+    function also reads network files saved before dlqnb named the layers as MATLAB does.
+
+    Example:
+        >>> import torchvision
+        >>> keys = list(torchvision_state_dict(torchvision.models.squeezenet1_1().state_dict()))
+        >>> keys[:3], keys[-1]
+        (['conv1.weight', 'conv1.bias', 'fire2-squeeze1x1.weight'], 'conv10.bias')
+    """
+    renames = {"features.0": "conv1", "classifier.1": classifier_name}
+    fire_index = (3, 4, 6, 7, 9, 10, 11, 12)
+    for (number, _, _), index in zip(_FIRES, fire_index):
+        for part, matlab in (("squeeze", "squeeze1x1"), ("expand1x1", "expand1x1"), ("expand3x3", "expand3x3")):
+            renames[f"features.{index}.{part}"] = f"fire{number}-{matlab}"
+    result = {}
+    for key, value in state.items():
+        module, _, parameter = key.rpartition(".")
+        result[f"{renames.get(module, module)}.{parameter}"] = value
+    return result
 
 
 class DigitsNet(nn.Module):
@@ -167,7 +291,7 @@ def network_metadata(net: nn.Module) -> dict[str, Any]:
 
 
 def squeezenet(num_classes: int | None = None, weights: str | None = "shapes") -> SqueezeNet:
-    """MATLAB's ``squeezenet``: torchvision's squeezenet1_1 behind a normalizing ``data`` layer.
+    """MATLAB's ``squeezenet``: SqueezeNet v1.1 with MATLAB's layer names (see :class:`SqueezeNet`).
 
     Args:
         num_classes: Outputs of the classifier (``conv10``); None: as many as the weights were
@@ -191,7 +315,7 @@ def squeezenet(num_classes: int | None = None, weights: str | None = "shapes") -
                 f"({torch.hub.get_dir()}) and could not be downloaded ({error}). Use weights='shapes' "
                 "(dlqnb's offline checkpoint) or copy squeezenet1_1-b8a52dc0.pth into that folder."
             ) from error
-        _load_matching(net, {f"{k}": v for k, v in state.items()}, num_classes == 1000)
+        _load_matching(net, torchvision_state_dict(state), num_classes == 1000)
         if num_classes == 1000:
             net.class_names = list(torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.meta["categories"])
         return net
@@ -208,9 +332,10 @@ def squeezenet(num_classes: int | None = None, weights: str | None = "shapes") -
     raise ValueError(f"weights must be 'shapes', 'imagenet' or None, got {weights!r}")
 
 
-def _load_matching(net: nn.Module, state: dict[str, torch.Tensor], include_classifier: bool) -> None:
+def _load_matching(net: SqueezeNet, state: dict[str, torch.Tensor], include_classifier: bool) -> None:
     own = net.state_dict()
-    chosen = {k: v for k, v in state.items() if k in own and (include_classifier or not k.startswith("classifier."))}
+    classifier = f"{net.classifier_name}."
+    chosen = {k: v for k, v in state.items() if k in own and (include_classifier or not k.startswith(classifier))}
     net.load_state_dict(chosen, strict=False)
 
 
@@ -228,7 +353,7 @@ def find_layers_to_replace(net: nn.Module) -> tuple[str, nn.Module]:
     is the network output itself.
 
     Returns:
-        The module path of the learnable layer (``"classifier.1"`` for SqueezeNet) and the module.
+        The module path of the learnable layer (``"conv10"`` for SqueezeNet) and the module.
 
     Raises:
         TypeError: ``Argument must be a torch.nn.Module.``
@@ -258,15 +383,33 @@ def replace_classifier(
     class_names: Sequence[str] | None = None,
     learn_rate_factor: float = 10.0,
     seed: int = 0,
+    name: str | None = None,
 ) -> nn.Module:
     """Swap the last learnable layer for a new one with ``num_classes`` outputs (in place).
 
-    As in the seed, the new layer's weights and bias learn ``learn_rate_factor`` times faster
-    (:func:`dlqnb.training.train_network` honours ``weight_learn_rate_factor`` and
-    ``bias_learn_rate_factor`` attributes of a module).
+    As in *Train Deep Learning Network to Classify New Images*, the new layer's weights and bias
+    learn ``learn_rate_factor`` times faster (:func:`dlqnb.training.train_network` honours
+    ``weight_learn_rate_factor`` and ``bias_learn_rate_factor`` attributes of a module).
+
+    Args:
+        net: The network (changed in place).
+        num_classes: Outputs of the new layer.
+        class_names: The new classes' names, recorded on the network.
+        learn_rate_factor: Learning-rate multiplier of the new layer's weights and bias.
+        seed: Seed of the new layer's Glorot initialization.
+        name: Name of the new layer (the example calls it ``new_conv``); None keeps the old
+            layer's name. Renaming needs a network with a ``replace_layer`` method (dlqnb's SqueezeNet).
 
     Returns:
         The network, with its class names recorded.
+
+    Raises:
+        ValueError: If the network cannot rename the layer, or the class names do not fit.
+
+    Example:
+        >>> net = replace_classifier(squeezenet(weights=None), 5, list("abcde"), name="new_conv")
+        >>> net.classifier_name, net.num_classes
+        ('new_conv', 5)
     """
     path, old = find_layers_to_replace(net)
     generator = torch.Generator().manual_seed(seed)
@@ -282,9 +425,17 @@ def replace_classifier(
         new.bias.zero_()
     new.weight_learn_rate_factor = learn_rate_factor
     new.bias_learn_rate_factor = learn_rate_factor
-    parent_path, _, name = path.rpartition(".")
+    parent_path, _, old_name = path.rpartition(".")
     parent = net.get_submodule(parent_path) if parent_path else net
-    setattr(parent, name, new)
+    if name is None or name == old_name:
+        setattr(parent, old_name, new)
+    elif hasattr(parent, "replace_layer"):
+        parent.replace_layer(old_name, name, new)
+    else:
+        raise ValueError(
+            f"cannot name the new layer {name!r}: {type(net).__name__} reaches layer {path!r} by that name in its "
+            "forward; pass name=None to keep it"
+        )
     if class_names is not None:
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
@@ -294,8 +445,8 @@ def replace_classifier(
 
 # --------------------------------------------------------------------------- network files
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    SqueezeNet.architecture: lambda num_classes, mean, std: SqueezeNet(num_classes, mean, std),
-    DigitsNet.architecture: lambda num_classes, mean, std: DigitsNet(num_classes, mean[0]),
+    SqueezeNet.architecture: lambda num_classes, mean, std, classifier: SqueezeNet(num_classes, mean, std, classifier or "conv10"),
+    DigitsNet.architecture: lambda num_classes, mean, std, classifier: DigitsNet(num_classes, mean[0]),
 }
 
 
@@ -321,6 +472,7 @@ def save_network(net: nn.Module, path: str | os.PathLike[str]) -> None:
         "input_size": metadata["input_size"],
         "mean": metadata["mean"],
         "std": metadata["std"],
+        "classifier_name": getattr(net, "classifier_name", None),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
     }
     buffer = io.BytesIO()
@@ -351,9 +503,12 @@ def load_network(path: str | os.PathLike[str]) -> nn.Module:
     builder = _BUILDERS.get(payload["architecture"])
     if builder is None:
         raise ValueError(f"{os.fspath(path)!r}: unknown architecture {payload['architecture']!r}")
-    net = builder(payload["num_classes"], payload["mean"], payload["std"])
+    net = builder(payload["num_classes"], payload["mean"], payload["std"], payload.get("classifier_name"))
+    state = payload["state_dict"]
+    if isinstance(net, SqueezeNet):
+        state = torchvision_state_dict(state, net.classifier_name)
     try:
-        net.load_state_dict(payload["state_dict"])
+        net.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"{os.fspath(path)!r}: weights do not fit the {payload['architecture']} architecture: {error}") from error
     set_metadata(net, payload.get("class_names"), payload.get("input_size"))

@@ -240,6 +240,8 @@ def op_traits(gm: fx.GraphModule, node: fx.Node) -> OpTraits:
         layer = conv_or_linear(module)
         if layer is not None:
             return layer
+        if getattr(module, "dlqnb_op", None) == "concat":  # dlqnb's depth concatenation layer
+            return _CONCAT
         for types, traits in _MODULES:
             if isinstance(module, types):
                 if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0) or isinstance(module, nn.ReLU6):

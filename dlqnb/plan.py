@@ -39,6 +39,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from dlqnb.graph import layer_name
 from dlqnb.numerics import Rounding, quantize_to_integer
 from dlqnb.ops import op_traits, tensor_args
 
@@ -189,8 +190,8 @@ def build_plan(quantizer: DLQuantizer) -> QuantizationPlan:
 
     for node in gm.graph.nodes:
         traits = op_traits(gm, node)
-        name = node.name
-        sources = [s for s in tensor_args(node) if s.name in types]
+        name = layer_name(node)
+        sources = [s for s in tensor_args(node) if layer_name(s) in types]
         if not traits.is_layer or node.op == "placeholder":
             nodes[name] = NodePlan(name, traits.kind, "none", types.get(name) if node.op == "placeholder" else None)
             continue
@@ -198,21 +199,21 @@ def build_plan(quantizer: DLQuantizer) -> QuantizationPlan:
         if layer is not None:
             reason = _layer_float_reason(layer, gm.get_submodule(name).layer, target, library, excluded)
             source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            if not reason and (source is None or source.name not in types or name not in types):
+            if not reason and (source is None or layer_name(source) not in types or name not in types):
                 reason = "its input has no calibrated type: computed in float"
             if reason:
                 float_node(name, traits.kind, reason)
                 continue
             assert source is not None
-            layers[name] = _layer_plan(name, layer.members, gm.get_submodule(name).layer, types[source.name], types[name], weight_fractions[name], target, rounding)
+            layers[name] = _layer_plan(name, layer.members, gm.get_submodule(name).layer, types[layer_name(source)], types[name], weight_fractions[name], target, rounding)
             nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
             produced_int8.add(name)
-            if source.name not in produced_int8:
-                quantize_for[source.name] = types[source.name]
+            if layer_name(source) not in produced_int8:
+                quantize_for[layer_name(source)] = types[layer_name(source)]
             continue
         if target in traits.int8_on and name in types:
             if traits.values == "moves":
-                if sources and all(s.name in produced_int8 for s in sources):
+                if sources and all(layer_name(s) in produced_int8 for s in sources):
                     nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
                     produced_int8.add(name)
                 else:
@@ -222,8 +223,8 @@ def build_plan(quantizer: DLQuantizer) -> QuantizationPlan:
                 nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
                 produced_int8.add(name)
                 for source in sources:
-                    if source.name not in produced_int8:
-                        quantize_for[source.name] = types[source.name]
+                    if layer_name(source) not in produced_int8:
+                        quantize_for[layer_name(source)] = types[layer_name(source)]
                 continue
         if traits.values == "moves":
             nodes[name] = NodePlan(name, traits.kind, "float")  # a float tensor rearranged: nothing to report

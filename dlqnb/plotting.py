@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "calibration_heatmap",
     "msb_heatmap",
+    "msb_sparkline",
     "prediction_comparison_figure",
     "pruning_progress_figure",
     "sensitivity_figure",
@@ -174,6 +175,38 @@ def msb_heatmap(
     )
     figure.update_yaxes(tickvals=list(range(len(labels))), ticktext=labels, autorange="reversed", showgrid=False, automargin=True)
     return figure
+
+
+def msb_sparkline(
+    histogram: MSBHistogram, fraction_length: int | None, high: int, low: int, word_length: int = 8, width: int = 120, height: int = 18
+) -> str:
+    """A small inline SVG of one row's MSB counts (bits ``high`` … ``low``, most significant left) with
+    its 8-bit type boxed, as a table cell shows it; works offline, in HTML exports too.
+
+    Example:
+        >>> import torch
+        >>> svg = msb_sparkline(MSBHistogram.of(torch.tensor([0.5, 2.0])), 3, 8, -12)
+        >>> svg.startswith("<svg") and svg.count("<rect") == 3  # two bars and the box
+        True
+    """
+    counts = histogram.nonzero_counts()
+    bits = list(range(high, low - 1, -1))
+    column = width / len(bits)
+    peak = math.log10(1 + max(counts.values(), default=1))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
+    for index, bit in enumerate(bits):
+        if counts.get(bit):
+            bar = max(1.0, (height - 2) * math.log10(1 + counts[bit]) / peak)
+            parts.append(
+                f'<rect x="{index * column:.1f}" y="{height - 1 - bar:.1f}" width="{max(column - 0.5, 0.5):.1f}" '
+                f'height="{bar:.1f}" fill="#2171b5"><title>2^{bit}: {counts[bit]}</title></rect>'
+            )
+    if fraction_length is not None:
+        msb, lsb = representable_bits(fraction_length, word_length)
+        left, right = (high - min(msb, high)) * column, (high - max(lsb, low) + 1) * column
+        parts.append(f'<rect x="{left:.1f}" y="0.5" width="{right - left:.1f}" height="{height - 1}" fill="none" stroke="{_BOX}" stroke-width="1"/>')
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def _rows_for(quantizer: DLQuantizer, rows: str | Sequence[str] | None) -> list[str]:

@@ -90,8 +90,13 @@ def write_model_card(result_json: str) -> str:
 The offline starting point of transfer learning (notebook 01), standing in for ImageNet weights, which
 cannot be downloaded here.
 
-* **Architecture**: torchvision's squeezenet1_1 (MATLAB's `squeezenet`, v1.1) behind dlqnb's `data` input
-  layer (ImageNet mean/std normalization of [0, 1] images), {len(summary['classes'])} output classes.
+* **Architecture**: SqueezeNet v1.1 (MATLAB's `squeezenet`; the arithmetic of torchvision's squeezenet1_1) with
+  MATLAB's layer names (`data`, `conv1`, `relu_conv1`, `pool1`, `fire2-squeeze1x1`, …, `conv10`, `relu_conv10`,
+  `pool10`): `data` is dlqnb's input layer (ImageNet mean/std normalization of [0, 1] images); {len(summary['classes'])} output classes.
+* **Keys**: network file version 2, weights under MATLAB's layer names (`conv1.weight`,
+  `fire2-squeeze1x1.weight`, …). dlqnb still reads version 1 files (torchvision's `features.0.weight`, …) and
+  renames their keys on load; `dlqnb.models.torchvision_state_dict` does the same for torchvision's ImageNet
+  checkpoint.
 * **Data**: {summary['per_class']} images per class of {len(summary['classes'])} generated figures
   ({', '.join(summary['classes'])}), rendered by `dlqnb.synthetic.render_shape` with random pose, scale,
   colour, lighting, background and clutter. None of them is a merch class. 10 % held out.

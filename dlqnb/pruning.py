@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from dlqnb.graph import trace_network
-from dlqnb.ops import SHIFTS_ZERO, op_traits
+from dlqnb.graph import layer_name, trace_network
+from dlqnb.ops import SHIFTS_ZERO, op_traits, tensor_args
 
 __all__ = ["MIN_KEEP_FRACTION", "TaylorPrunableNetwork", "conv_layer_table", "count_flops"]
 
@@ -87,9 +87,9 @@ class TaylorPrunableNetwork:
         model = copy.deepcopy(net).eval()
         self.graph_module = trace_network(model)
         self.metadata = {k: getattr(net, k) for k in ("class_names", "input_size") if hasattr(net, k)}
-        self.input_names = [n.name for n in self.graph_module.graph.nodes if n.op == "placeholder"]
+        self.input_names = [layer_name(n) for n in self.graph_module.graph.nodes if n.op == "placeholder"]
         output = next(n for n in self.graph_module.graph.nodes if n.op == "output")
-        self.output_names = [a.name for a in fx.node.map_arg(output.args, lambda n: n) if isinstance(a, fx.Node)] or [str(output.args[0])]
+        self.output_names = [layer_name(a) for a in fx.node.map_arg(output.args, lambda n: n) if isinstance(a, fx.Node)] or [str(output.args[0])]
         self.layers: dict[str, _Layer] = {}
         for node in self.graph_module.graph.nodes:
             module = self._module(node)
@@ -99,7 +99,7 @@ class TaylorPrunableNetwork:
                 if len(users) == 1 and isinstance(self._module(users[0]), nn.BatchNorm2d):
                     mask_node = users[0]
                 filters = module.out_channels
-                self.layers[node.name] = _Layer(node.name, mask_node.name, filters, math.ceil(MIN_KEEP_FRACTION * filters), torch.ones(filters, dtype=torch.bool))
+                self.layers[layer_name(node)] = _Layer(layer_name(node), layer_name(mask_node), filters, math.ceil(MIN_KEEP_FRACTION * filters), torch.ones(filters, dtype=torch.bool))
         if not self.layers and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ValueError(f"{type(net).__name__} has no prunable convolution filters: it has no Conv2d layer")
         self._score_sum = {name: torch.zeros(layer.filters, dtype=torch.float64) for name, layer in self.layers.items()}
@@ -262,41 +262,41 @@ class TaylorPrunableNetwork:
         for node in gm.graph.nodes:
             module = gm.get_submodule(node.target) if node.op == "call_module" else None
             source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            incoming = keep.get(source.name) if source is not None else None
+            incoming = keep.get(layer_name(source)) if source is not None else None
             if isinstance(module, nn.Conv2d):
                 if incoming is not None:
                     module.weight = nn.Parameter(module.weight.detach()[:, incoming].clone())
                     module.in_channels = len(incoming)
-                if node.name in masks:
-                    kept = torch.nonzero(masks[node.name]).flatten()
+                if layer_name(node) in masks:
+                    kept = torch.nonzero(masks[layer_name(node)]).flatten()
                     module.weight = nn.Parameter(module.weight.detach()[kept].clone())
                     if module.bias is not None:
                         module.bias = nn.Parameter(module.bias.detach()[kept].clone())
                     module.out_channels = len(kept)
-                    keep[node.name] = kept
+                    keep[layer_name(node)] = kept
             elif isinstance(module, nn.BatchNorm2d) and incoming is not None:
                 for name in ("weight", "bias"):
                     setattr(module, name, nn.Parameter(getattr(module, name).detach()[incoming].clone()))
                 module.running_mean = module.running_mean[incoming].clone()
                 module.running_var = module.running_var[incoming].clone()
                 module.num_features = len(incoming)
-                keep[node.name] = incoming
+                keep[layer_name(node)] = incoming
             elif isinstance(module, nn.Linear) and incoming is not None:
                 module.weight = nn.Parameter(module.weight.detach()[:, incoming].clone())
                 module.in_features = len(incoming)
-            elif node.op == "call_function" and node.target in (torch.cat, torch.concat) and any(a.name in keep for a in node.args[0]):
+            elif op_traits(gm, node).kind == "concat" and any(layer_name(a) in keep for a in tensor_args(node)):
                 parts, offset = [], 0
-                for arg in node.args[0]:
+                for arg in tensor_args(node):
                     size = channels(arg)
-                    parts.append(keep.get(arg.name, torch.arange(size)) + offset)
+                    parts.append(keep.get(layer_name(arg), torch.arange(size)) + offset)
                     offset += size
-                keep[node.name] = torch.cat(parts)
+                keep[layer_name(node)] = torch.cat(parts)
             elif _is_flatten(self, node) and incoming is not None:
                 shape = source.meta["tensor_meta"].shape
                 block = math.prod(shape[2:])
-                keep[node.name] = (incoming[:, None] * block + torch.arange(block)[None, :]).flatten()
+                keep[layer_name(node)] = (incoming[:, None] * block + torch.arange(block)[None, :]).flatten()
             elif incoming is not None and node.op in ("call_module", "call_function", "call_method"):
-                keep[node.name] = incoming  # channel-preserving layers
+                keep[layer_name(node)] = incoming  # channel-preserving layers
         gm.recompile()
         for key, value in self.metadata.items():
             setattr(gm, key, value)
@@ -343,7 +343,7 @@ class _MaskedRunner(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        mask = self.masks.get(n.name)
+        mask = self.masks.get(layer_name(n))
         if mask is not None:
             out = out * mask.to(out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
             self.activations.append(out)

@@ -45,7 +45,7 @@ from dlqnb.batches import count_batches, iter_batches
 from dlqnb.calibration_file import CalibrationState, read_calibration, write_calibration
 from dlqnb.emulation import build_emulated_network
 from dlqnb.errors import CalibrationError, NotCalibratedError
-from dlqnb.graph import OptimizedNetwork, optimize_network
+from dlqnb.graph import OptimizedNetwork, layer_name, optimize_network
 from dlqnb.numerics import ExponentScheme, Rounding, choose_fraction_length, fraction_length, representable_bits
 from dlqnb.observers import RangeStats
 from dlqnb.ops import mutates_input, op_traits, tensor_args
@@ -98,19 +98,19 @@ class _StatsRecorder(fx.Interpreter):
             raise
         except Exception as error:
             raise CalibrationError(
-                f"layer '{n.name}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
+                f"layer '{layer_name(n)}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
             ) from error
         if n.op in ("output", "get_attr") or not isinstance(out, Tensor) or not out.is_floating_point():
             return out
-        self.tensor_nodes.add(n.name)
-        sources = self.candidates.get(n.name)
+        self.tensor_nodes.add(layer_name(n))
+        sources = self.candidates.get(layer_name(n))
         if sources and all(source in self.tensor_nodes for source in sources):
             return out  # derived from its sources' statistics
-        stats = self.stats.setdefault(n.name, RangeStats.empty())
+        stats = self.stats.setdefault(layer_name(n), RangeStats.empty())
         stats.update(out)
         if stats.histogram.nonfinite:
             raise CalibrationError(
-                f"layer '{n.name}' produced NaN or Inf activations on batch {self.batch_index}; "
+                f"layer '{layer_name(n)}' produced NaN or Inf activations on batch {self.batch_index}; "
                 "the network overflows float32 on this data"
             )
         return out
@@ -248,13 +248,13 @@ class DLQuantizer:
         activations: list[_Row] = []
         tensor_nodes = self._state.tensor_nodes
         for node in self.optimized.nodes():
-            layer = self.optimized.layers.get(node.name)
+            layer = self.optimized.layers.get(layer_name(node))
             if layer is not None:
-                learnables.append(_Row(node.name, layer.network_layer_name, "Weights"))
-                learnables.append(_Row(node.name, layer.network_layer_name, "Bias"))
-            if node.name in tensor_nodes:
-                network_layer = layer.network_layer_name if layer is not None else node.name
-                activations.append(_Row(node.name, network_layer, "Activations"))
+                learnables.append(_Row(layer_name(node), layer.network_layer_name, "Weights"))
+                learnables.append(_Row(layer_name(node), layer.network_layer_name, "Bias"))
+            if layer_name(node) in tensor_nodes:
+                network_layer = layer.network_layer_name if layer is not None else layer_name(node)
+                activations.append(_Row(layer_name(node), network_layer, "Activations"))
         return learnables + activations
 
     def _row_stats(self) -> dict[str, RangeStats]:
@@ -412,17 +412,17 @@ class DLQuantizer:
             result[node] = TensorType(int(fraction), signed)
         module = self.optimized.module
         for node in self.optimized.nodes():
-            if node.name not in result:
+            if layer_name(node) not in result:
                 continue
             traits = op_traits(module, node)
             if traits.kind == "concat":
                 for source in tensor_args(node):
-                    if source.name in result and len(source.users) == 1:
-                        result[source.name] = result[node.name]
+                    if layer_name(source) in result and len(source.users) == 1:
+                        result[layer_name(source)] = result[layer_name(node)]
             elif traits.keeps_type:
-                sources = [source for source in tensor_args(node) if source.name in result]
+                sources = [source for source in tensor_args(node) if layer_name(source) in result]
                 if len(sources) == 1:
-                    result[node.name] = result[sources[0].name]
+                    result[layer_name(node)] = result[layer_name(sources[0])]
         return result
 
     def weight_fraction_lengths(self) -> dict[str, int | list[int]]:
@@ -547,13 +547,13 @@ def _derivable_sources(module: fx.GraphModule) -> dict[str, list[str]]:
     """Nodes that only move values (by :mod:`dlqnb.ops`) with the tensor inputs whose statistics they
     may be derived from, in network order; inputs that an in-place op overwrites are not usable."""
     mutated = {
-        n.args[0].name for n in module.graph.nodes if n.args and isinstance(n.args[0], fx.Node) and mutates_input(module, n)
+        layer_name(n.args[0]) for n in module.graph.nodes if n.args and isinstance(n.args[0], fx.Node) and mutates_input(module, n)
     }
     derivable: dict[str, list[str]] = {}
     for node in module.graph.nodes:
         if op_traits(module, node).values != "moves":
             continue
         sources = [s for s in tensor_args(node) if op_traits(module, s).is_layer]
-        if sources and not any(source.name in mutated for source in sources):
-            derivable[node.name] = [source.name for source in sources]
+        if sources and not any(layer_name(source) in mutated for source in sources):
+            derivable[layer_name(node)] = [layer_name(source) for source in sources]
     return derivable

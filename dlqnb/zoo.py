@@ -60,6 +60,7 @@ MERCH_RECIPE: dict[str, Any] = {
     "input_size": [227, 227],
     "translation": 30,
     "learn_rate_factor": 10.0,
+    "new_layer_name": "new_conv",
     "solver": "sgdm",
     "mini_batch_size": 11,
     "max_epochs": 7,
@@ -139,7 +140,9 @@ def train_merch(data_dir: str | os.PathLike[str] | None = None, recipe: dict[str
     training = augmented_image_datastore(size, train_store, data_augmentation=augmenter, seed=recipe["seed"])
     validation = augmented_image_datastore(size, validation_store)
     net = squeezenet(weights="shapes")
-    replace_classifier(net, len(train_store.class_names), train_store.class_names, recipe["learn_rate_factor"], seed=recipe["seed"])
+    replace_classifier(
+        net, len(train_store.class_names), train_store.class_names, recipe["learn_rate_factor"], seed=recipe["seed"], name=recipe["new_layer_name"]
+    )
     options = training_options(
         recipe["solver"],
         mini_batch_size=recipe["mini_batch_size"],

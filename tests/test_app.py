@@ -19,26 +19,41 @@ def make_app(tmp_path):
     return QuantizerApp(net, data, data, output_dir=tmp_path)
 
 
-def test_calibrate_button_calibrates_and_fills_the_layer_list(tmp_path):
+def test_calibrate_button_calibrates_and_fills_the_layer_table(tmp_path):
     app = make_app(tmp_path)
     assert not app.quantizer.is_calibrated and app.validate_button.disabled
     app.calibrate_button.click()
     assert app.quantizer.num_calibration_samples_ == 6
     assert app.progress.value == app.progress.max == 2
-    assert len(app.layer_select.options) == 26 and not app.validate_button.disabled
+    assert not app.validate_button.disabled
+    table = app.quantizer.calibration_table
+    # one row per calibrated tensor, in the table's order, each name in full
+    assert list(app.row_buttons) == list(table["Optimized Layer Name"])
+    assert all(button.description == name for name, button in app.row_buttons.items())
+    rows = app.layer_table.children[1:]
+    assert len(rows) == len(table)
+    first = rows[0].children
+    assert first[0] is app.switches["features_0_features_1"]  # the Quantize box sits on the layer's Weights row
+    assert "Weights" in first[2].value and first[5].value.startswith("<svg")
+    bias_row = rows[1].children
+    assert not isinstance(bias_row[0], type(app.switches["features_0_features_1"]))  # one box per layer
     # the first layer is selected and its heat map shown: weights, bias and activations
     assert list(app.heatmap.layout.yaxis.ticktext) == [f"features_0_features_1_{k}" for k in ("Weights", "Bias", "Activations")]
+    assert app.row_buttons["features_0_features_1_Bias"].button_style == "info"
 
 
-def test_selecting_a_layer_updates_the_heat_map(tmp_path):
+def test_selecting_a_row_updates_the_heat_map(tmp_path):
     app = make_app(tmp_path)
     app.calibrate()
     layer = "features_12_expand3x3_features_12_expand3x3_activation"
-    app.layer_select.value = layer
+    app.row_buttons[f"{layer}_Activations"].click()
+    assert app.selected_layer == layer
     assert app.heatmap.layout.yaxis.ticktext[0] == f"{layer}_Weights"
     counts = app.quantizer.range_stats(f"{layer}_Weights").histogram.nonzero_counts()
     shown = {k: c[0] for k, c in zip(app.heatmap.data[0].x, app.heatmap.data[0].customdata[0]) if c[0]}
     assert shown == counts
+    app.row_buttons["features_2_Activations"].click()  # a layer with only an activations row
+    assert list(app.heatmap.layout.yaxis.ticktext) == ["features_2_Activations"]
 
 
 def test_quantize_switch_excludes_the_layer_everywhere(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-LAYER = "features_3_squeeze_features_3_squeeze_activation"
+LAYER = "fire2-squeeze1x1_fire2-relu_squeeze1x1"
 
 
 def _missing() -> str | None:
@@ -97,13 +97,20 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
             calibrate = page.locator("button.jupyter-button", has_text="Calibrate")
             calibrate.wait_for(timeout=180_000)  # the kernel starts and loads (or trains once) the merch network
             calibrate.click()
-            page.wait_for_function("() => document.querySelectorAll('.widget-select select option').length >= 26", timeout=120_000)
-            page.locator(".widget-select select").first.select_option(label=LAYER, timeout=30_000)
+            rows = page.locator(".dlqnb-layer-table .dlqnb-layer-row")
+            page.wait_for_function("() => document.querySelectorAll('.dlqnb-layer-table .dlqnb-layer-row').length >= 94", timeout=120_000)
+            name = page.locator(".dlqnb-layer-table button", has_text=f"{LAYER}_Bias")
+            name.click(timeout=30_000)
             page.wait_for_function(
                 f"() => Array.from(document.querySelectorAll('.plotly .ytick text')).some(t => t.textContent.startsWith('{LAYER}_Weights'))",
                 timeout=60_000,
             )
+            # the name is shown in full, not cut off
+            assert name.evaluate("b => b.scrollWidth <= b.clientWidth")
             assert page.locator(".widget-html", has_text="Calibrated on 55 images").count() == 1
+            check = rows.locator("input[type=checkbox]").nth(1)  # the second layer's Quantize box
+            check.click(timeout=30_000)
+            page.wait_for_selector(".widget-html:has-text('1 kept in float')", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab_app.png"))
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "jupyterlab_app_failure.png"))  # what the browser showed

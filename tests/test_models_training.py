@@ -26,7 +26,7 @@ from dlqnb.training import _parameter_groups, train_network, training_options
 
 def test_find_layers_to_replace_on_squeezenet():
     path, module = find_layers_to_replace(squeezenet(num_classes=12, weights=None))
-    assert path == "classifier.1" and isinstance(module, nn.Conv2d)
+    assert path == "conv10" and isinstance(module, nn.Conv2d)
 
 
 def test_find_layers_to_replace_errors_are_matlabs():
@@ -50,9 +50,9 @@ def test_replace_classifier_shape_names_and_learn_rates():
     assert net.class_names == list("abcde")
     options = training_options(initial_learn_rate=2e-4)
     groups = {id(g["params"][0]): g["lr"] for g in _parameter_groups(net, options)}
-    assert groups[id(net.classifier[1].weight)] == pytest.approx(2e-3)
-    assert groups[id(net.classifier[1].bias)] == pytest.approx(2e-3)
-    assert groups[id(net.features[0].weight)] == pytest.approx(2e-4)
+    assert groups[id(net.classifier.weight)] == pytest.approx(2e-3)
+    assert groups[id(net.classifier.bias)] == pytest.approx(2e-3)
+    assert groups[id(net.conv1.weight)] == pytest.approx(2e-4)
 
 
 def test_network_file_round_trip(tmp_path):

@@ -54,8 +54,8 @@ def test_one_conv_layer_equals_the_integer_reference():
     quantizer = DLQuantizer(net)
     quantizer.calibrate(x, progress=False)
     types = quantizer.tensor_types()
-    f_in, f_out = types["input_1"].fraction_length, types["_0__1"].fraction_length  # fx: Sequential.forward(input)
-    f_w = quantizer.weight_fraction_lengths()["_0__1"]
+    f_in, f_out = types["input_1"].fraction_length, types["0_1"].fraction_length  # fx: Sequential.forward(input)
+    f_w = quantizer.weight_fraction_lengths()["0_1"]
     assert f_in == fraction_length(float(x.abs().max()))
     expected = integer_conv_reference(x, net[0], f_in, f_w, f_out)
     with torch.no_grad():
@@ -163,9 +163,9 @@ def test_one_conv_layer_on_the_cpu_target_equals_the_integer_reference():
     quantizer = DLQuantizer(net, execution_environment="cpu")
     quantizer.calibrate(x, progress=False)
     types = quantizer.tensor_types()
-    f_in, f_out = types["input_1"].fraction_length, types["_0__1"].fraction_length
-    assert types["_0__1"].signed is False
-    expected = integer_conv_reference_cpu(x, net[0], f_in, quantizer.weight_fraction_lengths()["_0__1"], f_out)
+    f_in, f_out = types["input_1"].fraction_length, types["0_1"].fraction_length
+    assert types["0_1"].signed is False
+    expected = integer_conv_reference_cpu(x, net[0], f_in, quantizer.weight_fraction_lengths()["0_1"], f_out)
     with torch.no_grad():
         assert torch.equal(quantizer.quantize()(x).double(), expected)
 
@@ -192,11 +192,11 @@ def test_gpu_keeps_leaky_relu_layers_float():
     quantizer = DLQuantizer(net)
     quantizer.calibrate(torch.rand(2, 3, 8, 8), progress=False)
     reasons = quantizer.unsupported_layers().set_index("Layer")["Reason"]
-    assert "leaky ReLU" in reasons["_0__1"] and "cudnn" in reasons["_0__1"]
-    assert quantizer.quantized_layers() == ["_2__3"]
+    assert "leaky ReLU" in reasons["0_1"] and "cudnn" in reasons["0_1"]
+    assert quantizer.quantized_layers() == ["2_3"]
     cpu = DLQuantizer(net, execution_environment="cpu")
     cpu.calibrate(torch.rand(2, 3, 8, 8), progress=False)
-    assert cpu.quantized_layers() == ["_0__1", "_2__3"]
+    assert cpu.quantized_layers() == ["0_1", "2_3"]
 
 
 def test_classify_returns_class_names():
