@@ -3,8 +3,11 @@
 Each notebook is executed by papermill (kernel ``python3``, a per-cell timeout) with its parameters,
 from its own folder, and written to ``DIR/<name>.ipynb`` and a self-contained ``DIR/<name>.html``
 (plotly.js embedded by the notebooks' offline renderer, so it opens without a network; ``--no-code``
-hides the code cells). ``DIR/index.html`` lists every report with its notebook, parameters, status,
-duration and headline numbers, read from the notebooks' ``dlqnb.record`` outputs, never from text.
+hides the code cells). ``DIR/index.html`` lists every report with its notebook, parameters (one column
+each), status, duration and headline numbers formatted for reading, read from the notebooks'
+``dlqnb.record`` outputs, never from text; its columns sort on a click. ``summary.json`` and
+``summary.csv`` hold the same results for programs (``pandas.read_csv``). A progress bar counts the
+notebooks done and names the cell each running one is on.
 
 * **Sweeps.** A parameter given several values (``-p seed 0 -p seed 1``, or a list in the parameters
   file) runs once per value, one report each; several swept parameters run their product.
@@ -32,7 +35,7 @@ import json
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,8 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
             cwd=str(job.notebook.parent),
             execution_timeout=cell_timeout,
             progress_bar=False,
+            # the kernel's "running over TCP without encryption" warning (a loopback kernel) is noise here
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as exc:  # papermill raises PapermillExecutionError and friends: record, go on
         status, error = "failed", f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
@@ -145,29 +150,114 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
 
 
 def write_index(results: list[ReportResult], out_dir: Path) -> Path:
-    """Write ``index.html`` (and ``summary.json``) listing every report."""
+    """Write ``index.html``, ``summary.json`` and ``summary.csv`` listing every report.
+
+    The index is one self-contained page (no network): a table with one row per report (a failed one
+    keeps its row, with its error), its parameters as columns (so a sweep reads as a table), status,
+    duration and the recorded numbers formatted for reading; click a column header to sort by it.
+    """
+    parameter_names = sorted({name for result in results for name in result.parameters})
+    record_names = list(dict.fromkeys(name for result in results for name in result.records))
+    header = ["notebook", *parameter_names, "status", "duration", *record_names]
     rows = []
     for result in results:
-        params = "<br>".join(f"{html.escape(k)} = {html.escape(json.dumps(v))}" for k, v in result.parameters.items()) or "defaults"
-        records = "<br>".join(f"{html.escape(k)} = {html.escape(json.dumps(v))}" for k, v in result.records.items())
+        cells = [_cell(Path(result.notebook).name, f"<a href='{html.escape(result.report)}'>{html.escape(Path(result.notebook).name)}</a>")]
+        cells += [_cell(result.parameters.get(name), html.escape(_format_value(name, result.parameters[name])) if name in result.parameters else "default")
+                  for name in parameter_names]
         error = f"<pre>{html.escape(result.error[:600])}</pre>" if result.error else ""
-        rows.append(
-            f"<tr class='{result.status}'><td><a href='{html.escape(result.report)}'>{html.escape(Path(result.notebook).name)}</a></td>"
-            f"<td>{params}</td><td>{result.status}{error}</td><td>{result.seconds:.0f} s</td><td>{records}</td></tr>"
-        )
+        cells.append(_cell(result.status, f"{result.status}{error}"))
+        cells.append(_cell(result.seconds, f"{result.seconds:,.0f} s"))
+        cells += [_cell(result.records.get(name), html.escape(_format_value(name, result.records[name])) if name in result.records else "")
+                  for name in record_names]
+        rows.append(f"<tr class='{result.status}'>{''.join(cells)}</tr>")
+    head = "".join(f"<th title='click to sort'>{html.escape(name)}</th>" for name in header)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dlqnb reports</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top}"
-        "tr.failed{background:#fde2e2}tr.ok td:nth-child(3){color:#176117}pre{white-space:pre-wrap;max-width:40em}</style></head><body>"
+        "th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "tr.failed{background:#fde2e2}pre{white-space:pre-wrap;max-width:40em;margin:.3em 0}</style></head><body>"
         f"<h1>dlqnb reports</h1><p>{sum(r.status == 'ok' for r in results)} of {len(results)} notebooks ran.</p>"
-        "<table><tr><th>notebook</th><th>parameters</th><th>status</th><th>duration</th><th>headline results</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>"
+        f"<table id='reports'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<script>{_SORT_SCRIPT}</script></body></html>"
     )
     atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in results], indent=2))
+    atomic_write_text(out_dir / "summary.csv", _summary_csv(results, parameter_names, record_names))
     index = out_dir / "index.html"
     atomic_write_text(index, page)
     return index
+
+
+# Sorts the index by a clicked column (numbers by value, text alphabetically; a second click reverses).
+_SORT_SCRIPT = """
+document.querySelectorAll('#reports th').forEach((th, column) => th.addEventListener('click', () => {
+  const body = document.querySelector('#reports tbody');
+  const ascending = th.dataset.order !== 'asc';
+  document.querySelectorAll('#reports th').forEach(other => delete other.dataset.order);
+  th.dataset.order = ascending ? 'asc' : 'desc';
+  const key = row => row.children[column].dataset.sort;
+  const rows = Array.from(body.rows).sort((a, b) => {
+    const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+    const order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+    return ascending ? order : -order;
+  });
+  rows.forEach(row => body.appendChild(row));
+}));
+"""
+
+_SHARE_WORDS = ("accuracy", "ccr", "reduction", "fraction", "share", "rate", "agreement")
+
+
+def _cell(sort_value: Any, shown: str) -> str:
+    numeric = isinstance(sort_value, (int, float)) and not isinstance(sort_value, bool)
+    key = repr(float(sort_value)) if numeric else json.dumps(sort_value) if not isinstance(sort_value, str) else sort_value
+    return f"<td data-sort='{html.escape(key)}'{' class=num' if numeric else ''}>{shown}</td>"
+
+
+def _format_value(name: str, value: Any) -> str:
+    """A recorded value as people read it: 3-4 significant digits, shares as percentages, byte counts
+    and other integers with separators, long lists shortened.
+
+    Example:
+        >>> _format_value("memory_reduction", 0.7469495670019488), _format_value("float_memory_bytes", 2900292)
+        ('74.69 %', '2,900,292 B')
+        >>> _format_value("float_accuracy", 0.949999988079071), _format_value("ratio", 1.23456), _format_value("seed", 3)
+        ('95 %', '1.235', '3')
+    """
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,} B" if "bytes" in name else f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if any(word in name.lower() for word in _SHARE_WORDS) and 0.0 <= value <= 1.0:
+            return f"{100 * value:.4g} %"
+        return f"{value:,.0f} B" if "bytes" in name else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_format_value(name, item) for item in value[:4])
+        return f"[{shown}{f', … ({len(value)} items)' if len(value) > 4 else ''}]"
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {_format_value(str(key), item)}" for key, item in list(value.items())[:4]) + (" …" if len(value) > 4 else "")
+    return str(value)
+
+
+def _summary_csv(results: list[ReportResult], parameter_names: list[str], record_names: list[str]) -> str:
+    """One row per report for pandas: parameters and records as columns (lists and mappings as JSON)."""
+    import csv
+    import io
+
+    stream = io.StringIO()
+    writer = csv.writer(stream)
+    writer.writerow(["notebook", "report", "status", "seconds", *parameter_names, *record_names, "error"])
+    for result in results:
+        def plain(value: Any) -> Any:
+            return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+        writer.writerow(
+            [Path(result.notebook).name, result.report, result.status, result.seconds]
+            + [plain(result.parameters.get(name, "")) for name in parameter_names]
+            + [plain(result.records.get(name, "")) for name in record_names]
+            + [_error_summary(result.error)]
+        )
+    return stream.getvalue()
 
 
 def run_reports(jobs: list[ReportJob], out_dir: Path, show_code: bool = True, jobs_at_once: int = 2, scheduler: str | None = None) -> list[ReportResult]:
@@ -179,17 +269,62 @@ def run_reports(jobs: list[ReportJob], out_dir: Path, show_code: bool = True, jo
         with Client(scheduler) as client:
             futures = client.map(run_report, jobs, out_dir=out_dir, show_code=show_code, pure=False)
             results = client.gather(futures)
-    elif jobs_at_once <= 1 or len(jobs) == 1:
-        results = [run_report(job, out_dir, show_code) for job in jobs]
+        for result in results:
+            print(_result_line(result), flush=True)
     else:
-        with ProcessPoolExecutor(max_workers=jobs_at_once) as pool:
-            results = list(pool.map(run_report, jobs, [out_dir] * len(jobs), [show_code] * len(jobs)))
-    for result in results:
-        print(f"{result.status:6} {result.seconds:6.0f} s  {result.report}  {json.dumps(result.records)[:200]}", flush=True)
-        if result.error:
-            print(f"       {result.error.splitlines()[0][:300]}", flush=True)
+        results = _run_local(jobs, out_dir, show_code, jobs_at_once)
     write_index(results, out_dir)
     return results
+
+
+def _run_local(jobs: list[ReportJob], out_dir: Path, show_code: bool, jobs_at_once: int) -> list[ReportResult]:
+    """Run the jobs in a local pool with a progress bar: notebooks done, and the cell each running one is on."""
+    from tqdm.auto import tqdm
+
+    parallel = jobs_at_once > 1 and len(jobs) > 1
+    print(f"Running {len(jobs)} notebook{'s' * (len(jobs) != 1)} ({jobs_at_once if parallel else 1} at a time) into {out_dir}", flush=True)
+    # One process per notebook in parallel; one thread otherwise, so the bar keeps moving while it runs.
+    pool = ProcessPoolExecutor(max_workers=jobs_at_once) if parallel else ThreadPoolExecutor(max_workers=1)
+    results: dict[int, ReportResult] = {}
+    with pool, tqdm(total=len(jobs), desc="notebooks", unit="nb", dynamic_ncols=True) as bar:
+        futures: dict[Future[ReportResult], int] = {pool.submit(run_report, job, out_dir, show_code): i for i, job in enumerate(jobs)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                results[futures[future]] = result
+                bar.update(1)
+                tqdm.write(_result_line(result))
+            bar.set_postfix_str(_running_cells([jobs[futures[f]] for f in pending], out_dir), refresh=True)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _running_cells(jobs: list[ReportJob], out_dir: Path) -> str:
+    """``stem: cell i/n`` for each running notebook, read from the partial notebook papermill saves as
+    each cell starts (a file caught mid-write is skipped)."""
+    parts = []
+    for job in jobs:
+        partial = out_dir / f".{job.stem}.running.ipynb"
+        try:
+            cells = json.loads(partial.read_text(encoding="utf-8"))["cells"]
+        except (OSError, ValueError, KeyError):
+            continue
+        running = [i for i, cell in enumerate(cells) if cell.get("metadata", {}).get("papermill", {}).get("status") == "running"]
+        if running:
+            parts.append(f"{job.stem}: cell {running[0] + 1}/{len(cells)}")
+    return "; ".join(parts)
+
+
+def _result_line(result: ReportResult) -> str:
+    line = f"{result.status:6} {result.seconds:6.0f} s  {result.report}  {json.dumps(result.records)[:200]}"
+    return line + (f"\n       {_error_summary(result.error)[:300]}" if result.error else "")
+
+
+def _error_summary(error: str) -> str:
+    """The line of an error that says what went wrong (papermill's message ends with the exception's line)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip() and not set(line.strip()) <= set("-=^~ ")]
+    return next((line for line in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line)), lines[-1] if lines else "")
 
 
 def _parse_value(text: str) -> Any:

@@ -86,7 +86,13 @@ def test_report_and_index_render_without_errors(browser, tmp_path):
     page, errors = open_page(browser, tmp_path / "reports" / "index.html")
     links = page.locator("a")
     assert sorted(links.all_inner_texts()) == ["plots.ipynb", "plots.ipynb"]
-    assert "seed_used = 2" in page.content()
+    headers = page.locator("th").all_inner_texts()
+    assert headers[:4] == ["notebook", "seed", "status", "duration"] and "seed_used" in headers
+    seed_column = headers.index("seed")
+    page.locator("th", has_text="seed_used").click(timeout=TIMEOUT_MS)
+    page.locator("th", has_text="seed_used").click(timeout=TIMEOUT_MS)  # a second click sorts descending
+    first_row = page.locator("tbody tr").first.locator("td").all_inner_texts()
+    assert first_row[seed_column] == "2"  # sorted by the recorded value, largest first
     page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
     links.first.click(timeout=TIMEOUT_MS)
     page.wait_for_selector(".plotly .main-svg", timeout=TIMEOUT_MS)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from dlqnb import report
@@ -32,9 +33,12 @@ def test_sweep_gives_one_report_per_value_with_recorded_numbers(tmp_path):
     assert [r.records for r in results] == [{"double": 4}, {"double": 10}]
     assert all(r.status == "ok" for r in results)
     index = (tmp_path / "out" / "index.html").read_text()
-    assert "tiny-x=2.html" in index and "tiny-x=5.html" in index and "double = 10" in index
+    assert "tiny-x=2.html" in index and "tiny-x=5.html" in index
+    assert "<th title='click to sort'>x</th>" in index and "<th title='click to sort'>double</th>" in index  # columns
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [s["parameters"] for s in summary] == [{"x": 2}, {"x": 5}]
+    table = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(table["x"]) == [2, 5] and list(table["double"]) == [4, 10] and list(table["status"]) == ["ok", "ok"]
     assert not list((tmp_path / "out").glob(".*"))  # nothing half-written left
 
 
@@ -44,7 +48,10 @@ def test_a_failing_notebook_is_recorded_and_the_batch_goes_on(tmp_path):
     assert [r.status for r in results] == ["failed", "ok"]
     assert "asked to fail" in results[0].error
     assert (tmp_path / "out" / "tiny-fail=true.html").exists()  # the executed copy shows where it failed
-    assert "class='failed'" in (tmp_path / "out" / "index.html").read_text()
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert "class='failed'" in index and "asked to fail" in index  # the failed row keeps its error
+    table = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert table["status"].tolist() == ["failed", "ok"] and "asked to fail" in table["error"][0]
 
 
 def test_command_line_exit_code_params_file_and_hidden_code(tmp_path):
@@ -68,3 +75,33 @@ def test_dask_local_cluster(tmp_path):
 
 def test_job_stem_for_defaults():
     assert ReportJob(Path("notebooks/05_x.ipynb")).stem == "05_x"
+
+
+def test_batch_shows_progress_without_kernel_noise(tmp_path, capfd):
+    notebook = tiny_notebook(tmp_path)
+    assert report.main([str(notebook), "-p", "x", "1", "-p", "x", "2", "--out", str(tmp_path / "out"), "--jobs", "2"]) == 0
+    out, err = capfd.readouterr()
+    assert out.splitlines()[0].startswith("Running 2 notebooks (2 at a time)")  # the first line, before any kernel starts
+    assert "notebooks: 100%" in err and "2/2" in err  # the overall bar reached the end
+    assert "without encryption" not in out + err  # the kernels' TCP warning stays out of the terminal
+
+
+def test_running_notebooks_show_the_cell_they_are_on(tmp_path):
+    job = ReportJob(tmp_path / "05_x.ipynb")
+    cells = [{"metadata": {"papermill": {"status": s}}} for s in ("completed", "running", "pending")]
+    (tmp_path / ".05_x.running.ipynb").write_text(json.dumps({"cells": cells}))
+    assert report._running_cells([job], tmp_path) == "05_x: cell 2/3"
+    (tmp_path / ".05_x.running.ipynb").write_text('{"cells": [')  # caught mid-write: skipped
+    assert report._running_cells([job], tmp_path) == ""
+
+
+def test_index_formats_numbers_for_reading(tmp_path):
+    result = report.ReportResult(
+        "n.ipynb", "n.html", "ok", 12.3, {"seed": 0},
+        {"float_accuracy": 0.949999988079071, "memory_reduction": 0.7469495670019488, "float_memory_bytes": 2900292,
+         "loss": 0.123456789, "filters": [17, 18, 17, 16, 15, 14]},
+    )
+    index = report.write_index([result], tmp_path).read_text()
+    for shown in (">95 %<", ">74.69 %<", ">2,900,292 B<", ">0.1235<", ">[17, 18, 17, 16, … (6 items)]<"):
+        assert shown in index, shown
+    assert "0.949999988079071" not in index.split("<tbody>")[1].split("data-sort")[0]
