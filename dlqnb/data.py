@@ -403,8 +403,8 @@ def merch_data_dir(per_class: int = 15, seed: int = 0, size: int = 227) -> Path:
 def merch_test_image(class_name: str = "MathWorks Cube", seed: int = 0, size: tuple[int, int] = (300, 400)) -> np.ndarray:
     """A merch photograph outside the data set (MATLAB's ``MerchDataTest.jpg``), H×W×3 uint8.
 
-    Rendered square and stretched to ``size`` (H, W), so that, as in the seed, it must be resized to the
-    network's input (which changes its aspect ratio a little).
+    Rendered square and stretched to ``size`` (H, W), so that, as in *INT8 Code Generation for Deep Learning
+    Networks*, it must be resized to the network's input (which changes its aspect ratio a little).
     """
     class_index = MERCH_CLASSES.index(class_name)
     image = render_merch(class_name, sample_rng(seed + 1_000_003, class_index, 0), size=max(size))
