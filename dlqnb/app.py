@@ -52,9 +52,14 @@ _TABLE_STYLE = (
 )
 
 
-def _header_cells(name_width: str) -> list[tuple[str, str]]:
-    return [("Quantize", _CHECK_WIDTH), ("Optimized Layer Name", name_width), ("Learnables / Activations", "110px"),
-            ("MinValue", "90px"), ("MaxValue", "90px"), ("MSB histogram", "130px")]
+# The columns after the name: (header, width); one HTML widget per row holds them, to keep the widget count low.
+_VALUE_COLUMNS = (("Learnables / Activations", "180px"), ("MinValue", "90px"), ("MaxValue", "90px"), ("MSB histogram", "130px"))
+_VALUES_WIDTH = "500px"
+
+
+def _spans(texts: list[str]) -> str:
+    cells = "".join(f"<span style='display:inline-block;width:{width}'>{text}</span>" for text, (_, width) in zip(texts, _VALUE_COLUMNS))
+    return f"<div style='white-space:nowrap'>{cells}</div>"
 
 
 def _number(value: float) -> str:
@@ -153,28 +158,26 @@ class QuantizerApp:
         high, low = max(bits) + 1, min(bits) - 1
         name_width = f"{max(len(row) for row in histograms) + 6}ch"  # wide enough for the longest name: never cut
         header = widgets.HBox(
-            [widgets.HTML(f"<b>{text}</b>", layout={"width": width}) for text, width in _header_cells(name_width)], layout=_ROW_LAYOUT
+            [
+                widgets.HTML("<b>Quantize</b>", layout={"width": _CHECK_WIDTH}),
+                widgets.HTML("<b>Optimized Layer Name</b>", layout={"width": name_width}),
+                widgets.HTML(_spans([f"<b>{title}</b>" for title, _ in _VALUE_COLUMNS]), layout={"width": _VALUES_WIDTH}),
+            ],
+            layout=_ROW_LAYOUT,
         )
         rows = [header]
+        no_check = widgets.Box(layout={"width": _CHECK_WIDTH})  # one spacer, shown on every row without a box
         self.row_buttons = {}
         for row in types.itertuples(index=False):
             name, network_layer, kind, low_value, high_value = row[:5]
-            fraction = int(row[5])
             layer = name.rsplit("_", 1)[0]
             button = widgets.Button(description=name, tooltip=f"{name} (network layer {network_layer})", layout={"width": name_width})
             button.add_class("dlqnb-row-name")
             button.on_click(lambda _, layer=layer: self.select(layer))
             self.row_buttons[name] = button
-            check = self.switches[layer] if kind == "Weights" and layer in self.switches else widgets.Box(layout={"width": _CHECK_WIDTH})
-            cells = [
-                check,
-                button,
-                widgets.HTML(kind, layout={"width": "110px"}),
-                widgets.HTML(_number(low_value), layout={"width": "90px"}),
-                widgets.HTML(_number(high_value), layout={"width": "90px"}),
-                widgets.HTML(msb_sparkline(histograms[name], fraction, high, low), layout={"width": "130px"}),
-            ]
-            line = widgets.HBox(cells, layout=_ROW_LAYOUT)
+            check = self.switches[layer] if kind == "Weights" and layer in self.switches else no_check
+            values = _spans([kind, _number(low_value), _number(high_value), msb_sparkline(histograms[name], int(row[5]), high, low)])
+            line = widgets.HBox([check, button, widgets.HTML(values, layout={"width": _VALUES_WIDTH})], layout=_ROW_LAYOUT)
             line.add_class("dlqnb-layer-row")
             rows.append(line)
         self.layer_table.children = rows
@@ -185,7 +188,9 @@ class QuantizerApp:
         figure = calibration_heatmap(self.quantizer, layer)
         self.selected_layer = layer
         for name, button in self.row_buttons.items():
-            button.button_style = "info" if name.rsplit("_", 1)[0] == layer else ""
+            style = "info" if name.rsplit("_", 1)[0] == layer else ""
+            if button.button_style != style:  # one message per changed row, not per row
+                button.button_style = style
         with self.heatmap.batch_update():
             self.heatmap.data = []
             self.heatmap.add_trace(figure.data[0])

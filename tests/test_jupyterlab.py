@@ -98,7 +98,7 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
             calibrate.wait_for(timeout=180_000)  # the kernel starts and loads (or trains once) the merch network
             calibrate.click()
             rows = page.locator(".dlqnb-layer-table .dlqnb-layer-row")
-            page.wait_for_function("() => document.querySelectorAll('.dlqnb-layer-table .dlqnb-layer-row').length >= 94", timeout=120_000)
+            page.wait_for_function("() => document.querySelectorAll('.dlqnb-layer-table .dlqnb-layer-row').length >= 94", timeout=300_000)
             name = page.locator(".dlqnb-layer-table button", has_text=f"{LAYER}_Bias")
             name.click(timeout=30_000)
             page.wait_for_function(
