@@ -378,10 +378,11 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
     self_quantized: set[str] = set()
     int8_consumers = {name for name, node in plan.nodes.items() if node.run == "int8"}
     for node in list(graph.nodes):
-        node_plan = plan.nodes.get(layer_name(node))
+        name = layer_name(node)
+        node_plan = plan.nodes.get(name)
         if node_plan is None or node_plan.run != "int8":
             continue
-        layer = plan.layers.get(layer_name(node))
+        layer = plan.layers.get(name)
         if layer is not None:
             fused = gm.get_submodule(node.target)
             setattr(gm, node.target, EmulatedLayer(fused, layer, rounding))
@@ -391,20 +392,21 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
             learnables.append((layer.members[0], "Bias", layer.bias.clone()))
         elif node_plan.kind == "global_avg_pool" and global_average_pool(gm, node):
             source = node.args[0]
-            name = f"{layer_name(node)}_int8"
             keepdim = node.op == "call_module" or node.target is F.adaptive_avg_pool2d or bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-            gm.add_submodule(name, QuantizedGlobalAveragePool(plan.tensor_type(layer_name(source)), plan.tensor_type(layer_name(node)), keepdim))
+            gm.add_submodule(f"{name}_int8", QuantizedGlobalAveragePool(plan.tensor_type(layer_name(source)), plan.tensor_type(name), keepdim))
             with graph.inserting_after(node):
-                pooled = graph.call_module(name, args=(source,))
+                pooled = graph.call_module(f"{name}_int8", args=(source,))
             node.replace_all_uses_with(pooled)
             graph.erase_node(node)
-            self_quantized.add(layer_name(node))
+            self_quantized.add(name)
             int8_consumers.add(layer_name(pooled))
-            quantized_names.append(layer_name(node))
-            kinds[layer_name(node)] = "global_avg_pool"
-        elif op_traits(gm, node).listed_as_quantized:
-            quantized_names.append(layer_name(node))
-            kinds[layer_name(node)] = op_traits(gm, node).kind
+            quantized_names.append(name)
+            kinds[name] = "global_avg_pool"
+        else:
+            traits = op_traits(gm, node)
+            if traits.listed_as_quantized:
+                quantized_names.append(name)
+                kinds[name] = traits.kind
     by_name = {layer_name(node): node for node in graph.nodes}
     for name, tensor_type in plan.quantize_after.items():
         if name not in self_quantized:

@@ -104,8 +104,9 @@ def layer_name(node: fx.Node) -> str:
 
 
 def _snake_identifier(text: str) -> str:
-    """The identifier fx derives from a module name (capitals lowered, other characters ``_``)."""
-    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", text).lower() if not text.isupper() else text.lower()
+    """The identifier fx derives from a module name: torch.fx's own rules (``_`` before a capital that
+    follows a lowercase letter, all lowered, other characters ``_``, a leading digit prefixed)."""
+    snake = re.sub(r"(?<=[a-z])([A-Z])", r"_\1", text).lower()
     snake = re.sub(r"[^0-9a-zA-Z_]+", "_", snake)
     return f"_{snake}" if snake[:1].isdigit() else snake
 
@@ -395,9 +396,8 @@ def network_summary(net: nn.Module) -> NetworkSummary:
         return op_traits(gm, node).is_layer
 
     layers = [node for node in gm.graph.nodes if is_layer(node)]
-    connections = [
-        (layer_name(source), layer_name(node)) for node in layers for source in tensor_args(node) if is_layer(source)
-    ]
+    layer_set = set(layers)
+    connections = [(layer_name(source), layer_name(node)) for node in layers for source in tensor_args(node) if source in layer_set]
     inputs = [node for node in layers if node.op == "placeholder" or is_input_layer(node)]
     output = next(node for node in gm.graph.nodes if node.op == "output")
     return NetworkSummary(

@@ -191,40 +191,41 @@ def build_plan(quantizer: DLQuantizer) -> QuantizationPlan:
     for node in gm.graph.nodes:
         traits = op_traits(gm, node)
         name = layer_name(node)
-        sources = [s for s in tensor_args(node) if layer_name(s) in types]
+        inputs = [layer_name(s) for s in tensor_args(node)]
+        sources = [source for source in inputs if source in types]
         if not traits.is_layer or node.op == "placeholder":
             nodes[name] = NodePlan(name, traits.kind, "none", types.get(name) if node.op == "placeholder" else None)
             continue
         layer = optimized.layers.get(name)
         if layer is not None:
             reason = _layer_float_reason(layer, gm.get_submodule(name).layer, target, library, excluded)
-            source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            if not reason and (source is None or layer_name(source) not in types or name not in types):
+            source = layer_name(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+            if not reason and (source is None or source not in types or name not in types):
                 reason = "its input has no calibrated type: computed in float"
             if reason:
                 float_node(name, traits.kind, reason)
                 continue
             assert source is not None
-            layers[name] = _layer_plan(name, layer.members, gm.get_submodule(name).layer, types[layer_name(source)], types[name], weight_fractions[name], target, rounding)
+            layers[name] = _layer_plan(name, layer.members, gm.get_submodule(name).layer, types[source], types[name], weight_fractions[name], target, rounding)
             nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
             produced_int8.add(name)
-            if layer_name(source) not in produced_int8:
-                quantize_for[layer_name(source)] = types[layer_name(source)]
+            if source not in produced_int8:
+                quantize_for[source] = types[source]
             continue
         if target in traits.int8_on and name in types:
             if traits.values == "moves":
-                if sources and all(layer_name(s) in produced_int8 for s in sources):
+                if sources and all(source in produced_int8 for source in sources):
                     nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
                     produced_int8.add(name)
                 else:
                     nodes[name] = NodePlan(name, traits.kind, "float")
                 continue
-            if sources and len(sources) == len(tensor_args(node)):
+            if sources and len(sources) == len(inputs):
                 nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
                 produced_int8.add(name)
                 for source in sources:
-                    if layer_name(source) not in produced_int8:
-                        quantize_for[layer_name(source)] = types[layer_name(source)]
+                    if source not in produced_int8:
+                        quantize_for[source] = types[source]
                 continue
         if traits.values == "moves":
             nodes[name] = NodePlan(name, traits.kind, "float")  # a float tensor rearranged: nothing to report

@@ -92,25 +92,26 @@ class _StatsRecorder(fx.Interpreter):
         self.batch_shape: tuple[int, ...] = ()
 
     def run_node(self, n: fx.Node) -> Any:
+        name = layer_name(n)
         try:
             out = super().run_node(n)
         except CalibrationError:
             raise
         except Exception as error:
             raise CalibrationError(
-                f"layer '{layer_name(n)}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
+                f"layer '{name}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
             ) from error
         if n.op in ("output", "get_attr") or not isinstance(out, Tensor) or not out.is_floating_point():
             return out
-        self.tensor_nodes.add(layer_name(n))
-        sources = self.candidates.get(layer_name(n))
+        self.tensor_nodes.add(name)
+        sources = self.candidates.get(name)
         if sources and all(source in self.tensor_nodes for source in sources):
             return out  # derived from its sources' statistics
-        stats = self.stats.setdefault(layer_name(n), RangeStats.empty())
+        stats = self.stats.setdefault(name, RangeStats.empty())
         stats.update(out)
         if stats.histogram.nonfinite:
             raise CalibrationError(
-                f"layer '{layer_name(n)}' produced NaN or Inf activations on batch {self.batch_index}; "
+                f"layer '{name}' produced NaN or Inf activations on batch {self.batch_index}; "
                 "the network overflows float32 on this data"
             )
         return out
@@ -248,13 +249,14 @@ class DLQuantizer:
         activations: list[_Row] = []
         tensor_nodes = self._state.tensor_nodes
         for node in self.optimized.nodes():
-            layer = self.optimized.layers.get(layer_name(node))
+            name = layer_name(node)
+            layer = self.optimized.layers.get(name)
             if layer is not None:
-                learnables.append(_Row(layer_name(node), layer.network_layer_name, "Weights"))
-                learnables.append(_Row(layer_name(node), layer.network_layer_name, "Bias"))
-            if layer_name(node) in tensor_nodes:
-                network_layer = layer.network_layer_name if layer is not None else layer_name(node)
-                activations.append(_Row(layer_name(node), network_layer, "Activations"))
+                learnables.append(_Row(name, layer.network_layer_name, "Weights"))
+                learnables.append(_Row(name, layer.network_layer_name, "Bias"))
+            if name in tensor_nodes:
+                network_layer = layer.network_layer_name if layer is not None else name
+                activations.append(_Row(name, network_layer, "Activations"))
         return learnables + activations
 
     def _row_stats(self) -> dict[str, RangeStats]:
@@ -412,17 +414,18 @@ class DLQuantizer:
             result[node] = TensorType(int(fraction), signed)
         module = self.optimized.module
         for node in self.optimized.nodes():
-            if layer_name(node) not in result:
+            name = layer_name(node)
+            if name not in result:
                 continue
             traits = op_traits(module, node)
             if traits.kind == "concat":
                 for source in tensor_args(node):
                     if layer_name(source) in result and len(source.users) == 1:
-                        result[layer_name(source)] = result[layer_name(node)]
+                        result[layer_name(source)] = result[name]
             elif traits.keeps_type:
-                sources = [source for source in tensor_args(node) if layer_name(source) in result]
+                sources = [layer_name(source) for source in tensor_args(node) if layer_name(source) in result]
                 if len(sources) == 1:
-                    result[layer_name(node)] = result[layer_name(sources[0])]
+                    result[name] = result[sources[0]]
         return result
 
     def weight_fraction_lengths(self) -> dict[str, int | list[int]]:

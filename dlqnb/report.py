@@ -162,13 +162,11 @@ def write_index(results: list[ReportResult], out_dir: Path) -> Path:
     rows = []
     for result in results:
         cells = [_cell(Path(result.notebook).name, f"<a href='{html.escape(result.report)}'>{html.escape(Path(result.notebook).name)}</a>")]
-        cells += [_cell(result.parameters.get(name), html.escape(_format_value(name, result.parameters[name])) if name in result.parameters else "default")
-                  for name in parameter_names]
+        cells += [_value_cell(result.parameters, name, "default") for name in parameter_names]
         error = f"<pre>{html.escape(result.error[:600])}</pre>" if result.error else ""
         cells.append(_cell(result.status, f"{result.status}{error}"))
         cells.append(_cell(result.seconds, f"{result.seconds:,.0f} s"))
-        cells += [_cell(result.records.get(name), html.escape(_format_value(name, result.records[name])) if name in result.records else "")
-                  for name in record_names]
+        cells += [_value_cell(result.records, name, "") for name in record_names]
         rows.append(f"<tr class='{result.status}'>{''.join(cells)}</tr>")
     head = "".join(f"<th title='click to sort'>{html.escape(name)}</th>" for name in header)
     page = (
@@ -213,6 +211,11 @@ def _cell(sort_value: Any, shown: str) -> str:
     return f"<td data-sort='{html.escape(key)}'{' class=num' if numeric else ''}>{shown}</td>"
 
 
+def _value_cell(values: dict[str, Any], name: str, missing: str) -> str:
+    """The cell of a parameter or record: formatted for reading, sorted by its raw value."""
+    return _cell(values.get(name), html.escape(_format_value(name, values[name])) if name in values else missing)
+
+
 def _format_value(name: str, value: Any) -> str:
     """A recorded value as people read it: 3-4 significant digits, shares as percentages, byte counts
     and other integers with separators, long lists shortened.
@@ -247,10 +250,10 @@ def _summary_csv(results: list[ReportResult], parameter_names: list[str], record
     stream = io.StringIO()
     writer = csv.writer(stream)
     writer.writerow(["notebook", "report", "status", "seconds", *parameter_names, *record_names, "error"])
-    for result in results:
-        def plain(value: Any) -> Any:
-            return json.dumps(value) if isinstance(value, (list, dict)) else value
+    def plain(value: Any) -> Any:
+        return json.dumps(value) if isinstance(value, (list, dict)) else value
 
+    for result in results:
         writer.writerow(
             [Path(result.notebook).name, result.report, result.status, result.seconds]
             + [plain(result.parameters.get(name, "")) for name in parameter_names]

@@ -165,10 +165,13 @@ def test_layer_name_keeps_a_module_name_and_numbers_repeated_calls():
             super().__init__()
             self.add_module("fire2-relu", nn.ReLU())
             self.add_module("Mixed_5b", nn.Identity())
+            self.add_module("layer1A", nn.Identity())  # a capital after a digit: fx adds no "_" there
+            self.add_module("ALL_CAPS", nn.Identity())
 
         def forward(self, x):
             relu = self.get_submodule("fire2-relu")
-            return self.get_submodule("Mixed_5b")(relu(relu(x)))
+            x = self.get_submodule("Mixed_5b")(relu(relu(x)))
+            return self.get_submodule("ALL_CAPS")(self.get_submodule("layer1A")(x))
 
     names = [layer_name(node) for node in trace_network(Twice()).graph.nodes if node.op == "call_module"]
-    assert names == ["fire2-relu", "fire2-relu_1", "Mixed_5b"]
+    assert names == ["fire2-relu", "fire2-relu_1", "Mixed_5b", "layer1A", "ALL_CAPS"]
