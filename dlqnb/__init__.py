@@ -16,7 +16,7 @@ from dlqnb.calibration_file import CalibrationFileError
 from dlqnb.emulation import quantization_details
 from dlqnb.models import load_network, save_network
 from dlqnb.pruning import TaylorPrunableNetwork
-from dlqnb.records import read_records, record, recorded
+from dlqnb.records import read_records, record, record_figure, recorded
 from dlqnb.validation import QuantizationOptions, classify
 
 __version__ = "0.1.0"
@@ -45,5 +45,6 @@ __all__ = [
     "__version__",
     "read_records",
     "record",
+    "record_figure",
     "recorded",
 ]

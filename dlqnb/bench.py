@@ -6,6 +6,14 @@ malloc thresholds are fixed (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_
 the command with them set, so that page faults on large activation buffers weigh alike on both
 sides; the values in force are printed with the results.
 
+Runtimes with worker threads of their own never take turns run by run: an idle ONNX Runtime session's
+threads spin after each run and an OpenVINO or PyTorch pool keeps its threads warm, so a runtime timed
+between single runs of others competes with them for the cores. ``deploy`` therefore times each
+runtime in a block of its own (loaded, warmed up, timed, released; ONNX Runtime sessions without
+spinning) and prints the CPU and its int8 instruction sets with the figures, since int8 gains depend
+on them. ``calibrate`` and ``prune`` compare two uses of the same PyTorch thread pool, which can take
+turns, so they interleave runs to let drifting machine load hit both sides alike.
+
 Example:
     $ python -m dlqnb.bench calibrate --images 64 --repeats 5
     $ python -m dlqnb.bench deploy
@@ -16,6 +24,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import statistics
@@ -89,18 +99,108 @@ def bench_calibrate(images: int, size: int, repeats: int, batch: int) -> dict[st
     }
 
 
-def bench_deploy(size: int, repeats: int, batches: tuple[int, ...] = (1, 32)) -> dict[str, Any]:
-    """PyTorch fp32 eager, ONNX Runtime fp32 and ONNX Runtime int8 (dlqnb's QDQ model), squeezenet1_1.
+def _peer_onnxruntime(fp32: str, calibration: torch.Tensor, path: str) -> str:
+    """ONNX Runtime's own static quantization of the float model (QDQ, uint8 activations, int8
+    weights, min/max calibration on the same images): the peer of dlqnb's ``"cpu"`` file on ONNX Runtime."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    Ratios are speed-ups against ONNX Runtime fp32 at the same batch; TensorRT rows are added where
-    TensorRT and a GPU exist.
+    name = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{name: chunk.numpy()} for chunk in calibration.split(8)])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
+
+    prepared = path.replace(".onnx", "_prepared.onnx")
+    quant_pre_process(fp32, prepared)
+    quantize_static(prepared, path, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return path
+
+
+def _peer_nncf(fp32: str, calibration: torch.Tensor, path: str) -> str:
+    """NNCF's post-training quantization of the float model for OpenVINO (its default preset, the
+    same calibration images): the x86 peer."""
+    import nncf
+    import openvino as ov
+
+    chunks = [chunk.numpy() for chunk in calibration.split(8)]
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bar, away from the printed results
+        model = nncf.quantize(ov.Core().read_model(fp32), nncf.Dataset(chunks), subset_size=len(chunks))
+    ov.save_model(model, path)
+    return path
+
+
+def _openvino_call(path: str) -> Callable[[Any], Any]:
+    """A model OpenVINO reads itself (NNCF's IR), compiled with the settings of dlqnb's OpenVINO runner
+    and given its input through the same checks, so that only the model differs."""
+    import openvino as ov
+
+    from dlqnb.runtime import openvino_config, prepare_input
+
+    request = ov.Core().compile_model(path, "CPU", openvino_config(os.cpu_count() or 1)).create_infer_request()
+    return lambda x: request.infer({0: prepare_input(x, {})}, share_inputs=True)
+
+
+def _deploy_runtimes(net: torch.nn.Module, paths: dict[str, str], gpu: bool) -> dict[str, Callable[[], Callable[[Any], Any]]]:
+    """Each runtime of the deploy benchmark as a factory: it loads the runtime and returns its call."""
+    from dlqnb.runtime import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner, load_int8
+
+    def eager() -> Callable[[Any], Any]:
+        def call(x: Any) -> Any:
+            with torch.no_grad():
+                return net(torch.from_numpy(x))
+
+        return call
+
+    runtimes: dict[str, Callable[[], Callable[[Any], Any]]] = {
+        "PyTorch fp32 (eager)": eager,
+        "ONNX Runtime fp32": lambda: OnnxRuntimeRunner(paths["fp32"]).predict,
+    }
+    has_openvino = "nncf" in paths
+    if has_openvino:
+        runtimes["OpenVINO fp32"] = lambda: OpenVINORunner(paths["fp32"]).predict
+    runtimes["ONNX Runtime int8, its quantize_static (peer)"] = lambda: OnnxRuntimeRunner(paths["ort_peer"]).predict
+    if has_openvino:
+        runtimes["OpenVINO int8, NNCF (x86 peer)"] = lambda: _openvino_call(paths["nncf"])
+    runtimes["ONNX Runtime int8, dlqnb's file"] = lambda: OnnxRuntimeRunner(paths["int8"]).predict
+    if has_openvino:
+        runtimes["OpenVINO int8, dlqnb's file"] = lambda: OpenVINORunner(paths["int8"]).predict
+    runtimes["auto, dlqnb's file"] = lambda: load_int8(paths["int8"], backend="auto").predict
+    if gpu:
+        runtimes["TensorRT fp16"] = lambda: TensorRTRunner(paths["fp16"]).predict
+        runtimes["TensorRT int8, dlqnb's file"] = lambda: TensorRTRunner(paths["int8_gpu"]).predict
+    return runtimes
+
+
+def bench_deploy(
+    size: int = 227, rounds: int = 5, warmups: int = 3, runs: int = 7, min_seconds: float = 1.0, batches: tuple[int, ...] = (1, 32)
+) -> dict[str, Any]:
+    """Every runtime that can run squeezenet1_1 here, fp32 and int8, dlqnb's file and the peers', side by side.
+
+    Each runtime is measured in a block of its own: loaded, warmed up, timed per batch (at least
+    ``runs`` calls and ``min_seconds``; the block's median is kept), released, and the machine left
+    to settle before the next one loads. ``rounds`` passes go over all of them, and each figure is its
+    least disturbed round (other loads on a shared machine only ever slow a block down; ``spread``
+    says how much slower its slowest round was). ONNX Runtime sessions sleep between runs (no spinning) and OpenVINO
+    runs one request at a time with the latency hint, all on every core. Ratios are speed-ups against
+    ONNX Runtime fp32 at the same batch. Peers (ONNX Runtime's ``quantize_static``, NNCF + OpenVINO)
+    quantize with the same 32 calibration images; rows whose packages are missing are left out and
+    named in ``not_measured``.
     """
     import tempfile
+    import warnings
 
     import torchvision
+    from tqdm.auto import tqdm
 
     from dlqnb import DLQuantizer
-    from dlqnb.deploy import choose_backend, export_float_onnx, export_qdq_onnx, load_int8
+    from dlqnb.backend_choice import choose_backend
+    from dlqnb.deploy import export_float_onnx, export_qdq_onnx
+    from dlqnb.host import cpu_info, cpu_summary, time_block
 
     torch.manual_seed(0)
     net = torchvision.models.squeezenet1_1(num_classes=1000).eval()
@@ -109,44 +209,96 @@ def bench_deploy(size: int, repeats: int, batches: tuple[int, ...] = (1, 32)) ->
     quantizer = DLQuantizer(net, execution_environment="cpu")
     quantizer.calibrate(calibration, progress=False)
     paths = {
-        "onnxruntime fp32": export_float_onnx(quantizer, f"{folder}/fp32.onnx", input_size=(size, size)),
-        "onnxruntime int8 (dlqnb QDQ)": export_qdq_onnx(quantizer, f"{folder}/int8.onnx", input_size=(size, size)),
+        "fp32": str(export_float_onnx(quantizer, f"{folder}/fp32.onnx", input_size=(size, size))),
+        "int8": str(export_qdq_onnx(quantizer, f"{folder}/int8.onnx", input_size=(size, size))),
     }
-    runners: dict[str, Any] = {name: load_int8(path, backend="onnxruntime") for name, path in paths.items()}
+    paths["ort_peer"] = _peer_onnxruntime(paths["fp32"], calibration, f"{folder}/ort_peer.onnx")
+    not_measured = []
+    try:
+        paths["nncf"] = _peer_nncf(paths["fp32"], calibration, f"{folder}/nncf.xml")
+    except ImportError as error:
+        not_measured.append(f"OpenVINO rows: {error.name} is not installed (pip install 'dlqnb[bench]')")
     gpu_quantizer = DLQuantizer(net, execution_environment="gpu")
     gpu_quantizer.calibrate(calibration, progress=False)
-    gpu_int8 = export_qdq_onnx(gpu_quantizer, f"{folder}/int8_gpu.onnx", input_size=(size, size))
-    gpu_backend = choose_backend(gpu_int8, "auto")
-    if gpu_backend[0] == "tensorrt":  # an NVIDIA GPU with TensorRT: fp16 and int8 engines
-        paths["tensorrt fp16"] = export_float_onnx(quantizer, f"{folder}/fp16.onnx", input_size=(size, size), dtype="float16")
-        paths["tensorrt int8 (dlqnb QDQ)"] = gpu_int8
-        runners["tensorrt fp16"] = load_int8(paths["tensorrt fp16"], backend="tensorrt")
-        runners["tensorrt int8 (dlqnb QDQ)"] = load_int8(gpu_int8, backend="tensorrt")
-    results: dict[str, Any] = {"benchmark": "deploy", "network": "squeezenet1_1", "image_size": size, "threads": torch.get_num_threads(), "rows": []}
-    for batch in batches:
-        x = torch.rand(batch, 3, size, size)
-        numpy_x = x.numpy()
+    paths["int8_gpu"] = str(export_qdq_onnx(gpu_quantizer, f"{folder}/int8_gpu.onnx", input_size=(size, size)))
+    gpu = choose_backend(paths["int8_gpu"], "auto")
+    if gpu[0] == "tensorrt":
+        paths["fp16"] = str(export_float_onnx(quantizer, f"{folder}/fp16.onnx", input_size=(size, size), dtype="float16"))
+    else:
+        not_measured.append(f"TensorRT rows: {gpu[1].split(';')[0]}")  # why not TensorRT; the rest is about CPU runtimes
+    runtimes = _deploy_runtimes(net, paths, gpu[0] == "tensorrt")
+    auto = choose_backend(paths["int8"], "auto")  # measured (or read from the cache) before any timing
+    generator = torch.Generator().manual_seed(1)
+    inputs = {batch: torch.rand(batch, 3, size, size, generator=generator).numpy() for batch in batches}
+    samples: dict[str, dict[int, list[float]]] = {name: {batch: [] for batch in batches} for name in runtimes}
+    with tqdm(total=rounds * len(runtimes), desc="deploy benchmark", unit="block", file=sys.stderr) as bar:
+        names = list(runtimes)
+        for round_index in range(rounds):
+            start = round_index % len(names)  # each round starts one runtime later: no runtime always follows the same one
+            for name in names[start:] + names[:start]:
+                load = runtimes[name]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the peers' files carry no dlqnb metadata
+                    call = load()
+                for batch, x in inputs.items():
+                    samples[name][batch].append(statistics.median(time_block(lambda: call(x), warmups, runs, min_seconds)))
+                del call
+                gc.collect()
+                time.sleep(0.5)  # let the last runtime's threads go idle
+                bar.update()
+    rows = []
+    for name, by_batch in samples.items():
+        for batch, medians in by_batch.items():
+            best = min(medians)
+            base = min(samples["ONNX Runtime fp32"][batch])
+            rows.append({
+                "runtime": name,
+                "batch": batch,
+                "ms": round(1000 * best, 2),
+                "speedup_vs_ort_fp32": round(base / best, 2),
+                "spread": round(max(medians) / best - 1, 3),
+            })
+    sizes = {"fp32": "fp32 ONNX", "int8": "dlqnb int8 QDQ ONNX", "ort_peer": "quantize_static QDQ ONNX"}
+    return {
+        "benchmark": "deploy",
+        "network": "squeezenet1_1",
+        "image_size": size,
+        "cpu": cpu_summary(),
+        "cpu_info": cpu_info(),
+        "threads": os.cpu_count(),
+        "rounds": rounds,
+        "runs_per_block": runs,
+        "auto": {"backend": auto[0], "reason": auto[1]},
+        "rows": rows,
+        "model_bytes": {label: os.path.getsize(paths[key]) for key, label in sizes.items()},
+        "not_measured": not_measured,
+        "versions": _versions(),
+    }
 
-        def eager() -> None:
-            with torch.no_grad():
-                net(x)
 
-        timings = {"pytorch fp32 eager": eager}
-        for name, runner in runners.items():
-            timings[name] = lambda runner=runner: runner.predict(numpy_x)
-        for run in timings.values():
-            run()  # warm-up
-        medians = {name: [] for name in timings}
-        for _ in range(repeats):  # interleaved, so drifting load hits all alike
-            for name, run in timings.items():
-                medians[name].append(_median_time(run, 1))
-        base = statistics.median(medians["onnxruntime fp32"])
-        for name, times in medians.items():
-            median = statistics.median(times)
-            results["rows"].append({"batch": batch, "runtime": name, "ms": round(1000 * median, 2), "speedup_vs_ort_fp32": round(base / median, 2)})
-    results["model_bytes"] = {name: os.path.getsize(path) for name, path in paths.items()}
-    results["tensorrt"] = "measured" if gpu_backend[0] == "tensorrt" else f"not measured: {gpu_backend[1]}"
-    return results
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for module in ("torch", "onnxruntime", "openvino", "nncf"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    return versions
+
+
+def deploy_table(result: dict[str, Any]) -> str:
+    """The deploy benchmark's rows as a Markdown table, one row per runtime, one column group per batch."""
+    batches = sorted({row["batch"] for row in result["rows"]})
+    header = "| runtime | " + " | ".join(f"batch {b} | vs ORT fp32" for b in batches) + " |"
+    lines = [header, "|---|" + "---|---|" * len(batches)]
+    by_runtime: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in result["rows"]:
+        by_runtime.setdefault(row["runtime"], {})[row["batch"]] = row
+    for name, cells in by_runtime.items():
+        label = f"{name} → {result['auto']['backend']}" if name.startswith("auto") else name
+        figures = " | ".join(f"{cells[b]['ms']:.3g} ms | {cells[b]['speedup_vs_ort_fp32']:.2f}×" for b in batches)
+        lines.append(f"| {label} | {figures} |")
+    return "\n".join(lines)
 
 
 def bench_prune(repeats: int, batch: int = 128) -> dict[str, Any]:
@@ -276,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     calibrate.add_argument("--size", type=int, default=227)
     calibrate.add_argument("--batch", type=int, default=32)
     calibrate.add_argument("--repeats", type=int, default=5)
-    deploy = sub.add_parser("deploy", help="int8 ONNX Runtime vs fp32 (PyTorch, ONNX Runtime)")
+    deploy = sub.add_parser("deploy", help="fp32 and int8 on every runtime here, dlqnb's file and the peers'")
     deploy.add_argument("--size", type=int, default=227)
-    deploy.add_argument("--repeats", type=int, default=9)
+    deploy.add_argument("--rounds", type=int, default=5)
+    deploy.add_argument("--runs", type=int, default=7, help="timed runs per block (after 3 warm-ups)")
     prune = sub.add_parser("prune", help="Taylor scoring vs a training step; pruned vs original inference")
     prune.add_argument("--repeats", type=int, default=15)
     zoo = sub.add_parser("zoo", help="torchvision's classifiers: calibrate, quantize, export, ONNX Runtime, pruning")
@@ -293,9 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "calibrate":
         result = bench_calibrate(args.images, args.size, args.repeats, args.batch)
     elif args.benchmark == "deploy":
-        result = bench_deploy(args.size, args.repeats)
+        result = bench_deploy(args.size, args.rounds, runs=args.runs)
+        print(f"CPU: {result['cpu']}\n{deploy_table(result)}\n")
     else:
         result = bench_prune(args.repeats)
+    if args.benchmark != "deploy":
+        from dlqnb.host import cpu_summary
+
+        result["cpu"] = cpu_summary()
+        print(f"CPU: {result['cpu']}")
     print(json.dumps(result, indent=2))
     return 0
 

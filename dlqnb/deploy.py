@@ -2,7 +2,8 @@
 and code generation of a standalone deployable (:mod:`dlqnb.codegen`).
 
 The names users call, in one place: :func:`export_qdq_onnx`, :func:`export_float_onnx`,
-:func:`load_int8`, :func:`predict_int8`, :class:`DeploymentConfig` and :func:`codegen`.
+:func:`load_int8`, :func:`predict_int8`, :class:`DeploymentConfig` and :func:`codegen`; and what the
+CPU runtimes make of a model, :func:`convolution_precisions`.
 
 Example:
     >>> import tempfile, torch, torchvision
@@ -21,11 +22,15 @@ from dlqnb.export import ExportError, export_float_onnx, export_qdq_onnx
 from dlqnb.runtime import (
     ModelFileError,
     OnnxRuntimeRunner,
+    OpenVINORunner,
     TensorRTRunner,
     choose_backend,
+    convolution_precisions,
     engine_cache_path,
     load_int8,
     onnxruntime_ops,
+    openvino_cache_path,
+    openvino_ops,
     predict_int8,
     prepare_input,
 )
@@ -36,13 +41,17 @@ __all__ = [
     "ExportError",
     "ModelFileError",
     "OnnxRuntimeRunner",
+    "OpenVINORunner",
     "TensorRTRunner",
     "choose_backend",
+    "convolution_precisions",
     "engine_cache_path",
     "export_float_onnx",
     "export_qdq_onnx",
     "load_int8",
     "onnxruntime_ops",
+    "openvino_cache_path",
+    "openvino_ops",
     "predict_int8",
     "prepare_input",
 ]

@@ -1,8 +1,10 @@
-"""Headline numbers of a notebook, recorded as machine-readable outputs.
+"""Headline numbers and the key figure of a notebook, recorded as machine-readable outputs.
 
 ``dlqnb.record("quantized_accuracy", 0.95)`` displays the value as a cell output with the MIME type
 :data:`RECORD_MIME_TYPE` (plus a plain-text line for people). The report tool reads these outputs
 back from the executed notebook with :func:`read_records`; nothing scrapes printed text.
+``dlqnb.record_figure(fig)`` marks the Plotly figure the report index shows as a thumbnail
+(:data:`FIGURE_MIME_TYPE`, read back with :func:`read_figures`).
 
 Example:
     >>> record("answer", 42)
@@ -19,9 +21,10 @@ import numbers
 import os
 from typing import Any
 
-__all__ = ["RECORD_MIME_TYPE", "read_records", "record", "recorded"]
+__all__ = ["FIGURE_MIME_TYPE", "RECORD_MIME_TYPE", "read_figures", "read_records", "record", "record_figure", "recorded"]
 
 RECORD_MIME_TYPE = "application/vnd.dlqnb.record+json"
+FIGURE_MIME_TYPE = "application/vnd.dlqnb.figure+json"
 
 _session: dict[str, Any] = {}
 
@@ -74,6 +77,54 @@ def record(name: str, value: Any) -> None:
     display({RECORD_MIME_TYPE: {"name": name, "value": plain}, "text/plain": text}, raw=True)
 
 
+def record_figure(figure: Any, name: str | None = None) -> Any:
+    """Mark a Plotly figure as the notebook's key figure: the report index shows a thumbnail of it.
+
+    The figure is written into the notebook as JSON with the MIME type :data:`FIGURE_MIME_TYPE`; the
+    report tool renders it to a small PNG when it writes the report. Returns the figure, so a cell
+    ending in this call displays it as usual.
+
+    Args:
+        figure: A Plotly figure (``go.Figure`` or ``go.FigureWidget``).
+        name: What the figure shows (default: its title).
+
+    Example:
+        >>> import plotly.graph_objects as go
+        >>> fig = record_figure(go.Figure(go.Bar(y=[1, 2]), layout={"title": "Bars"}))
+        key figure: Bars
+
+    Raises:
+        TypeError: ``figure`` is not a Plotly figure.
+    """
+    if not hasattr(figure, "to_json") or not hasattr(figure, "to_plotly_json"):
+        raise TypeError(f"record_figure takes a Plotly figure, got {type(figure).__name__}")
+    if name is None:
+        name = getattr(getattr(figure.layout, "title", None), "text", None) or "key figure"
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"record_figure needs a non-empty name, got {name!r}")
+    text = f"key figure: {name}"
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        print(text)
+        return figure
+    if get_ipython() is None:
+        print(text)
+        return figure
+    display({FIGURE_MIME_TYPE: {"name": name, "figure": json.loads(figure.to_json())}, "text/plain": text}, raw=True)
+    return figure
+
+
+def read_figures(notebook: str | os.PathLike[str] | Any) -> dict[str, Any]:
+    """The figures a notebook marked with :func:`record_figure`, by name, as Plotly JSON (in order).
+
+    Args:
+        notebook: A path to an executed ``.ipynb`` file, or a notebook already read (nbformat).
+    """
+    return {payload["name"]: payload["figure"] for payload in _payloads(notebook, FIGURE_MIME_TYPE)}
+
+
 def recorded() -> dict[str, Any]:
     """Everything recorded in this process, by name (a copy)."""
     return dict(_session)
@@ -85,13 +136,16 @@ def read_records(notebook: str | os.PathLike[str] | Any) -> dict[str, Any]:
     Args:
         notebook: A path to an executed ``.ipynb`` file, or a notebook already read (nbformat).
     """
+    return {payload["name"]: payload["value"] for payload in _payloads(notebook, RECORD_MIME_TYPE)}
+
+
+def _payloads(notebook: str | os.PathLike[str] | Any, mime_type: str) -> list[dict[str, Any]]:
     if isinstance(notebook, (str, os.PathLike)):
         with open(notebook, encoding="utf-8") as stream:
             notebook = json.load(stream)
-    values: dict[str, Any] = {}
-    for cell in notebook["cells"]:
-        for output in cell.get("outputs", []):
-            payload = output.get("data", {}).get(RECORD_MIME_TYPE)
-            if payload is not None:
-                values[payload["name"]] = payload["value"]
-    return values
+    return [
+        output["data"][mime_type]
+        for cell in notebook["cells"]
+        for output in cell.get("outputs", [])
+        if mime_type in output.get("data", {})
+    ]

@@ -3,9 +3,12 @@
 Each notebook is executed by papermill (kernel ``python3``, a per-cell timeout) with its parameters,
 from its own folder, and written to ``DIR/<name>.ipynb`` and a self-contained ``DIR/<name>.html``
 (plotly.js embedded by the notebooks' offline renderer, so it opens without a network; ``--no-code``
-hides the code cells). ``DIR/index.html`` lists every report with its notebook, parameters (one column
-each), status, duration and headline numbers formatted for reading, read from the notebooks'
-``dlqnb.record`` outputs, never from text; its columns sort on a click. ``summary.json`` and
+hides the code cells). ``DIR/index.html`` lists every report with its notebook, a thumbnail of its key
+figure, parameters (one column each), status, duration and headline numbers formatted for reading,
+read from the notebooks' ``dlqnb.record`` and ``dlqnb.record_figure`` outputs, never from text; its
+columns sort on a click. The thumbnail is rendered when the report is written, by Plotly's static
+export (kaleido driving a headless Chromium), saved as ``DIR/<name>.png`` and embedded in the index,
+which stays one file that opens offline; without kaleido or Chromium the row says so instead. ``summary.json`` and
 ``summary.csv`` hold the same results for programs (``pandas.read_csv``). A progress bar counts the
 notebooks done and names the cell each running one is on.
 
@@ -29,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import html
 import itertools
 import json
@@ -40,10 +44,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlqnb.cache import atomic_write_text
-from dlqnb.records import read_records
+from dlqnb.cache import atomic_write_bytes, atomic_write_text
+from dlqnb.records import read_figures, read_records
 
-__all__ = ["ReportJob", "ReportResult", "default_notebooks", "expand_jobs", "run_report", "run_reports", "write_index"]
+__all__ = ["ReportJob", "ReportResult", "default_notebooks", "expand_jobs", "render_thumbnail", "run_report", "run_reports", "write_index"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CELL_TIMEOUT = 1800
@@ -76,6 +80,8 @@ class ReportResult:
     parameters: dict[str, Any] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    figure: str = ""  # the key figure's thumbnail (a PNG beside the report), or "" when there is none
+    figure_note: str = ""  # why there is no thumbnail
 
 
 def _slug(value: Any) -> str:
@@ -142,11 +148,34 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
         else:
             os.environ["DLQNB_STATIC_PLOTS"] = previous
     records: dict[str, Any] = {}
+    figure, figure_note = "", "no key figure recorded"
     if partial.exists():
         records = read_records(partial)
+        figures = read_figures(partial)
+        if figures:
+            figure, figure_note = render_thumbnail(next(iter(figures.values())), target.with_suffix(".png"))
         atomic_write_text(target.with_suffix(".html"), _to_html(partial, show_code))
         os.replace(partial, target)
-    return ReportResult(str(job.notebook), target.with_suffix(".html").name, status, round(time.time() - started, 1), job.parameters, records, error)
+    seconds = round(time.time() - started, 1)
+    return ReportResult(str(job.notebook), target.with_suffix(".html").name, status, seconds, job.parameters, records, error, figure, figure_note)
+
+
+def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, height: int = 300) -> tuple[str, str]:
+    """Render a figure's Plotly JSON to a PNG thumbnail with Plotly's static export (kaleido drives a
+    headless Chromium).
+
+    Returns:
+        (file name, "") when written, or ("", why not): a missing kaleido or Chromium leaves the
+        report without a thumbnail, never without its row.
+    """
+    try:
+        import plotly.io as pio
+
+        png = pio.to_image(pio.from_json(json.dumps(figure)), format="png", width=width, height=height)
+    except Exception as exc:  # kaleido missing, no Chromium, a figure it cannot draw: report it, go on
+        return "", f"no thumbnail: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    atomic_write_bytes(path, png)
+    return path.name, ""
 
 
 def write_index(results: list[ReportResult], out_dir: Path) -> Path:
@@ -158,10 +187,11 @@ def write_index(results: list[ReportResult], out_dir: Path) -> Path:
     """
     parameter_names = sorted({name for result in results for name in result.parameters})
     record_names = list(dict.fromkeys(name for result in results for name in result.records))
-    header = ["notebook", *parameter_names, "status", "duration", *record_names]
+    header = ["notebook", "key figure", *parameter_names, "status", "duration", *record_names]
     rows = []
     for result in results:
         cells = [_cell(Path(result.notebook).name, f"<a href='{html.escape(result.report)}'>{html.escape(Path(result.notebook).name)}</a>")]
+        cells.append(_thumbnail_cell(result, out_dir))
         cells += [_value_cell(result.parameters, name, "default") for name in parameter_names]
         error = f"<pre>{html.escape(result.error[:600])}</pre>" if result.error else ""
         cells.append(_cell(result.status, f"{result.status}{error}"))
@@ -173,7 +203,8 @@ def write_index(results: list[ReportResult], out_dir: Path) -> Path:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dlqnb reports</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top}"
         "th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
-        "tr.failed{background:#fde2e2}pre{white-space:pre-wrap;max-width:40em;margin:.3em 0}</style></head><body>"
+        "tr.failed{background:#fde2e2}pre{white-space:pre-wrap;max-width:40em;margin:.3em 0}"
+        "img.thumbnail{width:240px;height:auto;display:block}.note{color:#777;font-size:.85em}</style></head><body>"
         f"<h1>dlqnb reports</h1><p>{sum(r.status == 'ok' for r in results)} of {len(results)} notebooks ran.</p>"
         f"<table id='reports'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         f"<script>{_SORT_SCRIPT}</script></body></html>"
@@ -203,6 +234,16 @@ document.querySelectorAll('#reports th').forEach((th, column) => th.addEventList
 """
 
 _SHARE_WORDS = ("accuracy", "ccr", "reduction", "fraction", "share", "rate", "agreement")
+
+
+def _thumbnail_cell(result: ReportResult, out_dir: Path) -> str:
+    """The key figure's thumbnail, embedded (the index stays one file that opens offline) and linked to the report."""
+    png = out_dir / result.figure if result.figure else None
+    if png is None or not png.is_file():
+        return _cell("", f"<span class='note'>{html.escape(result.figure_note or 'no thumbnail')}</span>")
+    data = base64.b64encode(png.read_bytes()).decode()
+    image = f"<img class='thumbnail' src='data:image/png;base64,{data}' alt='key figure of {html.escape(result.report)}'>"
+    return _cell(result.figure, f"<a href='{html.escape(result.report)}'>{image}</a>")
 
 
 def _cell(sort_value: Any, shown: str) -> str:
@@ -249,13 +290,13 @@ def _summary_csv(results: list[ReportResult], parameter_names: list[str], record
 
     stream = io.StringIO()
     writer = csv.writer(stream)
-    writer.writerow(["notebook", "report", "status", "seconds", *parameter_names, *record_names, "error"])
+    writer.writerow(["notebook", "report", "figure", "status", "seconds", *parameter_names, *record_names, "error"])
     def plain(value: Any) -> Any:
         return json.dumps(value) if isinstance(value, (list, dict)) else value
 
     for result in results:
         writer.writerow(
-            [Path(result.notebook).name, result.report, result.status, result.seconds]
+            [Path(result.notebook).name, result.report, result.figure, result.status, result.seconds]
             + [plain(result.parameters.get(name, "")) for name in parameter_names]
             + [plain(result.records.get(name, "")) for name in record_names]
             + [_error_summary(result.error)]

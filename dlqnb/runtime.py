@@ -1,9 +1,11 @@
-"""Running an int8 ONNX model: ONNX Runtime on a CPU, a TensorRT engine on an NVIDIA GPU.
+"""Running an int8 ONNX model: ONNX Runtime or OpenVINO on a CPU, a TensorRT engine on an NVIDIA GPU.
 
 :func:`load_int8` returns a runner with ``.backend``, ``.reason`` and ``.predict(x)``: ``"tensorrt"``
 builds (and caches on disk) a strongly typed TensorRT engine from the ``"gpu"`` flavour and runs it
-on CUDA; ``"onnxruntime"`` runs a CPU session; ``"auto"`` picks TensorRT when it imports, a CUDA
-device is present and the model is of the ``"gpu"`` flavour, and ONNX Runtime otherwise, saying why.
+on CUDA; ``"onnxruntime"`` runs a CPU session; ``"openvino"`` compiles (and caches) the model for
+OpenVINO's CPU plugin; ``"auto"`` picks TensorRT when it imports, a CUDA device is present and the
+model is of the ``"gpu"`` flavour, and otherwise the CPU runtime a short trial measured fastest for
+this model on this CPU (:mod:`dlqnb.backend_choice`), saying why.
 :func:`predict_int8` is the ``predict_int8`` entry point of MATLAB's *INT8 Code Generation for Deep
 Learning Networks*: it loads a runner once per file and reuses it, and accepts one H×W×3 uint8 image
 or float NCHW batches.
@@ -23,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,9 +39,27 @@ import onnx
 import torch
 import torch.nn.functional as F
 
+from dlqnb.backend_choice import choose_backend
 from dlqnb.cache import atomic_write_bytes, cache_dir
 
-__all__ = ["ModelFileError", "OnnxRuntimeRunner", "TensorRTRunner", "choose_backend", "engine_cache_path", "load_int8", "model_info", "onnxruntime_ops", "predict_int8", "prepare_input"]
+__all__ = [
+    "BatchSplitRunner",
+    "ModelFileError",
+    "OnnxRuntimeRunner",
+    "OpenVINORunner",
+    "TensorRTRunner",
+    "choose_backend",
+    "convolution_precisions",
+    "engine_cache_path",
+    "load_int8",
+    "model_info",
+    "onnxruntime_ops",
+    "openvino_cache_path",
+    "openvino_config",
+    "openvino_ops",
+    "predict_int8",
+    "prepare_input",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -111,6 +132,9 @@ def prepare_input(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
 class OnnxRuntimeRunner:
     """Runs a (QDQ) ONNX model with ONNX Runtime on the CPU.
 
+    Worker threads sleep between runs (no spinning), so several runners in one process do not slow
+    each other.
+
     Args:
         path: The ONNX file.
         threads: Intra-op threads (default: all cores).
@@ -128,6 +152,9 @@ class OnnxRuntimeRunner:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads keep a core busy after each run; with a float and an int8 session
+        # side by side (or a benchmark's several), an idle session would steal the cores of the busy one.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if optimized_model_path:
             options.optimized_model_filepath = optimized_model_path
         # ONNX Runtime would otherwise quantize the float weights of layers dlqnb keeps in float
@@ -141,7 +168,11 @@ class OnnxRuntimeRunner:
 
     def predict(self, x: Any) -> np.ndarray:
         """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
-        batch = prepare_input(x, self.info["preprocessing"]).astype(self.input_dtype, copy=False)
+        return self.run(prepare_input(x, self.info["preprocessing"]))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores of a batch :func:`prepare_input` has checked."""
+        batch = batch.astype(self.input_dtype, copy=False)
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
 
 
@@ -157,6 +188,93 @@ def onnxruntime_ops(path: str | os.PathLike[str]) -> dict[str, int]:
         for node in onnx.load(optimized).graph.node:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def openvino_cache_path(onnx_bytes: bytes, openvino_version: str, cpu: str, settings: str) -> Path:
+    """Where OpenVINO's compiled model of a file is cached: keyed by the ONNX file's hash, OpenVINO's
+    version, the CPU (the compiled kernels are chosen for its instruction sets) and the runner's settings."""
+    digest = hashlib.sha256(onnx_bytes).hexdigest()[:20]
+    version = "".join(c if c.isalnum() or c == "." else "-" for c in openvino_version)[:40]
+    return cache_dir() / "openvino" / f"{digest}-ov{version}-{cpu}-{settings}.blob"
+
+
+def openvino_config(threads: int, hint: str = "latency") -> dict[str, Any]:
+    """OpenVINO CPU plugin settings of dlqnb's runners: ``threads`` inference threads, the latency or
+    throughput hint, and float32 for whatever is not int8 (no bf16/fp16 downcast on CPUs that have it,
+    so scores match the emulation)."""
+    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32"}
+
+
+class OpenVINORunner:
+    """Runs a (QDQ) ONNX model with OpenVINO's CPU plugin (oneDNN's int8 kernels on x86).
+
+    OpenVINO reads the QuantizeLinear/DequantizeLinear pairs as its own FakeQuantize and runs the
+    convolutions between them in int8. On the ``"cpu"`` flavour it computes what the emulation
+    computes, bit for bit (tested); on the ``"gpu"`` flavour (TensorRT's: float biases, int8 after
+    ReLU) the top class agrees but the scores differ, and loading one warns. The compiled model is cached on disk
+    (:func:`openvino_cache_path`), so a second load skips compilation.
+
+    Args:
+        path: The ONNX file.
+        threads: Inference threads (default: all cores).
+        hint: ``"latency"`` (one request at a time, all cores on it) or ``"throughput"`` (OpenVINO
+            splits the cores into parallel streams; pays off with many requests in flight).
+    """
+
+    backend = "openvino"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, hint: str = "latency") -> None:
+        import openvino as ov
+
+        if hint not in ("latency", "throughput"):
+            raise ValueError(f"hint must be 'latency' or 'throughput', got {hint!r}")
+        from dlqnb.host import cpu_key
+
+        self.path = os.fspath(path)
+        self.info = model_info(path)
+        self.threads = threads or os.cpu_count() or 1
+        self.hint = hint
+        config = openvino_config(self.threads, hint)
+        with open(self.path, "rb") as stream:
+            onnx_bytes = stream.read()
+        self.cache_path = openvino_cache_path(onnx_bytes, ov.__version__, cpu_key(), f"{hint}-{self.threads}t")
+        core = ov.Core()
+        self.compiled = None
+        if self.cache_path.exists():
+            try:
+                self.compiled = core.import_model(self.cache_path.read_bytes(), "CPU", config)
+            except RuntimeError as error:  # a blob from a damaged write or another build: compile again
+                _log.warning("dlqnb: ignoring OpenVINO's cached model %s (%s)", self.cache_path, error)
+        if self.compiled is None:
+            try:
+                self.compiled = core.compile_model(core.read_model(self.path), "CPU", config)
+            except RuntimeError as error:
+                raise ModelFileError(f"OpenVINO could not compile {self.path!r}: {error}") from error
+            blob = io.BytesIO()
+            self.compiled.export_model(blob)
+            atomic_write_bytes(self.cache_path, blob.getvalue())
+        if self.info.get("target") == "gpu":
+            warnings.warn(
+                f"{self.path}: OpenVINO's scores on the 'gpu' flavour differ from the emulation's (the top class agrees; "
+                "scores may differ by up to half their range); export with execution_environment='cpu' for OpenVINO, "
+                "which it computes bit for bit",
+                stacklevel=3,
+            )
+        self.request = self.compiled.create_infer_request()
+        self.input_dtype = np.float16 if self.compiled.input(0).get_element_type() == ov.Type.f16 else np.float32
+        self._lock = threading.Lock()  # an infer request runs one call at a time
+        self.reason = ""
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
+        return self.run(prepare_input(x, self.info["preprocessing"]))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores of a batch :func:`prepare_input` has checked."""
+        batch = batch.astype(self.input_dtype, copy=False)
+        with self._lock:
+            result = self.request.infer({0: batch}, share_inputs=True)  # no copy of a checked, contiguous batch
+            return np.array(result[0], dtype=np.float32)
 
 
 def engine_cache_path(onnx_bytes: bytes, tensorrt_version: str, gpu_name: str) -> Path:
@@ -246,52 +364,94 @@ class TensorRTRunner:
         return output.float().cpu().numpy()
 
 
-def choose_backend(path: str | os.PathLike[str], backend: str = "auto") -> tuple[str, str]:
-    """The backend :func:`load_int8` uses, and why.
+class BatchSplitRunner:
+    """Two CPU runners of one model: calls with fewer than ``split_batch`` images go to ``small``, the
+    others to ``large`` (what ``backend="auto"`` builds when one runtime wins single images and the
+    other wins batches on this CPU). Both compute the emulation's numbers, so the split changes speed only.
+    """
+
+    def __init__(self, small: Any, large: Any, split_batch: int) -> None:
+        self.small, self.large, self.split_batch = small, large, split_batch
+        self.backend = f"{small.backend}/{large.backend}"
+        self.path, self.info = small.path, small.info
+        self.reason = ""
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Scores N×C (float32) for the input (see :func:`prepare_input`), from the runner for its batch size."""
+        batch = prepare_input(x, self.info["preprocessing"])
+        return (self.small if len(batch) < self.split_batch else self.large).run(batch)
+
+
+def openvino_ops(runner: OpenVINORunner) -> dict[str, int]:
+    """Layer counts of the model OpenVINO compiled for this CPU, by type and the precision it runs in,
+    e.g. ``{"Convolution u8": 26, ...}``: ``u8``/``i8`` convolutions run oneDNN's int8 kernels."""
+    counts: dict[str, int] = {}
+    for op in runner.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        key = f"{info['layerType'].astype(str)} {info['runtimePrecision'].astype(str)}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def convolution_precisions(runner: Any) -> dict[str, dict[str, int]]:
+    """How many convolutions each CPU runtime of a runner runs in int8 and in float, after its own
+    fusions: ONNX Runtime's ``QLinearConv`` against ``Conv``/``FusedConv``, OpenVINO's ``u8``/``i8``
+    convolutions against the others.
+
+    Returns:
+        backend → ``{"int8": n, "float": m}`` (two entries for a runner split by batch size).
 
     Raises:
-        ValueError: Unknown backend name.
-        RuntimeError: ``"tensorrt"`` asked for where TensorRT or a CUDA device is missing.
+        ValueError: A runner of no CPU runtime (TensorRT).
     """
-    if backend not in ("auto", "tensorrt", "onnxruntime"):
-        raise ValueError(f"backend must be 'auto', 'tensorrt' or 'onnxruntime', got {backend!r}")
-    if backend == "onnxruntime":
-        return "onnxruntime", "asked for"
-    try:
-        import tensorrt  # noqa: F401
-
-        has_tensorrt = True
-    except ImportError:
-        has_tensorrt = False
-    has_gpu = torch.cuda.is_available()
-    if backend == "tensorrt":
-        if not has_tensorrt:
-            raise RuntimeError("backend='tensorrt' needs the tensorrt package: pip install 'dlqnb[tensorrt]' (NVIDIA GPUs only)")
-        if not has_gpu:
-            raise RuntimeError("backend='tensorrt' needs a CUDA device; none is visible to torch")
-        return "tensorrt", "asked for"
-    target = model_info(path)["target"]
-    if not has_tensorrt:
-        return "onnxruntime", "TensorRT is not installed"
-    if not has_gpu:
-        return "onnxruntime", "no CUDA device"
-    if target != "gpu":
-        return "onnxruntime", f"the model is of the {target!r} flavour; TensorRT runs the 'gpu' flavour"
-    return "tensorrt", "TensorRT and a CUDA device are present and the model is of the 'gpu' flavour"
+    parts = [runner.small, runner.large] if isinstance(runner, BatchSplitRunner) else [runner]
+    result = {}
+    for part in parts:
+        if isinstance(part, OnnxRuntimeRunner):
+            ops = onnxruntime_ops(part.path)
+            result[part.backend] = {"int8": ops.get("QLinearConv", 0), "float": ops.get("Conv", 0) + ops.get("FusedConv", 0)}
+        elif isinstance(part, OpenVINORunner):
+            ops = openvino_ops(part)
+            int8 = sum(n for key, n in ops.items() if key in ("Convolution u8", "Convolution i8"))
+            result[part.backend] = {"int8": int8, "float": sum(n for key, n in ops.items() if key.startswith("Convolution ")) - int8}
+        else:
+            raise ValueError(f"convolution_precisions takes a CPU runner (ONNX Runtime or OpenVINO), got {part.backend!r}")
+    return result
 
 
-def load_int8(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> OnnxRuntimeRunner | TensorRTRunner:
+def load_int8(
+    path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None, hint: str = "latency"
+) -> OnnxRuntimeRunner | OpenVINORunner | TensorRTRunner | BatchSplitRunner:
     """A runner for an int8 ONNX model: ``.backend``, ``.reason`` and ``.predict(x)``.
 
     Args:
         path: A QDQ ONNX model written by :func:`export_qdq_onnx` (others load with a warning).
-        backend: ``"auto"``, ``"tensorrt"`` or ``"onnxruntime"``.
-        threads: CPU threads for ONNX Runtime.
+        backend: ``"auto"`` (TensorRT on an NVIDIA GPU, else the CPU runtime measured fastest here:
+            see :func:`~dlqnb.backend_choice.choose_backend`), ``"tensorrt"``, ``"onnxruntime"`` or
+            ``"openvino"``.
+        threads: CPU threads for ONNX Runtime and OpenVINO (default: all cores).
+        hint: OpenVINO's performance hint, ``"latency"`` or ``"throughput"``.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ModelFileError: The file is not a readable ONNX model.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"ONNX model {os.fspath(path)!r} does not exist")
     chosen, reason = choose_backend(path, backend)
-    runner: OnnxRuntimeRunner | TensorRTRunner = TensorRTRunner(path) if chosen == "tensorrt" else OnnxRuntimeRunner(path, threads)
+    def cpu_runner(name: str) -> OnnxRuntimeRunner | OpenVINORunner:
+        return OpenVINORunner(path, threads, hint) if name == "openvino" else OnnxRuntimeRunner(path, threads)
+
+    runner: OnnxRuntimeRunner | OpenVINORunner | TensorRTRunner | BatchSplitRunner
+    if chosen == "tensorrt":
+        runner = TensorRTRunner(path)
+    elif "/" in chosen:
+        from dlqnb.backend_choice import SPLIT_BATCH
+
+        small, large = chosen.split("/")
+        runner = BatchSplitRunner(cpu_runner(small), cpu_runner(large), SPLIT_BATCH)
+    else:
+        runner = cpu_runner(chosen)
     runner.reason = reason
     _log.info("dlqnb: running %s with %s (%s)", path, chosen, reason)
     return runner

@@ -45,3 +45,16 @@ def squeezenet() -> nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def parameterized_notebook(path, parameters: str, *cells: str):
+    """Write a Python notebook: a ``parameters``-tagged cell, then one code cell per source; returns ``path``."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameter_cell = nbformat.v4.new_code_cell(parameters)
+    parameter_cell.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameter_cell, *(nbformat.v4.new_code_cell(source) for source in cells)]
+    nbformat.write(notebook, path)
+    return path

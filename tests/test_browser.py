@@ -6,9 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from conftest import parameterized_notebook
 from dlqnb.report import expand_jobs, run_reports
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,22 +44,14 @@ def browser():
 
 
 def plot_notebook(folder: Path) -> Path:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    parameters = nbformat.v4.new_code_cell("seed = 0")
-    parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [
-        parameters,
-        nbformat.v4.new_code_cell(
-            "import torch, dlqnb\nfrom dlqnb.numerics import MSBHistogram\nfrom dlqnb.plotting import msb_heatmap\n"
-            "dlqnb.plotting.use_offline_renderer()\n"
-            "msb_heatmap({'values': MSBHistogram.of(torch.tensor([0.03125, 2.1, 16.25]))}, {'values': 3})"
-        ),
-        nbformat.v4.new_code_cell("dlqnb.record('seed_used', seed)"),
-    ]
-    path = folder / "plots.ipynb"
-    nbformat.write(notebook, path)
-    return path
+    return parameterized_notebook(
+        folder / "plots.ipynb",
+        "seed = 0",
+        "import torch, dlqnb\nfrom dlqnb.numerics import MSBHistogram\nfrom dlqnb.plotting import msb_heatmap\n"
+        "dlqnb.plotting.use_offline_renderer()\n"
+        "dlqnb.record_figure(msb_heatmap({'values': MSBHistogram.of(torch.tensor([0.03125, 2.1, 16.25]))}, {'values': 3}))",
+        "dlqnb.record('seed_used', seed)",
+    )
 
 
 def open_page(browser, path: Path):
@@ -84,10 +76,14 @@ def test_report_and_index_render_without_errors(browser, tmp_path):
     assert errors == []
 
     page, errors = open_page(browser, tmp_path / "reports" / "index.html")
-    links = page.locator("a")
+    links = page.locator("tbody td:first-child a")
     assert sorted(links.all_inner_texts()) == ["plots.ipynb", "plots.ipynb"]
     headers = page.locator("th").all_inner_texts()
-    assert headers[:4] == ["notebook", "seed", "status", "duration"] and "seed_used" in headers
+    assert headers[:5] == ["notebook", "key figure", "seed", "status", "duration"] and "seed_used" in headers
+    thumbnails = page.locator("img.thumbnail")
+    assert thumbnails.count() == 2  # each report's key figure, drawn from the PNG embedded in the page (no file fetched)
+    sizes = thumbnails.evaluate_all("images => images.map(image => [image.complete, image.naturalWidth, image.naturalHeight])")
+    assert all(complete and width >= 200 and height >= 100 for complete, width, height in sizes), sizes
     seed_column = headers.index("seed")
     page.locator("th", has_text="seed_used").click(timeout=TIMEOUT_MS)
     page.locator("th", has_text="seed_used").click(timeout=TIMEOUT_MS)  # a second click sorts descending

@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 
+from conftest import parameterized_notebook
 from dlqnb import report
 from dlqnb.report import ReportJob, expand_jobs, run_reports
 
 
 def tiny_notebook(folder: Path, name: str = "tiny.ipynb") -> Path:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    parameters = nbformat.v4.new_code_cell("x = 1\nfail = False")
-    parameters.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell('import dlqnb\ndlqnb.record("double", x * 2)\nprint("double = 999")  # never read\nassert not fail, "asked to fail"')
-    notebook.cells = [parameters, body]
-    path = folder / name
-    nbformat.write(notebook, path)
-    return path
+    body = 'import dlqnb\ndlqnb.record("double", x * 2)\nprint("double = 999")  # never read\nassert not fail, "asked to fail"'
+    return parameterized_notebook(folder / name, "x = 1\nfail = False", body)
 
 
 def test_sweep_gives_one_report_per_value_with_recorded_numbers(tmp_path):
@@ -105,3 +98,70 @@ def test_index_formats_numbers_for_reading(tmp_path):
     for shown in (">95 %<", ">74.69 %<", ">2,900,292 B<", ">0.1235<", ">[17, 18, 17, 16, … (6 items)]<"):
         assert shown in index, shown
     assert "0.949999988079071" not in index.split("<tbody>")[1].split("data-sort")[0]
+
+
+def _static_export_missing() -> str | None:
+    import shutil
+
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return "kaleido is not installed (pip install kaleido): Plotly's static export draws the thumbnails"
+    if not (shutil.which("chromium") or shutil.which("google-chrome")):
+        return "no Chromium for kaleido to drive (apt-get install chromium)"
+    return None
+
+
+def figure_notebook(folder: Path) -> Path:
+    return parameterized_notebook(
+        folder / "figure.ipynb",
+        "height = 3",
+        "import dlqnb, plotly.graph_objects as go\ngo.Figure(go.Bar(y=[9, 9]), layout={'title': 'not the key figure'})",
+        "dlqnb.record_figure(go.Figure(go.Bar(y=[1, height]), layout={'title': 'Bars'}))",
+    )
+
+
+@pytest.mark.skipif(_static_export_missing() is not None, reason=_static_export_missing() or "")
+def test_the_key_figure_becomes_a_thumbnail_embedded_in_the_index(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    (result,) = run_reports(expand_jobs([figure_notebook(tmp_path)], {}), tmp_path / "out", jobs_at_once=1)
+    assert result.status == "ok" and result.figure == "figure.png" and result.figure_note == ""
+    png = (tmp_path / "out" / "figure.png").read_bytes()
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size == (480, 300)
+    assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 2  # something is drawn, not a blank page
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert f"src='data:image/png;base64,{base64.b64encode(png).decode()}'" in index  # embedded: one file, offline
+    assert "<th title='click to sort'>key figure</th>" in index
+    assert pd.read_csv(tmp_path / "out" / "summary.csv")["figure"].tolist() == ["figure.png"]
+
+
+def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, monkeypatch):
+    import plotly.io
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("Chrome not found")
+
+    monkeypatch.setattr(plotly.io, "to_image", no_browser)
+    assert report.render_thumbnail({"data": [], "layout": {}}, tmp_path / "t.png") == ("", "no thumbnail: RuntimeError: Chrome not found")
+    assert not (tmp_path / "t.png").exists()
+    missing = report.ReportResult("n.ipynb", "n.html", "ok", 1.0, figure_note="no thumbnail: RuntimeError: Chrome not found")
+    none = report.ReportResult("m.ipynb", "m.html", "ok", 1.0, figure_note="no key figure recorded")
+    index = report.write_index([missing, none], tmp_path).read_text()
+    assert "no thumbnail: RuntimeError: Chrome not found" in index and "no key figure recorded" in index
+    assert "<img" not in index
+
+
+def test_read_figures_returns_the_marked_figures_in_order(tmp_path):
+    from dlqnb.records import FIGURE_MIME_TYPE, read_figures
+
+    def output(name: str) -> dict:
+        return {"output_type": "display_data", "metadata": {}, "data": {FIGURE_MIME_TYPE: {"name": name, "figure": {"data": [], "layout": {"title": name}}}}}
+
+    notebook = {"cells": [{"cell_type": "code", "outputs": [output("first")]}, {"cell_type": "code", "outputs": [output("second")]}]}
+    figures = read_figures(notebook)
+    assert list(figures) == ["first", "second"] and figures["second"]["layout"]["title"] == "second"
