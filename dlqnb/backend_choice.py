@@ -26,21 +26,18 @@ Example (the verdict on measured seconds per call; ``choose_backend(path)`` meas
 from __future__ import annotations
 
 import datetime
-import gc
 import hashlib
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 
 from dlqnb.cache import atomic_write_text, cache_dir
-from dlqnb.host import cpu_key, cpu_summary, time_block
+from dlqnb.host import compare_speed, cpu_key, cpu_summary, installed_version
 
 __all__ = ["BACKENDS", "SPLIT_BATCH", "TRIAL_BATCHES", "choice_cache_path", "choose_backend", "cpu_backends", "decide", "measure_backends"]
 
@@ -55,13 +52,6 @@ _INSTALL = {
 }
 
 
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return None
-
-
 def cpu_backends(target: str | None) -> tuple[list[str], list[str]]:
     """The CPU runtimes ``auto`` may choose for a model of ``target`` flavour, and notes on the others.
 
@@ -70,7 +60,7 @@ def cpu_backends(target: str | None) -> tuple[list[str], list[str]]:
         ``(["onnxruntime"], ["OpenVINO is not installed (pip install 'dlqnb[openvino]')"])``.
     """
     names, notes = ["onnxruntime"], []
-    if _version("openvino") is None:
+    if installed_version("openvino") is None:
         notes.append(f"OpenVINO is not installed ({_INSTALL['openvino']})")
     elif target == "gpu":
         notes.append("OpenVINO is left out for the 'gpu' flavour (its float-bias arithmetic differs from the emulation's)")
@@ -94,9 +84,9 @@ def _trial_shape(path: str, info: dict[str, Any]) -> tuple[int, int, int] | None
 
 
 def measure_backends(path: str | os.PathLike[str], backends: list[str], rounds: int = 2) -> dict[str, dict[int, float]]:
-    """Seconds per call of each backend at each of :data:`TRIAL_BATCHES`: each backend timed in a
-    block of its own (loaded, warmed up, timed, released before the next is loaded), ``rounds`` times
-    in turn; the fastest round is kept, as the one least disturbed by the rest of the machine.
+    """Seconds per call of each backend at each of :data:`TRIAL_BATCHES`, timed by
+    :func:`~dlqnb.host.compare_speed`: each backend in a block of its own, ``rounds`` times in turn,
+    the fastest round kept, as the one least disturbed by the rest of the machine.
 
     Raises:
         ValueError: The model's input size is neither fixed in the file nor recorded in its metadata.
@@ -107,25 +97,16 @@ def measure_backends(path: str | os.PathLike[str], backends: list[str], rounds: 
     shape = _trial_shape(path, model_info(path))
     if shape is None:
         raise ValueError(f"{path}: the input size is neither fixed nor recorded; export with input_size=(H, W) to measure")
-    generator = np.random.default_rng(0)
-    inputs = {batch: generator.random((batch, *shape), dtype=np.float32) for batch in TRIAL_BATCHES}
-    best: dict[str, dict[int, float]] = {name: {} for name in backends}
-    for _ in range(rounds):
-        for name in backends:
-            runner = _runner(name, path)
-            for batch, x in inputs.items():
-                seconds = statistics.median(time_block(lambda: runner.predict(x), warmups=1, runs=3, min_seconds=0.3))
-                best[name][batch] = min(best[name].get(batch, math.inf), seconds)
-            del runner
-            gc.collect()
-    return best
+    predictors = {name: _runner(name, path).predict for name in backends}
+    milliseconds = compare_speed(predictors, shape, TRIAL_BATCHES, rounds=rounds, min_seconds=0.3)
+    return {name: {batch: float(milliseconds.loc[batch, name]) / 1000 for batch in TRIAL_BATCHES} for name in backends}
 
 
 def choice_cache_path(onnx_bytes: bytes) -> Path:
     """Where ``auto``'s choice for a model file is kept: keyed by the file's hash, the CPU and the
     versions of ONNX Runtime and OpenVINO."""
     digest = hashlib.sha256(onnx_bytes).hexdigest()[:20]
-    versions = f"ort{_version('onnxruntime')}-ov{_version('openvino')}"
+    versions = f"ort{installed_version('onnxruntime')}-ov{installed_version('openvino')}"
     return cache_dir() / "backend_choice" / f"{digest}-{cpu_key()}-{versions}.json"
 
 
@@ -202,11 +183,11 @@ def choose_backend(path: str | os.PathLike[str], backend: str = "auto") -> tuple
             f"backend must be one of {', '.join(map(repr, BACKENDS))} or a split of two CPU runtimes "
             f"such as 'onnxruntime/openvino', got {backend!r}"
         )
-    if "openvino" in parts and _version("openvino") is None:
+    if "openvino" in parts and installed_version("openvino") is None:
         raise RuntimeError(f"backend={backend!r} needs the openvino package: {_INSTALL['openvino']}")
     if backend in ("onnxruntime", "openvino") or len(parts) == 2:
         return backend, "asked for"
-    has_tensorrt = _version("tensorrt") is not None
+    has_tensorrt = installed_version("tensorrt") is not None
     has_gpu = torch.cuda.is_available()
     if backend == "tensorrt":
         if not has_tensorrt:

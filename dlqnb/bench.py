@@ -200,7 +200,7 @@ def bench_deploy(
     from dlqnb import DLQuantizer
     from dlqnb.backend_choice import choose_backend
     from dlqnb.deploy import export_float_onnx, export_qdq_onnx
-    from dlqnb.host import cpu_info, cpu_summary, time_block
+    from dlqnb.host import cpu_info, cpu_summary, installed_version, time_block
 
     torch.manual_seed(0)
     net = torchvision.models.squeezenet1_1(num_classes=1000).eval()
@@ -272,18 +272,8 @@ def bench_deploy(
         "rows": rows,
         "model_bytes": {label: os.path.getsize(paths[key]) for key, label in sizes.items()},
         "not_measured": not_measured,
-        "versions": _versions(),
+        "versions": {module: installed_version(module) for module in ("torch", "onnxruntime", "openvino", "nncf")},
     }
-
-
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for module in ("torch", "onnxruntime", "openvino", "nncf"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
-    return versions
 
 
 def deploy_table(result: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["INSTRUCTION_SETS", "compare_speed", "cpu_info", "cpu_key", "cpu_summary", "parse_cpuinfo", "speedup_sentence", "time_block"]
+__all__ = ["INSTRUCTION_SETS", "compare_speed", "cpu_info", "cpu_key", "cpu_summary", "installed_version", "parse_cpuinfo", "speedup_sentence", "time_block"]
 
 #: Instruction sets that decide int8 speed on x86, and the /proc/cpuinfo flags that announce them.
 INSTRUCTION_SETS: dict[str, tuple[str, ...]] = {
@@ -93,9 +93,18 @@ def cpu_summary(info: dict[str, Any] | None = None) -> str:
 
 def cpu_key() -> str:
     """A short file-name-safe key of the CPU (model, family, cores, instruction sets) for caches."""
-    digest = hashlib.sha256(cpu_summary().encode()).hexdigest()[:10]
-    name = "".join(c if c.isalnum() else "-" for c in cpu_info()["model"])[:24]
+    info = cpu_info()
+    digest = hashlib.sha256(cpu_summary(info).encode()).hexdigest()[:10]
+    name = "".join(c if c.isalnum() else "-" for c in info["model"])[:24]
     return f"{name}-{digest}"
+
+
+def installed_version(module: str) -> str | None:
+    """The version of an installed Python package (e.g. ``"openvino"``), or None where it does not import."""
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
 
 
 def time_block(run: Callable[[], Any], warmups: int = 3, runs: int = 7, min_seconds: float = 0.0) -> list[float]:

@@ -64,17 +64,7 @@ def record(name: str, value: Any) -> None:
         raise ValueError(f"record needs a non-empty name, got {name!r}")
     plain = _plain(value)
     _session[name] = plain
-    text = f"{name} = {plain!r}"
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:  # plain Python: the text line is all there is
-        print(text)
-        return
-    if get_ipython() is None:
-        print(text)
-        return
-    display({RECORD_MIME_TYPE: {"name": name, "value": plain}, "text/plain": text}, raw=True)
+    _show(RECORD_MIME_TYPE, {"name": name, "value": plain}, f"{name} = {plain!r}")
 
 
 def record_figure(figure: Any, name: str | None = None) -> Any:
@@ -102,18 +92,22 @@ def record_figure(figure: Any, name: str | None = None) -> Any:
         name = getattr(getattr(figure.layout, "title", None), "text", None) or "key figure"
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"record_figure needs a non-empty name, got {name!r}")
-    text = f"key figure: {name}"
+    _show(FIGURE_MIME_TYPE, {"name": name, "figure": json.loads(figure.to_json())}, f"key figure: {name}")
+    return figure
+
+
+def _show(mime_type: str, payload: dict[str, Any], text: str) -> None:
+    """Display ``payload`` as a ``mime_type`` output with a plain-text line for people; outside
+    IPython, print the line (there is no notebook to write into)."""
     try:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
         print(text)
-        return figure
-    if get_ipython() is None:
-        print(text)
-        return figure
-    display({FIGURE_MIME_TYPE: {"name": name, "figure": json.loads(figure.to_json())}, "text/plain": text}, raw=True)
-    return figure
+        return
+    display({mime_type: payload, "text/plain": text}, raw=True)
 
 
 def read_figures(notebook: str | os.PathLike[str] | Any) -> dict[str, Any]:

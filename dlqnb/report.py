@@ -173,7 +173,8 @@ def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, heigh
 
         png = pio.to_image(pio.from_json(json.dumps(figure)), format="png", width=width, height=height)
     except Exception as exc:  # kaleido missing, no Chromium, a figure it cannot draw: report it, go on
-        return "", f"no thumbnail: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return "", f"no thumbnail: {type(exc).__name__}: {first_line[:200]}"
     atomic_write_bytes(path, png)
     return path.name, ""
 
