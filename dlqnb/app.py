@@ -37,6 +37,7 @@ import plotly.graph_objects as go
 from torch import nn
 
 from dlqnb.batches import count_batches, iter_batches
+from dlqnb.calibration_file import CalibrationState
 from dlqnb.plotting import calibration_heatmap, msb_sparkline, sensitivity_figure
 from dlqnb.quantizer import DLQuantizer
 from dlqnb.sensitivity import sensitivity_analysis
@@ -136,9 +137,15 @@ class QuantizerApp:
 
     # ------------------------------------------------------------------ actions (what the buttons call)
     def calibrate(self) -> None:
-        """Calibrate on the calibration data, batch by batch, updating the progress bar."""
+        """Calibrate on the calibration data, batch by batch, updating the progress bar.
+
+        Each call starts over from no statistics, so pressing Calibrate twice does not count the same
+        images twice (:meth:`DLQuantizer.calibrate` itself accumulates across calls).
+        """
         total = count_batches(self.calibration_data) or 1
         self.progress.max, self.progress.value = total, 0
+        self.status.value = "Calibrating..."
+        self.quantizer.restore_calibration(CalibrationState.empty())
         for images, labels in iter_batches(self.calibration_data):
             self.quantizer.calibrate([(images, labels)] if labels is not None else [images], progress=False)
             self.progress.value += 1

@@ -37,6 +37,7 @@ __all__ = [
     "msb_sparkline",
     "prediction_comparison_figure",
     "pruning_progress_figure",
+    "score_agreement_figure",
     "sensitivity_figure",
     "style_bit_table",
     "training_progress_figure",
@@ -330,6 +331,49 @@ def prediction_comparison_figure(image: Any, class_names: Sequence[str], probabi
     figure.update_yaxes(visible=False, row=1, col=1)
     figure.update_xaxes(title="Probability", range=[0, 1.1], row=1, col=2)
     figure.update_layout(title=title, barmode="group", height=420, legend={"orientation": "h", "y": -0.2})
+    return figure
+
+
+def score_agreement_figure(float_scores: Any, quantized_scores: Any, class_names: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+    """Each image's class scores from the float network (x) against the quantized network's (y), one
+    colour per class, beside the diagonal where the two agree exactly.
+
+    Args:
+        float_scores: N×K scores of the float network (a tensor or array).
+        quantized_scores: N×K scores of the quantized network on the same images.
+        class_names: K class names for the legend (default ``class 0``, ``class 1``, ...).
+        title: Figure title (default: how many images keep their top-1 class).
+
+    Example:
+        >>> import torch
+        >>> fig = score_agreement_figure(torch.tensor([[2.0, 1.0], [0.5, 1.5]]), torch.tensor([[2.0, 1.25], [1.0, 0.75]]), ["cap", "cube"])
+        >>> fig.layout.title.text
+        'Float vs quantized scores: top-1 class agrees on 1 of 2 images'
+    """
+    reference = [[float(v) for v in row] for row in float_scores]
+    quantized = [[float(v) for v in row] for row in quantized_scores]
+    if len(reference) != len(quantized) or any(len(a) != len(b) for a, b in zip(reference, quantized)):
+        raise ValueError("float_scores and quantized_scores must have the same N×K shape")
+    classes = len(reference[0]) if reference else 0
+    names = list(class_names) if class_names is not None else [f"class {k}" for k in range(classes)]
+    if len(names) != classes:
+        raise ValueError(f"class_names has {len(names)} names for {classes} score columns")
+    agree = sum(max(range(classes), key=a.__getitem__) == max(range(classes), key=b.__getitem__) for a, b in zip(reference, quantized))
+    figure = go.Figure()
+    for k, name in enumerate(names):
+        figure.add_trace(
+            go.Scatter(
+                x=[row[k] for row in reference], y=[row[k] for row in quantized], mode="markers", name=name,
+                customdata=list(range(len(reference))), hovertemplate=f"image %{{customdata}}, {name}<br>float %{{x:.4g}}<br>quantized %{{y:.4g}}<extra></extra>",
+            )
+        )
+    values = [v for row in reference + quantized for v in row] or [0.0]
+    low, high = min(values), max(values)
+    figure.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line={"dash": "dash", "color": "grey"}, name="equal", hoverinfo="skip"))
+    figure.update_layout(
+        title=title or f"Float vs quantized scores: top-1 class agrees on {agree} of {len(reference)} images",
+        xaxis_title="float score", yaxis_title="quantized score", height=420,
+    )
     return figure
 
 

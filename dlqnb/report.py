@@ -137,8 +137,11 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
             cwd=str(job.notebook.parent),
             execution_timeout=cell_timeout,
             progress_bar=False,
-            # the kernel's "running over TCP without encryption" warning (a loopback kernel) is noise here
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # Kernel log lines are noise here: its "running over TCP without encryption" warning (a loopback
+            # kernel), and the "KeyboardInterrupt caught in kernel" error logged when jupyter_client's
+            # interrupt-before-shutdown lands in a message handler. A cell's error reaches the report
+            # through the executed notebook, not through this log.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except Exception as exc:  # papermill raises PapermillExecutionError and friends: record, go on
         status, error = "failed", f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
@@ -164,6 +167,9 @@ def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, heigh
     """Render a figure's Plotly JSON to a PNG thumbnail with Plotly's static export (kaleido drives a
     headless Chromium).
 
+    The figure is laid out at one and a half times the thumbnail's size with tight margins, then drawn
+    at two thirds scale: titles and tick labels keep room to be read instead of being cut at 480 pixels.
+
     Returns:
         (file name, "") when written, or ("", why not): a missing kaleido or Chromium leaves the
         report without a thumbnail, never without its row.
@@ -171,7 +177,11 @@ def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, heigh
     try:
         import plotly.io as pio
 
-        png = pio.to_image(pio.from_json(json.dumps(figure)), format="png", width=width, height=height)
+        drawing = pio.from_json(json.dumps(figure))
+        drawing.update_layout(margin={"l": 10, "r": 10, "t": 50, "b": 10}, title={"x": 0.01, "xanchor": "left"}, height=None, width=None)
+        drawing.update_xaxes(automargin=True)
+        drawing.update_yaxes(automargin=True)
+        png = pio.to_image(drawing, format="png", width=round(width * 1.5), height=round(height * 1.5), scale=1 / 1.5)
     except Exception as exc:  # kaleido missing, no Chromium, a figure it cannot draw: report it, go on
         first_line = (str(exc).strip().splitlines() or [""])[0]
         return "", f"no thumbnail: {type(exc).__name__}: {first_line[:200]}"

@@ -112,8 +112,31 @@ def learnable_memory(network: nn.Module, plan: QuantizationPlan) -> tuple[int, i
     return float_bytes, quantized_weights + 4 * (optimized_parameters - quantized_weights)
 
 
-def run_both(float_net: nn.Module, quantized_net: nn.Module, data: Any, mini_batch_size: int | None, progress: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Scores of the float network and of its emulation on the same data, and the labels."""
+def run_both(
+    float_net: nn.Module, quantized_net: nn.Module, data: Any, mini_batch_size: int | None = None, progress: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Scores of the float network and of its emulation on the same data, and the labels.
+
+    Args:
+        float_net: The float network.
+        quantized_net: Its quantized (emulated) network, e.g. ``DLQuantizer.quantize()``.
+        data: Images with labels, as :meth:`DLQuantizer.validate` takes them.
+        mini_batch_size: Batch size for a tensor or Dataset (default 32).
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        (float scores N×K, quantized scores N×K, labels or None when the data has none).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 2)
+        >>> float_scores, same_scores, labels = run_both(net, net, torch.rand(4, 3), progress=False)
+        >>> bool(torch.equal(float_scores, same_scores)), labels
+        (True, None)
+
+    Raises:
+        CalibrationError: A batch cannot pass through either network.
+    """
     from tqdm.auto import tqdm
 
     from dlqnb.batches import count_batches

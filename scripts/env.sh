@@ -11,9 +11,14 @@ fi
 STAMP="$VENV/.dlqnb-installed"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "dlqnb: installing dlqnb and its dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+    LOG="$VENV/install.log"
+    echo "dlqnb: installing dlqnb and its dependencies into $VENV (log: $LOG)" >&2
+    # pip and the build backend print warnings a newcomer cannot act on: keep them in the log, show it on failure
+    if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"; } >"$LOG" 2>&1; then
+        cat "$LOG" >&2
+        echo "dlqnb: installation failed; pip's output is above and in $LOG" >&2
+        exit 1
+    fi
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

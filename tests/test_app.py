@@ -42,6 +42,18 @@ def test_calibrate_button_calibrates_and_fills_the_layer_table(tmp_path):
     assert app.row_buttons["features_0_features_1_Bias"].button_style == "info"
 
 
+def test_calibrating_again_starts_over(tmp_path):
+    app = make_app(tmp_path)
+    app.calibrate()
+    first = app.quantizer.calibration_table.copy()
+    app.switches["features_0_features_1"].value = False
+    app.calibrate_button.click()
+    assert app.quantizer.num_calibration_samples_ == 6  # the same six images, not twelve
+    assert app.quantizer.calibration_table.equals(first)
+    assert "Calibrated on 6 images" in app.status.value
+    assert app.quantizer.excluded_layers == {"features_0_features_1"}  # the Quantize boxes keep their state
+
+
 def test_selecting_a_row_updates_the_heat_map(tmp_path):
     app = make_app(tmp_path)
     app.calibrate()

@@ -11,7 +11,7 @@ import torch
 
 import dlqnb
 from dlqnb.numerics import MSBHistogram
-from dlqnb.plotting import calibration_heatmap, msb_heatmap, training_progress_figure
+from dlqnb.plotting import calibration_heatmap, msb_heatmap, score_agreement_figure, training_progress_figure
 from dlqnb.records import RECORD_MIME_TYPE, read_records, record
 
 
@@ -58,6 +58,23 @@ def test_training_progress_figure_plots_validation_points():
     )
     figure = training_progress_figure(info)
     assert list(figure.data[1].x) == [2] and list(figure.data[1].y) == [70.0]
+
+
+def test_score_agreement_figure_plots_every_score_and_counts_kept_top1():
+    float_scores = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 4.0], [2.0, 2.5, 0.0]])
+    quantized = float_scores.clone()
+    quantized[1, 2] = 2.5  # image 1's top class changes from 1 to 2
+    quantized[3, 0] = 2.25  # image 3's scores move, its top class stays 1
+    figure = score_agreement_figure(float_scores, quantized, ["a", "b", "c"])
+    assert "agrees on 3 of 4 images" in figure.layout.title.text
+    points = {trace.name: list(zip(trace.x, trace.y)) for trace in figure.data if trace.mode == "markers"}
+    assert points["c"] == [(0.0, 0.0), (1.0, 2.5), (4.0, 4.0), (0.0, 0.0)]
+    diagonal = next(trace for trace in figure.data if trace.mode == "lines")
+    assert (min(diagonal.x), max(diagonal.x)) == (0.0, 4.0) and list(diagonal.x) == list(diagonal.y)
+    with pytest.raises(ValueError, match="2 names for 3 score columns"):
+        score_agreement_figure(float_scores, quantized, ["a", "b"])
+    with pytest.raises(ValueError, match="same N×K shape"):
+        score_agreement_figure(float_scores, quantized[:3])
 
 
 def test_records_round_trip_through_notebook_outputs():
