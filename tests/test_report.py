@@ -165,3 +165,15 @@ def test_read_figures_returns_the_marked_figures_in_order(tmp_path):
     notebook = {"cells": [{"cell_type": "code", "outputs": [output("first")]}, {"cell_type": "code", "outputs": [output("second")]}]}
     figures = read_figures(notebook)
     assert list(figures) == ["first", "second"] and figures["second"]["layout"]["title"] == "second"
+
+
+def test_every_example_notebook_marks_a_key_figure_for_its_thumbnail():
+    import nbformat
+
+    notebooks = report.default_notebooks()
+    assert len(notebooks) >= 7
+    unmarked = [
+        path.name for path in notebooks
+        if not any(cell.cell_type == "code" and "dlqnb.record_figure(" in cell.source for cell in nbformat.read(path, as_version=4).cells)
+    ]
+    assert unmarked == [], f"these example notebooks would show 'no key figure recorded' in the index: {unmarked}"
