@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
+from ipywidgets.widgets.widget_string import HTMLStyle
 import plotly.graph_objects as go
 from torch import nn
 
@@ -106,8 +107,9 @@ class QuantizerApp:
         self.layer_table.add_class("dlqnb-layer-table")
         self.row_buttons: dict[str, widgets.Button] = {}
         self.selected_layer: str | None = None
+        self._check_layout = widgets.Layout(width=_CHECK_WIDTH)
         self.switches = {
-            name: widgets.Checkbox(value=True, description="Quantize", indent=False, layout={"width": _CHECK_WIDTH})
+            name: widgets.Checkbox(value=True, description="Quantize", indent=False, layout=self._check_layout)
             for name in self.quantizer.quantizable_layers
         }
         self.results = widgets.HTML()
@@ -164,28 +166,32 @@ class QuantizerApp:
         bits = [bit for h in histograms.values() for bit in h.nonzero_counts()] + list(types["MSB"]) + list(types["LSB"])
         high, low = max(bits) + 1, min(bits) - 1
         name_width = f"{max(len(row) for row in histograms) + 6}ch"  # wide enough for the longest name: never cut
+        # A widget's layout and style are widgets of their own; one shared instance per column keeps a
+        # 94-row table near 300 widgets instead of 800, so its messages reach the browser in one short burst.
+        name_layout, values_layout, row_layout = widgets.Layout(width=name_width), widgets.Layout(width=_VALUES_WIDTH), widgets.Layout(**_ROW_LAYOUT)
+        name_style, values_style = widgets.ButtonStyle(), HTMLStyle()
         header = widgets.HBox(
             [
-                widgets.HTML("<b>Quantize</b>", layout={"width": _CHECK_WIDTH}),
-                widgets.HTML("<b>Optimized Layer Name</b>", layout={"width": name_width}),
-                widgets.HTML(_spans([f"<b>{title}</b>" for title, _ in _VALUE_COLUMNS]), layout={"width": _VALUES_WIDTH}),
+                widgets.HTML("<b>Quantize</b>", layout=self._check_layout, style=values_style),
+                widgets.HTML("<b>Optimized Layer Name</b>", layout=name_layout, style=values_style),
+                widgets.HTML(_spans([f"<b>{title}</b>" for title, _ in _VALUE_COLUMNS]), layout=values_layout, style=values_style),
             ],
-            layout=_ROW_LAYOUT,
+            layout=row_layout,
         )
         rows = [header]
-        no_check = widgets.Box(layout={"width": _CHECK_WIDTH})  # one spacer, shown on every row without a box
+        no_check = widgets.Box(layout=self._check_layout)  # one spacer, shown on every row without a box
         self.row_buttons = {}
         for row in types.itertuples(index=False):
             name, network_layer, kind, low_value, high_value = row[:5]
             layer = name.rsplit("_", 1)[0]
-            button = widgets.Button(description=name, tooltip=f"{name} (network layer {network_layer})", layout={"width": name_width})
-            button.add_class("dlqnb-row-name")
+            button = widgets.Button(
+                description=name, tooltip=f"{name} (network layer {network_layer})", layout=name_layout, style=name_style, _dom_classes=("dlqnb-row-name",)
+            )
             button.on_click(lambda _, layer=layer: self.select(layer))
             self.row_buttons[name] = button
             check = self.switches[layer] if kind == "Weights" and layer in self.switches else no_check
             values = _spans([kind, _number(low_value), _number(high_value), msb_sparkline(histograms[name], int(row[5]), high, low)])
-            line = widgets.HBox([check, button, widgets.HTML(values, layout={"width": _VALUES_WIDTH})], layout=_ROW_LAYOUT)
-            line.add_class("dlqnb-layer-row")
+            line = widgets.HBox([check, button, widgets.HTML(values, layout=values_layout, style=values_style)], layout=row_layout, _dom_classes=("dlqnb-layer-row",))
             rows.append(line)
         self.layer_table.children = rows
 

@@ -26,7 +26,6 @@ Example (the verdict on measured seconds per call; ``choose_backend(path)`` meas
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from typing import Any
 import onnx
 import torch
 
-from dlqnb.cache import atomic_write_text, cache_dir
+from dlqnb.cache import atomic_write_text, bytes_key, cache_dir
 from dlqnb.host import compare_speed, cpu_key, cpu_summary, installed_version
 
 __all__ = ["BACKENDS", "SPLIT_BATCH", "TRIAL_BATCHES", "choice_cache_path", "choose_backend", "cpu_backends", "decide", "measure_backends"]
@@ -105,7 +104,7 @@ def measure_backends(path: str | os.PathLike[str], backends: list[str], rounds: 
 def choice_cache_path(onnx_bytes: bytes) -> Path:
     """Where ``auto``'s choice for a model file is kept: keyed by the file's hash, the CPU and the
     versions of ONNX Runtime and OpenVINO."""
-    digest = hashlib.sha256(onnx_bytes).hexdigest()[:20]
+    digest = bytes_key(onnx_bytes)
     versions = f"ort{installed_version('onnxruntime')}-ov{installed_version('openvino')}"
     return cache_dir() / "backend_choice" / f"{digest}-{cpu_key()}-{versions}.json"
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from filelock import FileLock
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_dir", "cache_lock", "content_key"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "bytes_key", "cache_dir", "cache_lock", "content_key"]
 
 
 def cache_dir() -> Path:
@@ -46,6 +46,16 @@ def content_key(recipe: dict[str, Any]) -> str:
     """A short stable hash of a JSON-serializable recipe (what produced a cache entry)."""
     text = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def bytes_key(data: bytes) -> str:
+    """A short stable hash of a file's bytes (a model file, for the caches of what is compiled from it).
+
+    Example:
+        >>> len(bytes_key(b"model")), bytes_key(b"model") == bytes_key(b"model")
+        (20, True)
+    """
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from dlqnb.backend_choice import choose_backend
-from dlqnb.cache import atomic_write_bytes, cache_dir
+from dlqnb.cache import atomic_write_bytes, bytes_key, cache_dir
 
 __all__ = [
     "BatchSplitRunner",
@@ -193,7 +192,7 @@ def onnxruntime_ops(path: str | os.PathLike[str]) -> dict[str, int]:
 def openvino_cache_path(onnx_bytes: bytes, openvino_version: str, cpu: str, settings: str) -> Path:
     """Where OpenVINO's compiled model of a file is cached: keyed by the ONNX file's hash, OpenVINO's
     version, the CPU (the compiled kernels are chosen for its instruction sets) and the runner's settings."""
-    digest = hashlib.sha256(onnx_bytes).hexdigest()[:20]
+    digest = bytes_key(onnx_bytes)
     version = "".join(c if c.isalnum() or c == "." else "-" for c in openvino_version)[:40]
     return cache_dir() / "openvino" / f"{digest}-ov{version}-{cpu}-{settings}.blob"
 
@@ -280,7 +279,7 @@ class OpenVINORunner:
 def engine_cache_path(onnx_bytes: bytes, tensorrt_version: str, gpu_name: str) -> Path:
     """Where the serialized engine of a model is cached: keyed by the ONNX file's hash, TensorRT's
     version and the GPU (an engine only runs where it was built)."""
-    digest = hashlib.sha256(onnx_bytes).hexdigest()[:20]
+    digest = bytes_key(onnx_bytes)
     gpu = "".join(c if c.isalnum() else "-" for c in gpu_name)
     return cache_dir() / "tensorrt" / f"{digest}-trt{tensorrt_version}-{gpu}.engine"
 

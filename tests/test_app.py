@@ -42,6 +42,18 @@ def test_calibrate_button_calibrates_and_fills_the_layer_table(tmp_path):
     assert app.row_buttons["features_0_features_1_Bias"].button_style == "info"
 
 
+def test_the_layer_table_costs_three_widgets_a_row(tmp_path):
+    from ipywidgets.widgets.widget import _instances as live_widgets
+
+    app = make_app(tmp_path)
+    before = len(live_widgets)
+    app.calibrate()
+    created = len(live_widgets) - before  # each one is a comm_open message to the browser
+    rows = len(app.row_buttons)
+    # the row, its name button and its values: layouts and styles are shared by the whole column
+    assert created <= 3 * rows + 12, f"{created} widgets for {rows} rows"
+
+
 def test_calibrating_again_starts_over(tmp_path):
     app = make_app(tmp_path)
     app.calibrate()
