@@ -13,6 +13,7 @@ from dlqnb.batches import DataError
 from dlqnb.graph import NetworkGraphError, network_summary
 from dlqnb.quantizer import CalibrationError, DLQuantizer, NotCalibratedError
 from dlqnb.calibration_file import CalibrationFileError
+from dlqnb.errors import ScoredOutputError
 from dlqnb.emulation import quantization_details
 from dlqnb.models import load_network, save_network
 from dlqnb.pruning import TaylorPrunableNetwork
@@ -25,6 +26,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationFileError",
     "QuantizationOptions",
+    "ScoredOutputError",
     "TaylorPrunableNetwork",
     "classify",
     "quantization_details",

@@ -5,7 +5,14 @@ Two implementations give identical results:
 * a C++ kernel (compiled on first use with ``torch.utils.cpp_extension.load_inline`` into dlqnb's
   cache folder, then reused) that reads the data once on all intra-op threads;
 * pure torch: ``aminmax`` plus :func:`dlqnb.numerics.exponent_field_counts` (a single-threaded
-  ``bincount``), used when the compiler is missing, the build fails, or ``DLQNB_KERNEL=torch``.
+  ``bincount``), used when ``DLQNB_KERNEL=torch`` asks for it, and otherwise when the compiler is
+  missing or the build fails (then with one ``RuntimeWarning`` saying why).
+
+The compiled library is sealed with a checksum (:func:`dlqnb.cache.seal_entry`) and verified before it
+is loaded: loading a damaged library can kill Python (a truncated one ends in SIGBUS), and ninja would
+take a damaged or emptied one for up to date. A library that does not match its checksum, or has none
+(a build that was interrupted), is removed with its build folder and rebuilt, with one
+:class:`~dlqnb.cache.CacheWarning` naming it.
 
 Measured on this project's 2-core machine, the kernel costs about a third of the fallback; see the
 README's performance table.
@@ -15,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -110,6 +120,10 @@ std::vector<torch::Tensor> minmax_exponent_counts(torch::Tensor x) {
 """
 
 _CPP_DECLARATION = "std::vector<torch::Tensor> minmax_exponent_counts(torch::Tensor x);"
+_MODULE_NAME = "dlqnb_calibration_kernel"
+# v3: libraries sealed with a checksum. Earlier builds (v2, unsealed) are left where they are rather
+# than taken for damaged ones.
+_BUILD_FORMAT = "v3"
 
 _Kernel = Callable[[Tensor], tuple[float, float, Tensor]]
 _compiled: _Kernel | None = None
@@ -126,24 +140,61 @@ def torch_minmax_exponent_counts(x: Tensor) -> tuple[float, float, Tensor]:
     return float(low), float(high), exponent_field_counts(x)
 
 
-def _build() -> _Kernel | None:
+def _build_directory() -> Path:
+    """Where the kernel is compiled: one folder per build format and torch version."""
+    from dlqnb.cache import cache_dir
+
+    return cache_dir() / "kernels" / f"{_BUILD_FORMAT}-torch-{torch.__version__}"
+
+
+def _library_path(build_dir: Path) -> Path:
+    from torch.utils.cpp_extension import LIB_EXT
+
+    return build_dir / f"{_MODULE_NAME}{LIB_EXT}"
+
+
+def _discard_unverified_build(build_dir: Path) -> bool:
+    """Remove the build folder when its library is damaged or unsealed (one warning naming it).
+
+    The whole folder goes: ninja takes an existing library, whatever is in it, for up to date as
+    long as it is newer than its object file, so only an empty folder is certain to be rebuilt.
+
+    Returns:
+        Whether the folder was removed.
+    """
+    from dlqnb.cache import entry_intact
+
+    library = _library_path(build_dir)
+    if not library.exists() or entry_intact(library):  # entry_intact warns about, and removes, a bad one
+        return False
+    shutil.rmtree(build_dir, ignore_errors=True)
+    return True
+
+
+def _build() -> _Kernel:
     # Importing cpp_extension warns about CUDA_HOME on CPU-only machines; this kernel is CPU code.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load_inline
 
-    from dlqnb.cache import cache_dir
+    from dlqnb.cache import cache_lock, seal_entry
 
-    build_dir = cache_dir() / "kernels" / f"v2-torch-{torch.__version__}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    module = load_inline(
-        name="dlqnb_calibration_kernel",
-        cpp_sources=[_CPP_DECLARATION, _CPP_SOURCE],
-        functions=["minmax_exponent_counts"],
-        extra_cflags=["-O3", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-        verbose=False,
-    )
+    build_dir = _build_directory()
+    # One builder at a time across processes, so that a process never verifies, or seals, a library
+    # another one is writing.
+    with cache_lock(f"kernel-{build_dir.name}"):
+        _discard_unverified_build(build_dir)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        module = load_inline(
+            name=_MODULE_NAME,
+            cpp_sources=[_CPP_DECLARATION, _CPP_SOURCE],
+            functions=["minmax_exponent_counts"],
+            extra_cflags=["-O3", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+        # Verified before loading, or just built by ninja: record what is there now.
+        seal_entry(_library_path(build_dir))
 
     def run(x: Tensor) -> tuple[float, float, Tensor]:
         x = x.detach()
@@ -166,9 +217,22 @@ def _compiled_kernel() -> _Kernel | None:
             try:
                 _compiled = _build()
             except Exception as error:  # no compiler, no ninja, a failed build: fall back, exactly
-                _log.info("dlqnb: C++ calibration kernel unavailable (%s); using pure torch", error)
                 _compiled = None
+                _warn_build_failed(error)
     return _compiled
+
+
+def _warn_build_failed(error: Exception) -> None:
+    # A compiler's output can run to pages: the warning carries its first line, the log all of it.
+    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    _log.info("dlqnb: the C++ calibration kernel could not be built: %s", error)
+    warnings.warn(
+        f"dlqnb: the C++ calibration kernel could not be built in {_build_directory()} ({first_line[:300]}); "
+        "calibrating with the pure-torch path instead (the same results, slower). "
+        "Set DLQNB_KERNEL=torch to choose it without this warning.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def kernel_name() -> str:

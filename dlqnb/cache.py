@@ -4,6 +4,12 @@ Generated data, trained networks and compiled kernels live in one folder: ``$DLQ
 otherwise ``$XDG_CACHE_HOME/dlqnb`` (``~/.cache/dlqnb``). Entries are keyed by a hash of what produced
 them, written to a temporary name and renamed into place, and built under a file lock.
 
+Entries are verified: :func:`write_entry` stores a SHA-256 checksum beside each entry
+(``<entry>.sha256``) and :func:`read_entry` (or :func:`entry_intact` for files loaded by path, such as
+a compiled library) checks it before anything is used. A damaged or foreign entry is removed with one
+:class:`CacheWarning` naming the file, so the caller builds it again; a cache folder that cannot be
+written degrades to no caching, with one warning.
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "example.txt"
@@ -12,6 +18,9 @@ Example:
     b'done'
     >>> cache_dir().is_dir()
     True
+    >>> entry = pathlib.Path(tempfile.mkdtemp()) / "entry.bin"
+    >>> write_entry(entry, b"payload"), read_entry(entry)
+    (True, b'payload')
 """
 
 from __future__ import annotations
@@ -21,24 +30,70 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "bytes_key", "cache_dir", "cache_lock", "content_key"]
+__all__ = [
+    "CHECKSUM_SUFFIX",
+    "CacheWarning",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "bytes_key",
+    "cache_dir",
+    "cache_lock",
+    "content_key",
+    "discard_entry",
+    "entry_intact",
+    "read_entry",
+    "seal_entry",
+    "write_entry",
+]
+
+#: The checksum file beside every verified cache entry: ``<entry>.sha256`` holds the entry's SHA-256 in hex.
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was damaged or foreign (and is rebuilt), or the cache folder cannot be written."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(key: str, message: str) -> None:
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("DLQNB_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "dlqnb"
+
+
+def _unwritable_key(path: Path) -> str:
+    """One warning per unwritable cache (not one per sub-folder of it); paths outside it are keyed by their folder."""
+    root = _cache_root()
+    return f"unwritable:{root if path == root or root in path.parents else path.parent}"
 
 
 def cache_dir() -> Path:
     """The cache folder (created if missing)."""
-    root = os.environ.get("DLQNB_CACHE")
-    if root:
-        path = Path(root)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        path = Path(base) / "dlqnb"
-    path.mkdir(parents=True, exist_ok=True)
+    path = _cache_root()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # read-only home or cache: callers degrade to no caching
+        _warn_once(_unwritable_key(path), f"dlqnb: cannot create the cache folder {path} ({error}); continuing without caching")
     return path
 
 
@@ -60,11 +115,123 @@ def bytes_key(data: bytes) -> str:
 
 @contextlib.contextmanager
 def cache_lock(name: str, timeout: float = 3600) -> Iterator[None]:
-    """Hold the cache's lock ``name`` (one builder at a time across processes)."""
-    lock_path = cache_dir() / "locks" / f"{name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_path), timeout=timeout):
+    """Hold the cache's lock ``name`` (one builder at a time across processes).
+
+    Where the cache folder cannot be written, nothing is cached either, so the caller goes on
+    without the lock (one :class:`CacheWarning`).
+    """
+    lock_path = cache_dir() / "locks" / f"{_safe_name(name)}.lock"
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path), timeout=timeout)
+        lock.acquire()
+    except OSError as error:
+        _warn_once(_unwritable_key(lock_path), f"dlqnb: cannot lock {lock_path} ({error}); continuing without caching")
         yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _safe_name(name: str) -> str:
+    """``name`` as one file name: separators and other unsafe characters become ``-``."""
+    return "".join(c if c.isalnum() or c in "._+-" else "-" for c in name)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_entry(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Store a cache entry and its checksum, atomically.
+
+    Returns:
+        True when stored; False, with one :class:`CacheWarning`, when the cache folder cannot be
+        written (the caller simply goes on without the cached copy).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> write_entry(pathlib.Path(tempfile.mkdtemp()) / "a.bin", b"x")
+        True
+    """
+    target = Path(path)
+    try:
+        atomic_write_bytes(target, data)
+        atomic_write_text(_checksum_path(target), hashlib.sha256(data).hexdigest())
+    except OSError as error:
+        _warn_once(_unwritable_key(target), f"dlqnb: cannot write the cache entry {target} ({error}); continuing without caching")
+        return False
+    return True
+
+
+def seal_entry(path: str | os.PathLike[str]) -> bool:
+    """Record the checksum of a file another tool wrote into the cache (a compiled library), so that
+    :func:`entry_intact` can verify it before it is loaded. False (one warning) when it cannot be written."""
+    target = Path(path)
+    try:
+        atomic_write_text(_checksum_path(target), hashlib.sha256(target.read_bytes()).hexdigest())
+    except OSError as error:
+        _warn_once(_unwritable_key(target), f"dlqnb: cannot write the checksum of {target} ({error}); it will be rebuilt next time")
+        return False
+    return True
+
+
+def discard_entry(path: str | os.PathLike[str], reason: str) -> None:
+    """Remove a damaged or foreign entry and its checksum, with one :class:`CacheWarning` naming the
+    file and ``reason``; the caller then builds it again."""
+    target = Path(path)
+    warnings.warn(f"dlqnb: the cache entry {target} {reason}; rebuilding it", CacheWarning, stacklevel=3)
+    for item in (target, _checksum_path(target)):
+        with contextlib.suppress(OSError):
+            item.unlink()
+
+
+def _verified(target: Path, data: bytes) -> bool:
+    try:
+        expected = _checksum_path(target).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        discard_entry(target, "has no readable checksum (damaged, or written by another program)")
+        return False
+    if hashlib.sha256(data).hexdigest() != expected:
+        discard_entry(target, "does not match its checksum (damaged)")
+        return False
+    return True
+
+
+def read_entry(path: str | os.PathLike[str]) -> bytes | None:
+    """A cache entry's bytes, verified against its checksum.
+
+    Returns:
+        The bytes; None when there is no entry; None after removing a damaged or foreign entry (one
+        :class:`CacheWarning` naming it), so that the caller builds it again.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> entry = pathlib.Path(tempfile.mkdtemp()) / "b.bin"
+        >>> _ = write_entry(entry, b"abc"); _ = entry.write_bytes(b"abd")
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     read_entry(entry), entry.exists(), "does not match its checksum" in str(caught[0].message)
+        (None, False, True)
+    """
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        discard_entry(target, f"cannot be read ({error})")
+        return None
+    return data if _verified(target, data) else None
+
+
+def entry_intact(path: str | os.PathLike[str]) -> bool:
+    """Whether a file in the cache is present and matches the checksum :func:`seal_entry` or
+    :func:`write_entry` recorded; a damaged or unsealed file is removed (one warning) so it is rebuilt."""
+    return read_entry(path) is not None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -2,8 +2,9 @@
 
 One safetensors file (no pickle anywhere): the tensors hold every observed tensor's range and its 256
 MSB counts; the header's metadata holds a JSON document with the format version, dlqnb's version,
-the target, the exponent scheme, the excluded layers, the number of calibration samples, the chosen
-type of every row, and a fingerprint of the network it was calibrated on (graph and weights). A
+the target, the exponent scheme, the excluded layers, the number of calibration samples, the shape of
+one input channels first ((C, H, W) for images, (C, L) for 1-D signals: what export takes as the
+model's input), the chosen type of every row, and a fingerprint of the network it was calibrated on (graph and weights). A
 SHA-256 checksum over the JSON and the tensor bytes detects edits; files are written atomically.
 
 Loading checks, in order: the file is a readable safetensors file, it is a dlqnb calibration file,
@@ -59,7 +60,8 @@ class CalibrationState:
             inputs' statistics are not observed).
         tensor_nodes: Every node that produced a float tensor (each gets an Activations row).
         num_samples: Images seen.
-        input_shape: Shape (C, H, W) of the images seen last (empty when unknown).
+        input_shape: Shape of one input seen last, channels first: (C, H, W) for images, (C, L) for
+            1-D signals, (C, D, H, W) for volumes (empty when unknown).
     """
 
     stats: dict[str, RangeStats] = field(default_factory=dict)

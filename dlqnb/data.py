@@ -2,7 +2,9 @@
 
 * :func:`image_datastore` — ``imageDatastore(folder, 'IncludeSubfolders', true, 'LabelSource',
   'foldernames')``: one image file per sample, labelled by its folder. Files that are not images are
-  skipped with one warning naming them. An image that cannot be decoded raises a
+  skipped with one warning naming them. Images are read at their bit depth (16-bit gray PNG, TIFF and PGM
+  files as uint16, MATLAB's ``imread``) and scaled by it to [0, 1]. An image that cannot be decoded, or
+  one over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), raises a
   :class:`~dlqnb.batches.DataError` naming the file when it is read (nothing is skipped silently).
 * :func:`split_each_label` — ``splitEachLabel``: per label, ``round(fraction * count)`` files go
   to the first store (15 images at 0.7 → 11 and 4, so MerchData's 75 give 55 and 20).
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dlqnb.batches import DataError, pil_pixels
+from dlqnb.batches import DataError, pil_pixels, scaled_pixels
 from dlqnb.cache import cache_dir, cache_lock, content_key
 from dlqnb.synthetic import MERCH_CLASSES, render_merch, sample_rng
 
@@ -93,16 +95,23 @@ class ImageDatastore:
         return pd.DataFrame({"Label": list(self.class_names), "Count": [int(counts.get(c, 0)) for c in self.class_names]})
 
     def read(self, index: int) -> np.ndarray:
-        """Image ``index`` as an H×W×C uint8 array (grayscale keeps one channel).
+        """Image ``index`` as an H×W×C array at its bit depth (grayscale keeps one channel): uint8, or
+        uint16 for 16-bit gray files (see :func:`dlqnb.batches.pil_pixels`).
 
         Raises:
-            DataError: If the file cannot be decoded; the message names it.
+            DataError: If the file cannot be decoded or is over Pillow's decompression-bomb limit; the
+                message names it.
         """
         path = self.files[index]
         try:
             with Image.open(path) as image:
                 image.load()
                 pixels = np.array(pil_pixels(image))  # writable, as torch.from_numpy wants it
+        except Image.DecompressionBombError as error:
+            raise DataError(
+                f"image file {str(path)!r} is over Pillow's decompression-bomb limit ({error}); if the file is trusted, "
+                "raise PIL.Image.MAX_IMAGE_PIXELS before reading it"
+            ) from error
         except (OSError, UnidentifiedImageError, ValueError) as error:
             raise DataError(f"cannot read image file {str(path)!r}: {error}") from error
         return pixels
@@ -277,7 +286,7 @@ class AugmentedImageDatastore(Dataset):
         cached = self._decoded.get(index)
         if cached is not None:
             return cached
-        pixels = torch.from_numpy(self._colors(self.store.read(index), index)).permute(2, 0, 1).float() / 255
+        pixels = torch.from_numpy(scaled_pixels(self._colors(self.store.read(index), index))).permute(2, 0, 1)
         if tuple(pixels.shape[-2:]) != tuple(self.output_size):
             pixels = F.interpolate(pixels[None], size=tuple(self.output_size), mode="bilinear", antialias=True, align_corners=False)[0]
         pixels = pixels.clamp_(0, 1)
@@ -292,9 +301,11 @@ class AugmentedImageDatastore(Dataset):
         if self.color_preprocessing == "gray2rgb" and channels == 1:
             return np.repeat(pixels, 3, axis=2)
         if self.color_preprocessing == "rgb2gray" and channels == 3:
-            # ITU-R BT.601 luma, MATLAB's rgb2gray weights
+            # ITU-R BT.601 luma, MATLAB's rgb2gray weights; integer images are rounded at their bit depth
             gray = pixels.astype(np.float64) @ np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
-            return np.clip(np.floor(gray + 0.5), 0, 255).astype(np.uint8)[:, :, None]
+            if np.issubdtype(pixels.dtype, np.integer):
+                gray = np.clip(np.floor(gray + 0.5), 0, np.iinfo(pixels.dtype).max)
+            return gray.astype(pixels.dtype)[:, :, None]
         if self._channels is None:
             self._channels = channels
         elif channels != self._channels:
@@ -345,7 +356,8 @@ def augmented_image_datastore(
 def imtile(images: Sequence[np.ndarray | torch.Tensor], columns: int | None = None, size: int = 160) -> np.ndarray:
     """Tile images side by side (MATLAB's ``imtile``), each resized to ``size``×``size``.
 
-    Accepts H×W×C uint8 arrays or C×H×W float tensors in [0, 1]; returns an H×W×3 uint8 array.
+    Accepts H×W×C arrays (uint8, or uint16 16-bit images) or C×H×W float tensors in [0, 1]; returns
+    an H×W×3 uint8 array.
     """
     if not images:
         raise ValueError("imtile needs at least one image")
@@ -355,6 +367,8 @@ def imtile(images: Sequence[np.ndarray | torch.Tensor], columns: int | None = No
     for i, image in enumerate(images):
         if isinstance(image, torch.Tensor):
             image = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        elif image.dtype != np.uint8:
+            image = (scaled_pixels(image) * 255).round().astype(np.uint8)
         if image.shape[2] == 1:
             image = np.repeat(image, 3, axis=2)
         tile = np.array(Image.fromarray(image).resize((size, size), Image.BILINEAR))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CalibrationError", "NotCalibratedError"]
+__all__ = ["CalibrationError", "NotCalibratedError", "ScoredOutputError"]
 
 
 class CalibrationError(RuntimeError):
@@ -11,3 +11,8 @@ class CalibrationError(RuntimeError):
 
 class NotCalibratedError(RuntimeError):
     """A step that needs calibration ranges was called before :meth:`DLQuantizer.calibrate`."""
+
+
+class ScoredOutputError(ValueError):
+    """A network's outputs do not say which one holds the class scores (a dict with no ``output=``
+    chosen, or an ``output=`` that is not there); the message names the outputs there are."""

@@ -17,6 +17,10 @@ optimized layer joins its members' names with ``_`` (``conv1`` + ``relu_conv1`` 
 Folding only happens where it cannot change the result: the conv's output feeds the BatchNorm alone,
 and the BatchNorm's (or conv's) output feeds the activation alone.
 
+A network whose parameters or buffers are on the ``meta`` device (shapes without values, as
+``torch.device("meta")`` or ``init_empty_weights`` make them) is refused with an error naming the first
+such tensor: calibrating it would read uninitialized memory.
+
 Example:
     >>> import torch, torchvision
     >>> net = torchvision.models.resnet18(num_classes=5).eval()
@@ -50,6 +54,7 @@ __all__ = [
     "OptimizedLayer",
     "OptimizedNetwork",
     "NetworkSummary",
+    "check_materialized",
     "layer_name",
     "network_summary",
     "optimize_network",
@@ -256,6 +261,33 @@ def _check_supported(gm: fx.GraphModule) -> None:
             raise NetworkGraphError(f"layer '{layer_name(node)}' ({type(module).__name__}): {reason} by dlqnb quantization")
 
 
+def check_materialized(net: nn.Module) -> None:
+    """Refuse a network whose parameters or buffers hold no values (the ``meta`` device).
+
+    A meta tensor has a shape and no storage; once copied to a real device it holds whatever memory
+    it lands on, so ranges calibrated from it would change from run to run.
+
+    Raises:
+        NetworkGraphError: Naming the first parameter or buffer on the meta device.
+
+    Example:
+        >>> from torch import nn
+        >>> check_materialized(nn.Linear(2, 3))  # real weights: nothing to say
+        >>> try:
+        ...     check_materialized(nn.Linear(2, 3, device="meta"))
+        ... except NetworkGraphError as error:
+        ...     print(str(error).split(" (")[0])
+        parameter 'weight' of Linear is on the meta device
+    """
+    tensors = [("parameter", name, t) for name, t in net.named_parameters()] + [("buffer", name, t) for name, t in net.named_buffers()]
+    for kind, name, tensor in tensors:
+        if tensor.is_meta:
+            raise NetworkGraphError(
+                f"{kind} '{name}' of {type(net).__name__} is on the meta device (a shape without values): load its "
+                'weights first, e.g. net.to_empty(device="cpu") then net.load_state_dict(state)'
+            )
+
+
 def optimize_network(net: nn.Module) -> OptimizedNetwork:
     """Trace a copy of ``net`` and fold and fuse it into the optimized network.
 
@@ -266,8 +298,8 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
         The optimized network, in eval mode, with gradients off.
 
     Raises:
-        NetworkGraphError: If fx cannot trace the network, or a layer cannot be handled; the
-            message names the layer and the reason.
+        NetworkGraphError: If fx cannot trace the network, a layer cannot be handled, or a parameter
+            or buffer is on the meta device; the message names the layer or tensor and the reason.
 
     Example:
         >>> import torchvision
@@ -275,6 +307,7 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
         >>> list(opt.layers)[:2]
         ['features_0_features_1', 'features_3_squeeze_features_3_squeeze_activation']
     """
+    check_materialized(net)
     model = copy.deepcopy(net).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -33,7 +33,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["INSTRUCTION_SETS", "compare_speed", "cpu_info", "cpu_key", "cpu_summary", "installed_version", "parse_cpuinfo", "speedup_sentence", "time_block"]
+__all__ = [
+    "INSTRUCTION_SETS",
+    "compare_speed",
+    "cpu_info",
+    "cpu_key",
+    "cpu_summary",
+    "file_name_safe",
+    "installed_version",
+    "parse_cpuinfo",
+    "speedup_sentence",
+    "time_block",
+]
 
 #: Instruction sets that decide int8 speed on x86, and the /proc/cpuinfo flags that announce them.
 INSTRUCTION_SETS: dict[str, tuple[str, ...]] = {
@@ -95,8 +106,18 @@ def cpu_key() -> str:
     """A short file-name-safe key of the CPU (model, family, cores, instruction sets) for caches."""
     info = cpu_info()
     digest = hashlib.sha256(cpu_summary(info).encode()).hexdigest()[:10]
-    name = "".join(c if c.isalnum() else "-" for c in info["model"])[:24]
-    return f"{name}-{digest}"
+    return f"{file_name_safe(info['model'], keep='')[:24]}-{digest}"
+
+
+def file_name_safe(text: str, keep: str = ".") -> str:
+    """``text`` as part of one flat file name: every character other than letters, digits and those
+    in ``keep`` becomes ``-`` (version strings such as OpenVINO's hold ``/``).
+
+    Example:
+        >>> file_name_safe("2026.4.1-22982-releases/2026/4")
+        '2026.4.1-22982-releases-2026-4'
+    """
+    return "".join(c if c.isalnum() or c in keep else "-" for c in text)
 
 
 def installed_version(module: str) -> str | None:

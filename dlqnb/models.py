@@ -40,6 +40,8 @@ __all__ = [
     "digits_net",
     "find_layers_to_replace",
     "load_network",
+    "network_bytes",
+    "network_from_bytes",
     "network_metadata",
     "replace_classifier",
     "save_network",
@@ -450,11 +452,16 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def save_network(net: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Save a dlqnb network (architecture name, metadata, weights) atomically.
+def network_bytes(net: nn.Module) -> bytes:
+    """A dlqnb network as the bytes of a network file (what :func:`save_network` writes).
 
     Raises:
         ValueError: If the network is not one dlqnb can rebuild (no ``architecture``).
+
+    Example:
+        >>> data = network_bytes(digits_net())
+        >>> type(network_from_bytes(data)).__name__
+        'DigitsNet'
     """
     architecture = getattr(net, "architecture", None)
     if architecture not in _BUILDERS:
@@ -477,7 +484,16 @@ def save_network(net: nn.Module, path: str | os.PathLike[str]) -> None:
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_network(net: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Save a dlqnb network (architecture name, metadata, weights) atomically.
+
+    Raises:
+        ValueError: If the network is not one dlqnb can rebuild (no ``architecture``).
+    """
+    atomic_write_bytes(path, network_bytes(net))
 
 
 def load_network(path: str | os.PathLike[str]) -> nn.Module:
@@ -489,27 +505,48 @@ def load_network(path: str | os.PathLike[str]) -> nn.Module:
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"network file {os.fspath(path)!r} does not exist")
+    with open(path, "rb") as stream:
+        data = stream.read()
+    return network_from_bytes(data, os.fspath(path))
+
+
+def network_from_bytes(data: bytes, source: str = "network bytes") -> nn.Module:
+    """The network in the bytes of a network file (``weights_only=True``: nothing unpickled).
+
+    Args:
+        data: What :func:`network_bytes` gave, or a network file's content.
+        source: Where the bytes came from, for error messages (a file name).
+
+    Raises:
+        ValueError: If the bytes are not a dlqnb network file, are of a newer version, or are
+            damaged; the message names ``source``.
+
+    Example:
+        >>> network_from_bytes(network_bytes(digits_net(num_classes=3))).num_classes
+        3
+    """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable dlqnb network file: {error}") from error
+        raise ValueError(f"{source!r} is not a readable dlqnb network file: {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != NETWORK_FILE_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a dlqnb network file (no '{NETWORK_FILE_FORMAT}' header)")
+        raise ValueError(f"{source!r} is not a dlqnb network file (no '{NETWORK_FILE_FORMAT}' header)")
     if payload.get("version", 0) > NETWORK_FILE_VERSION:
         raise ValueError(
-            f"{os.fspath(path)!r} has network file version {payload['version']}; this dlqnb reads up to "
+            f"{source!r} has network file version {payload['version']}; this dlqnb reads up to "
             f"{NETWORK_FILE_VERSION}: upgrade dlqnb"
         )
-    builder = _BUILDERS.get(payload["architecture"])
+    architecture = payload.get("architecture")
+    builder = _BUILDERS.get(architecture) if isinstance(architecture, str) else None
     if builder is None:
-        raise ValueError(f"{os.fspath(path)!r}: unknown architecture {payload['architecture']!r}")
-    net = builder(payload["num_classes"], payload["mean"], payload["std"], payload.get("classifier_name"))
-    state = payload["state_dict"]
-    if isinstance(net, SqueezeNet):
-        state = torchvision_state_dict(state, net.classifier_name)
+        raise ValueError(f"{source!r}: unknown architecture {architecture!r}")
     try:
+        net = builder(payload["num_classes"], payload["mean"], payload["std"], payload.get("classifier_name"))
+        state = payload["state_dict"]
+        if isinstance(net, SqueezeNet):
+            state = torchvision_state_dict(state, net.classifier_name)
         net.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{os.fspath(path)!r}: weights do not fit the {payload['architecture']} architecture: {error}") from error
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{source!r}: weights do not fit the {architecture} architecture: {error}") from error
     set_metadata(net, payload.get("class_names"), payload.get("input_size"))
     return net.eval()

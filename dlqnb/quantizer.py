@@ -8,6 +8,9 @@ every layer that produces a tensor the range and MSB counts of its activations.
 The calibration table has exactly MATLAB's columns and is shaped like MATLAB's: the Weights and
 Bias rows of every conv/linear layer first, then the Activations rows, each part in network order.
 
+A network that returns several outputs is scored (validation, export) on the one ``output=`` names: a
+tuple's or list's first element by default, with a warning; a dict's entry must be named.
+
 Calling :meth:`~DLQuantizer.calibrate` again widens the ranges with the new data (the counts add
 up); the weights and bias rows do not change. A calibration that fails (bad batch, non-finite
 activations) leaves the earlier state untouched.
@@ -50,7 +53,15 @@ from dlqnb.numerics import ExponentScheme, Rounding, choose_fraction_length, fra
 from dlqnb.observers import RangeStats
 from dlqnb.ops import mutates_input, op_traits, tensor_args
 from dlqnb.plan import QuantizationPlan, TensorType, build_plan
-from dlqnb.validation import QuantizationOptions, ValidationResult, learnable_memory, run_both, validation_table
+from dlqnb.validation import (
+    OutputChoice,
+    QuantizationOptions,
+    ValidationResult,
+    check_output_choice,
+    learnable_memory,
+    run_both,
+    validation_table,
+)
 
 __all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibratedError"]
 
@@ -129,15 +140,22 @@ class DLQuantizer:
         excluded_layers: Optimized layer names to keep in float (the app's per-layer switch).
         per_channel_weights: One power-of-two weight scale per output channel (MinMax of each
             channel) instead of one per layer; emulation and export follow it.
+        output: For a network that returns several outputs, which one holds the class scores that
+            :meth:`validate` compares and the exported model returns: an index of a tuple or list
+            (default: the first, with a warning), a key of a dict (required for a dict). Leave it
+            unset for a network that returns one tensor.
 
     Attributes:
         optimized: The traced network with BatchNorm folded and activations fused.
         excluded_layers: Optimized layers the user keeps in float.
         num_calibration_samples_: Images seen by :meth:`calibrate` so far.
-        input_shape_: Shape (C, H, W) of the images :meth:`calibrate` saw last.
+        input_shape_: Shape of one input :meth:`calibrate` saw last: (C, H, W) for images, (C, L) for
+            1-D signals, (C, D, H, W) for volumes.
+        output: Which output is scored (see ``output`` above).
 
     Raises:
-        NetworkGraphError: If the network cannot be traced or holds a layer dlqnb cannot handle.
+        NetworkGraphError: If the network cannot be traced, holds a layer dlqnb cannot handle, or has
+            a parameter or buffer on the meta device (no values to calibrate); the message names it.
 
     Example:
         >>> import torch, torchvision
@@ -154,6 +172,7 @@ class DLQuantizer:
         exponent_scheme: ExponentScheme = "minmax",
         excluded_layers: Iterable[str] = (),
         per_channel_weights: bool = False,
+        output: OutputChoice = None,
     ) -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -166,6 +185,7 @@ class DLQuantizer:
         self.execution_environment: ExecutionEnvironment = environment  # type: ignore[assignment]
         self.exponent_scheme: ExponentScheme = exponent_scheme
         self.per_channel_weights = bool(per_channel_weights)
+        self.output: OutputChoice = check_output_choice(output)
         self.optimized: OptimizedNetwork = optimize_network(net)
         self._derivable = _derivable_sources(self.optimized.module)
         self._state = CalibrationState.empty()
@@ -231,7 +251,8 @@ class DLQuantizer:
 
     @property
     def input_shape_(self) -> tuple[int, ...] | None:
-        """Shape (C, H, W) of the images calibration saw last (None before, or from an older file)."""
+        """Shape of one input calibration saw last, channels first ((C, H, W) for images, (C, L) for 1-D
+        signals); None before calibration, or from a calibration file that predates recording it."""
         return tuple(self._state.input_shape) if self._state.input_shape else None
 
     @property
@@ -470,15 +491,17 @@ class DLQuantizer:
             progress: Show a progress bar.
 
         Returns:
-            A :class:`~dlqnb.validation.ValidationResult` (``num_samples``, ``metric_results``).
+            A :class:`~dlqnb.validation.ValidationResult` (``num_samples``, ``metric_results``). A
+            network with several outputs is scored on the one :attr:`output` names.
 
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
             CalibrationError: Data the network cannot take (names the batch and the reason).
+            ScoredOutputError: The network returns a dict and :attr:`output` names none of its keys.
         """
         self.check_calibrated("validate")
         options = options or QuantizationOptions()
-        float_scores, quantized_scores, labels = run_both(self.network, self.quantize(), data, mini_batch_size, progress)
+        float_scores, quantized_scores, labels = run_both(self.network, self.quantize(), data, mini_batch_size, progress, self.output)
         table = validation_table(options.metric_fcn, float_scores, quantized_scores, labels, learnable_memory(self.network, self.plan()))
         return ValidationResult(len(float_scores), table, float_scores, quantized_scores, labels)
 
@@ -508,7 +531,7 @@ class DLQuantizer:
         )
 
     @classmethod
-    def load(cls, path: str, net: nn.Module, execution_environment: str | None = None) -> DLQuantizer:
+    def load(cls, path: str, net: nn.Module, execution_environment: str | None = None, output: OutputChoice = None) -> DLQuantizer:
         """A calibrated quantizer for ``net`` from a calibration file written by :meth:`save`.
 
         Args:
@@ -516,6 +539,7 @@ class DLQuantizer:
             net: The network it was calibrated on.
             execution_environment: Another target for the same ranges (the file's by default): the
                 ranges do not depend on the target, the types derived from them do.
+            output: Which output holds the class scores, for a network with several (see the class).
 
         Raises:
             CalibrationFileError: Missing, truncated, foreign, newer, edited file, or a different network.
@@ -529,6 +553,7 @@ class DLQuantizer:
             exponent_scheme=settings["exponent_scheme"],
             excluded_layers=settings["excluded_layers"],
             per_channel_weights=settings.get("per_channel_weights", False),
+            output=output,
         )
         if quantizer.network_fingerprint() != settings["network_fingerprint"]:
             raise CalibrationFileError(

@@ -5,10 +5,13 @@ builds (and caches on disk) a strongly typed TensorRT engine from the ``"gpu"`` 
 on CUDA; ``"onnxruntime"`` runs a CPU session; ``"openvino"`` compiles (and caches) the model for
 OpenVINO's CPU plugin; ``"auto"`` picks TensorRT when it imports, a CUDA device is present and the
 model is of the ``"gpu"`` flavour, and otherwise the CPU runtime a short trial measured fastest for
-this model on this CPU (:mod:`dlqnb.backend_choice`), saying why.
+this model on this CPU, among those measured to compute its scores exactly (:mod:`dlqnb.backend_choice`),
+saying why. Compiled models and engines are cached as verified entries (:mod:`dlqnb.cache`): a damaged
+one is compiled again with one warning, and an unwritable cache means compiling on every load.
 :func:`predict_int8` is the ``predict_int8`` entry point of MATLAB's *INT8 Code Generation for Deep
-Learning Networks*: it loads a runner once per file and reuses it, and accepts one H×W×3 uint8 image
-or float NCHW batches.
+Learning Networks*: it loads a runner once per file content and reuses it (a few files' runners at a
+time), and accepts one H×W×3 uint8 image or float NCHW batches (NCL for a 1-D signal model).
+:func:`model_info` reads and checks a file's dlqnb metadata, naming the field that is wrong.
 
 Example:
     >>> import tempfile, torch, torchvision
@@ -29,7 +32,9 @@ import json
 import logging
 import os
 import threading
+import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from dlqnb.backend_choice import choose_backend
-from dlqnb.cache import atomic_write_bytes, bytes_key, cache_dir
+from dlqnb.cache import bytes_key, cache_dir, discard_entry, read_entry, write_entry
+from dlqnb.host import file_name_safe
 
 __all__ = [
     "BatchSplitRunner",
@@ -47,6 +53,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "OpenVINORunner",
     "TensorRTRunner",
+    "check_settings",
     "choose_backend",
     "convolution_precisions",
     "engine_cache_path",
@@ -67,12 +74,24 @@ class ModelFileError(ValueError):
     """A model file that cannot be run; the message names the file and the reason."""
 
 
+#: The flavours a dlqnb model file may record in ``dlqnb_target``.
+TARGETS = ("cpu", "gpu", "float")
+
+
 def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a dlqnb model file says of itself: ``target``, ``class_names``, ``preprocessing`` (input
-    size, channels) and ``input_name``.
+    size, channels) and ``input_name``; the one reader of its metadata, which it checks.
+
+    ``preprocessing["input_size"]`` is ``[H, W]`` for an image model (input N×C×H×W), ``[L]`` for a
+    1-D signal model (input N×C×L) and ``[D, H, W]`` for a volume model (input N×C×D×H×W).
 
     Raises:
-        ModelFileError: The file is not a readable ONNX model.
+        ModelFileError: The file is not a readable ONNX model, or its dlqnb metadata is malformed or
+            disagrees with the graph (the message names the file and the field).
+
+    Example:
+        >>> model_info("model_int8.onnx")["preprocessing"]  # doctest: +SKIP
+        {'input_size': [227, 227], 'pixel_range': [0.0, 1.0], 'channels': 3, 'mean_std': 'applied inside the model'}
     """
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
@@ -84,48 +103,155 @@ def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "dlqnb_target" not in props:
         warnings.warn(f"{os.fspath(path)!r} carries no dlqnb metadata: no class names or preprocessing; inputs are used as given", stacklevel=3)
         return {"target": None, "class_names": None, "preprocessing": {}, "input_name": model.graph.input[0].name}
-    return {
-        "input_name": model.graph.input[0].name,
-        "target": props["dlqnb_target"],
-        "class_names": json.loads(props.get("dlqnb_class_names", "null")),
-        "preprocessing": json.loads(props.get("dlqnb_preprocessing", "{}")),
-    }
+    name = os.fspath(path)
+    if props["dlqnb_target"] not in TARGETS:
+        raise ModelFileError(f"{name!r}: metadata field dlqnb_target is {props['dlqnb_target']!r}; expected one of {', '.join(map(repr, TARGETS))}")
+    class_names = _metadata_json(name, props, "dlqnb_class_names", "null")
+    if class_names is not None and not (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)):
+        raise ModelFileError(f"{name!r}: metadata field dlqnb_class_names must be a JSON list of class names (or null), got {class_names!r}")
+    preprocessing = _metadata_json(name, props, "dlqnb_preprocessing", "{}")
+    if not isinstance(preprocessing, dict):
+        raise ModelFileError(f"{name!r}: metadata field dlqnb_preprocessing must be a JSON object (input_size, channels, ...), got {preprocessing!r}")
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    _check_preprocessing(name, preprocessing, dims)
+    return {"input_name": model.graph.input[0].name, "target": props["dlqnb_target"], "class_names": class_names, "preprocessing": preprocessing}
+
+
+def _metadata_json(path: str, props: dict[str, str], field: str, default: str) -> Any:
+    try:
+        return json.loads(props.get(field, default))
+    except ValueError as error:
+        raise ModelFileError(f"{path!r}: metadata field {field} is not valid JSON ({error})") from error
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_preprocessing(path: str, preprocessing: dict[str, Any], dims: list[int]) -> None:
+    """Raise :class:`ModelFileError` where the recorded input size or channels are malformed or
+    disagree with the graph's input (dims: N, C, then H, W or L; 0 where dynamic)."""
+    size, channels = preprocessing.get("input_size"), preprocessing.get("channels")
+    field = "metadata field dlqnb_preprocessing"
+    if size is not None and not (isinstance(size, list) and len(size) in _LAYOUTS and all(map(_positive_int, size))):
+        raise ModelFileError(
+            f"{path!r}: {field}: input_size must be [H, W] (images), [L] (1-D signals) or [D, H, W] (volumes) of positive whole numbers, got {size!r}"
+        )
+    if channels is not None and not _positive_int(channels):
+        raise ModelFileError(f"{path!r}: {field}: channels must be a positive whole number, got {channels!r}")
+    if not dims:  # the graph does not give its input's shape
+        return
+    if size is not None and len(dims) != 2 + len(size):
+        raise ModelFileError(
+            f"{path!r}: {field}: input_size {size} is for a {2 + len(size)}-D input, but the graph's input has {len(dims)} dimensions"
+        )
+    recorded_dims = [(channels, dims[1] if len(dims) > 1 else 0, "channels")]
+    recorded_dims += [(recorded, dim, "input_size") for recorded, dim in zip(size or [], dims[2:])]
+    for recorded, dim, what in recorded_dims:
+        if recorded is not None and dim > 0 and recorded != dim:
+            shape = "×".join(str(d) if d > 0 else "?" for d in dims)
+            raise ModelFileError(f"{path!r}: {field}: {what} records {recorded} where the graph's input is {shape} (N×C first)")
+
+
+#: The float batch layout and the size's name for each length of ``input_size``.
+_LAYOUTS = {1: ("N×C×L signals", "signals of length {}"), 2: ("N×C×H×W images", "images of {}×{}"), 3: ("N×C×D×H×W volumes", "volumes of {}×{}×{}")}
 
 
 def prepare_input(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
-    """Check and preprocess runner input: one H×W×3 uint8 image, or float N×C×H×W batches in [0, 1].
+    """Check and preprocess runner input: one H×W×3 uint8 (or 16-bit uint16) image, or float N×C×H×W batches in [0, 1];
+    for a 1-D signal model (``input_size`` ``[L]``) float N×C×L batches, for a volume model
+    (``[D, H, W]``) float N×C×D×H×W batches.
 
-    A uint8 image is resized to the model's input size and scaled to [0, 1], as the datastores
-    do for calibration and validation.
+    A uint8 or uint16 image is resized to the model's input size and scaled to [0, 1] by its bit
+    depth, as the datastores do for calibration and validation. Float images far beyond the recorded pixel range (0–255
+    values given to a model that expects [0, 1]) are scored as given, with a warning.
 
     Raises:
-        ValueError: Wrong rank, channel count, size or dtype, or NaN/Inf pixels, naming what was expected.
+        ValueError: Wrong rank, channel count, size or dtype, or NaN/Inf values, naming what was expected.
+
+    Example:
+        >>> prepare_input(np.zeros((8, 8, 3), np.uint8), {"input_size": [4, 4], "channels": 3}).shape
+        (1, 3, 4, 4)
+        >>> prepare_input(np.zeros((2, 50), np.float32), {"input_size": [50], "channels": 2}).shape
+        (1, 2, 50)
     """
     channels = preprocessing.get("channels")
     size = preprocessing.get("input_size")
+    spatial = len(size) if size else 2
+    if spatial not in _LAYOUTS:
+        raise ValueError(f"preprocessing['input_size'] must be [H, W], [L] or [D, H, W], got {size!r}")
+    layout, size_name = _LAYOUTS[spatial]
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
-    if x.dtype == np.uint8:
-        if x.ndim != 3 or (channels and x.shape[2] != channels):
-            raise ValueError(f"a uint8 image must be H×W×{channels or 'C'}, got shape {x.shape}")
-        image = torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float() / 255
-        if size and tuple(image.shape[-2:]) != tuple(size):
-            image = F.interpolate(image, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-        return image.numpy()
+    if x.dtype in (np.uint8, np.uint16):
+        if spatial != 2:
+            raise ValueError(f"this model takes float {layout}; a {x.dtype} H×W×C image is for image models, got shape {x.shape}")
+        return _prepare_image(x, channels, size)
     if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"expected float N×C×H×W images in [0, 1] or one uint8 H×W×C image, got dtype {x.dtype}")
-    if x.ndim == 3:
+        what = f"float {layout}" if spatial != 2 else "float N×C×H×W images in [0, 1] or one uint8 H×W×C image"
+        raise ValueError(f"expected {what}, got dtype {x.dtype}")
+    rank = 2 + spatial
+    if x.ndim == rank - 1:
         x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"expected float images N×C×H×W, got shape {x.shape}")
+    if x.ndim != rank:
+        raise ValueError(f"expected float {layout}, got shape {x.shape}")
     if channels and x.shape[1] != channels:
-        raise ValueError(f"expected {channels} channels (N×{channels}×H×W), got shape {x.shape}")
-    if size and tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"expected images of {size[0]}×{size[1]} (the model's input size), got shape {x.shape}")
+        raise ValueError(f"expected {channels} channels ({layout.split()[0].replace('C', str(channels))}), got shape {x.shape}")
+    if size and tuple(x.shape[2:]) != tuple(size):
+        raise ValueError(f"expected {size_name.format(*size)} (the model's input size), got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"the input holds {int((~np.isfinite(x)).sum())} NaN or Inf values; expected finite pixels in [0, 1]")
+        raise ValueError(f"the input holds {int((~np.isfinite(x)).sum())} NaN or Inf values; expected finite values")
+    _warn_beyond_pixel_range(x, preprocessing.get("pixel_range"))
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _prepare_image(x: np.ndarray, channels: int | None, size: list[int] | None) -> np.ndarray:
+    if x.ndim != 3 or (channels and x.shape[2] != channels):
+        raise ValueError(f"a {x.dtype} image must be H×W×{channels or 'C'}, got shape {x.shape}")
+    top = float(np.iinfo(x.dtype).max)  # 255 or 65535: scale by the image's bit depth
+    image = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None] / top
+    if size and tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+    return image.numpy()
+
+
+def _warn_beyond_pixel_range(x: np.ndarray, pixel_range: Any) -> None:
+    """Warn when float images lie far beyond the model's recorded pixel range: half the range above
+    its top (1.5 for [0, 1]) is no resampling overshoot but images in another scale, such as 0–255."""
+    if not (isinstance(pixel_range, list) and len(pixel_range) == 2) or not x.size:
+        return
+    low, high = (float(v) for v in pixel_range)
+    largest = float(x.max())
+    if largest > high + 0.5 * (high - low):
+        warnings.warn(
+            f"the float images reach {largest:.4g}, far beyond the pixel range [{low:g}, {high:g}] the model expects; "
+            f"scores are computed as given. Divide 0–255 images by 255 (or pass one uint8 H×W×3 image)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+#: OpenVINO's performance hints, as :func:`load_int8` takes them.
+HINTS = ("latency", "throughput")
+
+
+def check_settings(threads: Any = None, hint: Any = "latency") -> None:
+    """Refuse runner settings the runtimes would reject with their own errors.
+
+    Raises:
+        ValueError: ``threads`` not None or a positive whole number; ``hint`` not one of :data:`HINTS`.
+
+    Example:
+        >>> check_settings(threads=2.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: threads must be a positive whole number of CPU threads (or None for all cores), got 2.5
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive whole number of CPU threads (or None for all cores), got {threads!r}")
+    if hint not in HINTS:
+        raise ValueError(f"hint must be 'latency' or 'throughput', got {hint!r}")
 
 
 class OnnxRuntimeRunner:
@@ -145,10 +271,11 @@ class OnnxRuntimeRunner:
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None, optimized_model_path: str | None = None) -> None:
         import onnxruntime as ort
 
+        check_settings(threads)
         self.path = os.fspath(path)
         self.info = model_info(path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads keep a core busy after each run; with a float and an int8 session
@@ -193,7 +320,7 @@ def openvino_cache_path(onnx_bytes: bytes, openvino_version: str, cpu: str, sett
     """Where OpenVINO's compiled model of a file is cached: keyed by the ONNX file's hash, OpenVINO's
     version, the CPU (the compiled kernels are chosen for its instruction sets) and the runner's settings."""
     digest = bytes_key(onnx_bytes)
-    version = "".join(c if c.isalnum() or c == "." else "-" for c in openvino_version)[:40]
+    version = file_name_safe(openvino_version)[:40]
     return cache_dir() / "openvino" / f"{digest}-ov{version}-{cpu}-{settings}.blob"
 
 
@@ -209,41 +336,39 @@ class OpenVINORunner:
 
     OpenVINO reads the QuantizeLinear/DequantizeLinear pairs as its own FakeQuantize and runs the
     convolutions between them in int8. On the ``"cpu"`` flavour it computes what the emulation
-    computes, bit for bit (tested); on the ``"gpu"`` flavour (TensorRT's: float biases, int8 after
-    ReLU) the top class agrees but the scores differ, and loading one warns. The compiled model is cached on disk
-    (:func:`openvino_cache_path`), so a second load skips compilation.
+    computes, bit for bit (tested). On the ``"gpu"`` flavour (TensorRT's: float biases, int8 after
+    ReLU) whether its scores equal ONNX Runtime's (and so the emulation's) depends on the CPU: loading
+    one compares them once per file and CPU (:func:`~dlqnb.backend_choice.score_differences`, cached)
+    and warns with the difference measured where they differ. The compiled model is cached on disk
+    (:func:`openvino_cache_path`, verified when read), so a second load skips compilation.
 
     Args:
         path: The ONNX file.
         threads: Inference threads (default: all cores).
         hint: ``"latency"`` (one request at a time, all cores on it) or ``"throughput"`` (OpenVINO
             splits the cores into parallel streams; pays off with many requests in flight).
+        check_scores: Compare a ``"gpu"``-flavour model's scores with ONNX Runtime's and warn where they
+            differ (``backend="auto"``'s trial, which makes that comparison itself, turns it off).
     """
 
     backend = "openvino"
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, hint: str = "latency") -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, hint: str = "latency", check_scores: bool = True) -> None:
         import openvino as ov
 
-        if hint not in ("latency", "throughput"):
-            raise ValueError(f"hint must be 'latency' or 'throughput', got {hint!r}")
+        check_settings(threads, hint)
         from dlqnb.host import cpu_key
 
         self.path = os.fspath(path)
         self.info = model_info(path)
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = int(threads or os.cpu_count() or 1)
         self.hint = hint
         config = openvino_config(self.threads, hint)
         with open(self.path, "rb") as stream:
             onnx_bytes = stream.read()
         self.cache_path = openvino_cache_path(onnx_bytes, ov.__version__, cpu_key(), f"{hint}-{self.threads}t")
         core = ov.Core()
-        self.compiled = None
-        if self.cache_path.exists():
-            try:
-                self.compiled = core.import_model(self.cache_path.read_bytes(), "CPU", config)
-            except RuntimeError as error:  # a blob from a damaged write or another build: compile again
-                _log.warning("dlqnb: ignoring OpenVINO's cached model %s (%s)", self.cache_path, error)
+        self.compiled = self._cached(core, config)
         if self.compiled is None:
             try:
                 self.compiled = core.compile_model(core.read_model(self.path), "CPU", config)
@@ -251,18 +376,44 @@ class OpenVINORunner:
                 raise ModelFileError(f"OpenVINO could not compile {self.path!r}: {error}") from error
             blob = io.BytesIO()
             self.compiled.export_model(blob)
-            atomic_write_bytes(self.cache_path, blob.getvalue())
-        if self.info.get("target") == "gpu":
-            warnings.warn(
-                f"{self.path}: OpenVINO's scores on the 'gpu' flavour differ from the emulation's (the top class agrees; "
-                "scores may differ by up to half their range); export with execution_environment='cpu' for OpenVINO, "
-                "which it computes bit for bit",
-                stacklevel=3,
-            )
+            write_entry(self.cache_path, blob.getvalue())
         self.request = self.compiled.create_infer_request()
         self.input_dtype = np.float16 if self.compiled.input(0).get_element_type() == ov.Type.f16 else np.float32
         self._lock = threading.Lock()  # an infer request runs one call at a time
         self.reason = ""
+        if check_scores and self.info.get("target") == "gpu":
+            self._warn_where_scores_differ()
+
+    def _cached(self, core: Any, config: dict[str, Any]) -> Any:
+        """The compiled model from the cache, or None (absent, damaged or from another build: compile again)."""
+        blob = read_entry(self.cache_path)  # verified against its checksum; a damaged one is removed with a warning
+        if blob is None:
+            return None
+        try:
+            return core.import_model(blob, "CPU", config)
+        except RuntimeError as error:  # intact, but written by a build this one cannot read
+            discard_entry(self.cache_path, f"cannot be imported by this OpenVINO ({error})")
+            return None
+
+    def _warn_where_scores_differ(self) -> None:
+        """Warn when this CPU's OpenVINO scores the model differently from ONNX Runtime (and so from the
+        emulation), with the largest difference measured (once per file, CPU and versions; cached)."""
+        from dlqnb.backend_choice import UnknownInputSize, score_differences
+
+        try:
+            measured = score_differences(self.path, ["openvino"], runners={"openvino": self})
+        except UnknownInputSize:
+            warnings.warn(f"{self.path}: OpenVINO's scores on the 'gpu' flavour were not compared with the emulation's "
+                          "(the input size is not recorded); on some CPUs they differ", stacklevel=3)
+            return
+        difference = measured["differences"]["openvino"]
+        if difference > 0:
+            warnings.warn(
+                f"{self.path}: on this CPU OpenVINO's scores on the 'gpu' flavour differ from ONNX Runtime's (the emulation's "
+                f"wherever every layer runs in integers) by up to {difference:.3g} (largest score {measured['largest_score']:.3g}, measured on "
+                f"{measured['inputs']} test inputs); export with execution_environment='cpu' for OpenVINO, or run this file on ONNX Runtime",
+                stacklevel=3,
+            )
 
     def predict(self, x: Any) -> np.ndarray:
         """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
@@ -280,15 +431,15 @@ def engine_cache_path(onnx_bytes: bytes, tensorrt_version: str, gpu_name: str) -
     """Where the serialized engine of a model is cached: keyed by the ONNX file's hash, TensorRT's
     version and the GPU (an engine only runs where it was built)."""
     digest = bytes_key(onnx_bytes)
-    gpu = "".join(c if c.isalnum() else "-" for c in gpu_name)
-    return cache_dir() / "tensorrt" / f"{digest}-trt{tensorrt_version}-{gpu}.engine"
+    return cache_dir() / "tensorrt" / f"{digest}-trt{file_name_safe(tensorrt_version)}-{file_name_safe(gpu_name, keep='')}.engine"
 
 
 class TensorRTRunner:
     """Builds a strongly typed TensorRT engine from a ``"gpu"``-flavour QDQ model and runs it on CUDA.
 
     TensorRT 10/11 takes its precision from the Q/DQ types of a strongly typed network (no INT8 or
-    FP16 builder flags); the serialized engine is cached on disk (:func:`engine_cache_path`).
+    FP16 builder flags); the serialized engine is cached on disk (:func:`engine_cache_path`), verified
+    against its checksum when read (a damaged one is rebuilt, with a warning).
 
     Args:
         path: The ONNX file.
@@ -308,11 +459,10 @@ class TensorRTRunner:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
         self.engine_path = engine_cache_path(onnx_bytes, trt.__version__, gpu)
         self.logger = trt.Logger(trt.Logger.WARNING)
-        if self.engine_path.exists():
-            serialized = self.engine_path.read_bytes()
-        else:
+        serialized = read_entry(self.engine_path)  # verified against its checksum; a damaged one is removed with a warning
+        if serialized is None:
             serialized = self._build(onnx_bytes, max_batch)
-            atomic_write_bytes(self.engine_path, serialized)
+            write_entry(self.engine_path, serialized)
         runtime = trt.Runtime(self.logger)
         self.engine = runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
@@ -433,8 +583,10 @@ def load_int8(
 
     Raises:
         FileNotFoundError: No file at ``path``.
-        ModelFileError: The file is not a readable ONNX model.
+        ModelFileError: The file is not a readable ONNX model, or its metadata is malformed.
+        ValueError: An unknown backend or hint, or ``threads`` not a positive whole number.
     """
+    check_settings(threads, hint)
     if not os.path.exists(path):
         raise FileNotFoundError(f"ONNX model {os.fspath(path)!r} does not exist")
     chosen, reason = choose_backend(path, backend)
@@ -456,36 +608,74 @@ def load_int8(
     return runner
 
 
-_runners: dict[tuple[str, float], Any] = {}
+#: How many runners :func:`predict_int8` keeps (the most recently used files').
+RUNNERS_KEPT = 4
+#: A file's status (size, times, inode) is trusted to tell it unchanged only once its last change is
+#: this far in the past: a rewrite within the file system's timestamp granularity of the previous
+#: change (``cp -p``, unzip) leaves them all as they were, so until then the bytes are hashed again.
+SETTLED_NANOSECONDS = 2_000_000_000
+_runners: OrderedDict[str, tuple[str, Any]] = OrderedDict()  # absolute path → (content hash, runner)
+_settled: dict[str, tuple[tuple[int, ...], str]] = {}  # absolute path → (status, content hash)
 _runners_lock = threading.Lock()
+
+
+def _content_hash(path: str) -> str:
+    """The hash of a file's bytes, read again unless its status proves it unchanged since last hashed."""
+    status = os.stat(path)
+    signature = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+    known = _settled.get(path)
+    if known is not None and known[0] == signature:
+        return known[1]
+    with open(path, "rb") as stream:
+        digest = bytes_key(stream.read())
+    if time.time_ns() - max(status.st_mtime_ns, status.st_ctime_ns) > SETTLED_NANOSECONDS:
+        _settled[path] = (signature, digest)
+    else:
+        _settled.pop(path, None)
+    return digest
 
 
 def predict_int8(path: str | os.PathLike[str], x: Any) -> np.ndarray:
     """The ``predict_int8`` entry point: scores of ``x`` from the int8 model at ``path``.
 
     The runner is loaded on the first call for a file and reused afterwards (like MATLAB's
-    persistent ``mynet``); a file rewritten since is loaded again.
+    persistent ``mynet``) while the file's content is the same: a file replaced since, even with the
+    same modification time, is loaded again and its old runner dropped. Runners of the
+    :data:`RUNNERS_KEPT` most recently used files are kept.
 
     Args:
         path: The int8 ONNX model.
-        x: One H×W×3 uint8 image (resized as the model expects) or float N×C×H×W images in [0, 1].
+        x: One H×W×3 uint8 image (resized as the model expects) or float N×C×H×W images in [0, 1]
+            (float N×C×L for a 1-D signal model).
+
+    Example:
+        >>> predict_int8("model_int8.onnx", np.zeros((227, 227, 3), np.uint8)).shape  # doctest: +SKIP
+        (1, 5)
     """
-    key = (os.path.abspath(path), os.path.getmtime(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ONNX model {os.fspath(path)!r} does not exist")
+    key = os.path.abspath(path)
     with _runners_lock:
-        runner = _runners.get(key)
-        if runner is None:
-            runner = _runners[key] = load_int8(path)
+        digest = _content_hash(key)
+        held = _runners.get(key)
+        if held is None or held[0] != digest:
+            _runners[key] = (digest, load_int8(path))
+        _runners.move_to_end(key)
+        while len(_runners) > RUNNERS_KEPT:
+            dropped, _ = _runners.popitem(last=False)
+            _settled.pop(dropped, None)
+        runner = _runners[key][1]
     return runner.predict(x)
 
 
 def _profile_dims(dims: list[int], preprocessing: dict[str, Any], path: str) -> list[int]:
-    """C, H, W of a TensorRT optimization profile: the model's, with dynamic H and W taken from the
-    recorded input size.
+    """C, H, W (C, L for a 1-D signal model; C, D, H, W for a volume) of a TensorRT optimization profile: the model's, with
+    dynamic sizes taken from the recorded input size.
 
     Raises:
         RuntimeError: A dynamic dimension the model's metadata does not give.
     """
-    channels_size = [preprocessing.get("channels")] + list(preprocessing.get("input_size") or [None, None])
+    channels_size = [preprocessing.get("channels")] + list(preprocessing.get("input_size") or [])
     result = []
     for index, dim in enumerate(dims[1:]):
         if int(dim) > 0:
@@ -495,6 +685,6 @@ def _profile_dims(dims: list[int], preprocessing: dict[str, Any], path: str) -> 
         else:
             raise RuntimeError(
                 f"{path}: input dimension {index + 1} is dynamic and the model records no input size; "
-                "export it with export_qdq_onnx(..., input_size=(H, W))"
+                "export it with export_qdq_onnx(..., input_size=(H, W)) (or (L,) for a 1-D signal model)"
             )
     return result

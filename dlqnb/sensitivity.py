@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dlqnb.batches import iter_batches
-from dlqnb.validation import Metric, top1_accuracy
+from dlqnb.validation import Metric, scored_output, top1_accuracy
 
 if TYPE_CHECKING:
     from dlqnb.quantizer import DLQuantizer
@@ -70,21 +70,21 @@ def sensitivity_analysis(
     images = [b[0] for b in batches]
     labels = None if any(b[1] is None for b in batches) else torch.cat([b[1] for b in batches])
     with torch.no_grad():
-        reference = torch.cat([quantizer.optimized.module(x) for x in images])
+        reference = torch.cat([scored_output(quantizer.optimized.module(x), quantizer.output) for x in images])
     float_metric = float(metric(reference, labels))
     layers = quantizer.quantized_layers()
     baseline = float_metric
     if mode == "all_but":  # harm = what keeping the layer in float regains over quantizing everything
         with torch.no_grad():
             full = quantizer.quantize()
-            baseline = float(metric(torch.cat([full(x) for x in images]), labels))
+            baseline = float(metric(torch.cat([scored_output(full(x), quantizer.output) for x in images]), labels))
     rows = []
     for layer in tqdm(layers, desc="Sensitivity", disable=not progress):
         others = [name for name in layers if name != layer]
         variant = quantizer.with_excluded(set(quantizer.excluded_layers) | (set(others) if mode == "only" else {layer}))
         network = variant.quantize()
         with torch.no_grad():
-            scores = torch.cat([network(x) for x in images])
+            scores = torch.cat([scored_output(network(x), quantizer.output) for x in images])
         value = float(metric(scores, labels))
         error = float((scores - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12))
         harm = baseline - value if mode == "only" else value - baseline

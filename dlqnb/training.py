@@ -6,7 +6,12 @@ As ``trainNetwork`` does, each epoch drops the last incomplete mini-batch; per-l
 factors (``weight_learn_rate_factor`` / ``bias_learn_rate_factor`` attributes of a module, set by
 :func:`dlqnb.models.replace_classifier`) multiply the learning rate of that module's parameters.
 
-Training is deterministic for a given ``seed`` (shuffling, augmentation, dropout) and thread count.
+Training is reproducible: the same data, network, options and ``seed`` give bit-identical weights on
+one kind of CPU. :func:`train_network` seeds torch's random numbers with ``seed`` (shuffling, dropout),
+turns on torch's deterministic algorithms and runs on a fixed number of intra-op threads (``threads``,
+:data:`TRAINING_THREADS` by default), because the thread count decides the order in which gradients
+are summed; the caller's random state and settings are restored afterwards. Augmentation is a
+function of ``(seed, epoch, index)`` (:mod:`dlqnb.data`).
 ``plots="training-progress"`` draws a live Plotly chart in an interactive notebook and a static one
 when notebooks run as batch reports (``DLQNB_STATIC_PLOTS=1``, set by the report command).
 
@@ -23,8 +28,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,7 +44,12 @@ from tqdm.auto import tqdm
 
 from dlqnb.batches import iter_batches
 
-__all__ = ["TrainingOptions", "evaluate", "train_network", "training_options"]
+__all__ = ["TRAINING_THREADS", "TrainingOptions", "evaluate", "reproducible", "train_network", "training_options"]
+
+#: Intra-op threads :func:`train_network` uses unless ``threads`` says otherwise. Fixed rather than
+#: "all cores", so that a 2-core laptop and a 64-core server with the same kind of CPU sum gradients in
+#: the same order and train the same network; two threads is what this project's reference machine has.
+TRAINING_THREADS = 2
 
 INFO_COLUMNS = ["Iteration", "Epoch", "TrainingLoss", "TrainingAccuracy", "ValidationLoss", "ValidationAccuracy", "LearnRate"]
 
@@ -59,6 +71,7 @@ class TrainingOptions:
     plots: Literal["none", "training-progress"] = "none"
     seed: int = 0
     progress: bool = True
+    threads: int | None = TRAINING_THREADS
 
 
 def training_options(solver: str = "sgdm", **options: Any) -> TrainingOptions:
@@ -69,7 +82,9 @@ def training_options(solver: str = "sgdm", **options: Any) -> TrainingOptions:
         **options: Any field of :class:`TrainingOptions`, e.g. ``mini_batch_size=11``,
             ``max_epochs=7``, ``initial_learn_rate=2e-4``, ``shuffle="every-epoch"``,
             ``validation_data=...``, ``validation_frequency=3``, ``verbose=False``,
-            ``plots="training-progress"``, ``seed=0``.
+            ``plots="training-progress"``, ``seed=0``, ``threads=2`` (intra-op threads during
+            training, :data:`TRAINING_THREADS` by default; None keeps torch's current setting, so
+            the result then depends on it).
 
     Raises:
         ValueError: For an unknown option or solver, or a value out of range; names it.
@@ -90,7 +105,49 @@ def training_options(solver: str = "sgdm", **options: Any) -> TrainingOptions:
             raise ValueError(f"{name} must be a positive integer, got {getattr(result, name)}")
     if result.initial_learn_rate <= 0:
         raise ValueError(f"initial_learn_rate must be positive, got {result.initial_learn_rate}")
+    if result.threads is not None and (isinstance(result.threads, bool) or not isinstance(result.threads, int) or result.threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {result.threads!r}")
     return result
+
+
+@contextlib.contextmanager
+def reproducible(seed: int, threads: int | None = TRAINING_THREADS) -> Iterator[None]:
+    """Run a block reproducibly: torch's random numbers seeded, deterministic algorithms, fixed threads.
+
+    Everything is restored on the way out: the caller's random state, thread count and
+    deterministic-algorithm settings. :func:`train_network` trains inside this block; build a
+    network's starting weights inside it too, so that they do not depend on what ran before.
+
+    Args:
+        seed: Seed of torch's global random numbers inside the block.
+        threads: Intra-op threads inside the block; None keeps the current count.
+
+    Example:
+        >>> with reproducible(0):
+        ...     first = torch.rand(2)
+        >>> with reproducible(0, threads=1):
+        ...     second = torch.rand(2)
+        >>> torch.equal(first, second)
+        True
+    """
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_mkldnn = torch.backends.mkldnn.deterministic
+    with torch.random.fork_rng(devices=[]):
+        try:
+            torch.manual_seed(seed)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            # warn_only: an operation without a deterministic version warns instead of stopping the
+            # training; a caller who asked for the strict mode keeps it.
+            torch.use_deterministic_algorithms(True, warn_only=previous_warn_only if previous_deterministic else True)
+            torch.backends.mkldnn.deterministic = True
+            yield
+        finally:
+            torch.set_num_threads(previous_threads)
+            torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
+            torch.backends.mkldnn.deterministic = previous_mkldnn
 
 
 def _parameter_groups(net: nn.Module, options: TrainingOptions) -> list[dict[str, Any]]:
@@ -148,19 +205,25 @@ def train_network(data: Any, net: nn.Module, options: TrainingOptions) -> tuple[
         data: A Dataset of ``(image, label index)`` samples (an augmented image datastore, say);
             ``set_epoch`` is called on it each epoch when it has one.
         net: The network; it is not modified (a trained copy is returned).
-        options: From :func:`training_options`.
+        options: From :func:`training_options`. Training runs inside :func:`reproducible`
+            (``options.seed``, ``options.threads``).
 
     Returns:
         The trained network (eval mode) and a training-info DataFrame with one row per iteration:
         ``Iteration``, ``Epoch``, ``TrainingLoss``, ``TrainingAccuracy``, ``ValidationLoss``,
         ``ValidationAccuracy`` (NaN between validations), ``LearnRate``.
     """
-    from dlqnb.plotting import training_progress_figure
-
     samples = _samples(data)
     if len(samples) < options.mini_batch_size:
         raise ValueError(f"{len(samples)} training samples is fewer than one mini-batch of {options.mini_batch_size}")
-    torch.manual_seed(options.seed)
+    with reproducible(options.seed, options.threads):
+        return _train(samples, net, options)
+
+
+def _train(samples: Dataset, net: nn.Module, options: TrainingOptions) -> tuple[nn.Module, pd.DataFrame]:
+    """The training loop of :func:`train_network` (run inside :func:`reproducible`)."""
+    from dlqnb.plotting import training_progress_figure
+
     model = copy.deepcopy(net).train()
     groups = _parameter_groups(model, options)
     if options.solver == "sgdm":

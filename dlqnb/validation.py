@@ -5,6 +5,12 @@ compares them with metric functions ``fn(scores, labels) -> float`` (``scores`` 
 outputs, N×C logits; ``labels`` class indices, or None when the data has none). The default metric
 is top-1 accuracy.
 
+Which output is scored (:func:`scored_output`): a network that returns one tensor is scored on it; one
+that returns a tuple or list is scored on its first element unless ``output=`` (on
+:class:`~dlqnb.DLQuantizer`, or :func:`classify`) gives another index, and a warning says which was
+taken; one that returns a dict must say with ``output=`` which key holds the class scores (the error
+lists the keys).
+
 Learnable parameter memory, as MATLAB counts it:
 
 * **Floating-Point**: 4 bytes per learnable parameter of the network as given (BatchNorm's included);
@@ -22,9 +28,10 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import pandas as pd
 import torch
@@ -32,14 +39,27 @@ from torch import Tensor, nn
 
 from dlqnb.batches import iter_batches
 from dlqnb.emulation import EmulatedLayer
-from dlqnb.errors import CalibrationError
+from dlqnb.errors import CalibrationError, ScoredOutputError
 
 if TYPE_CHECKING:
     from dlqnb.plan import QuantizationPlan
 
-__all__ = ["QuantizationOptions", "ValidationResult", "classify", "learnable_memory", "matlab_short", "top1_accuracy"]
+__all__ = [
+    "OutputChoice",
+    "QuantizationOptions",
+    "ValidationResult",
+    "check_output_choice",
+    "classify",
+    "learnable_memory",
+    "matlab_short",
+    "scored_output",
+    "top1_accuracy",
+]
 
 Metric = Callable[[Tensor, Tensor | None], float]
+#: Which of a network's outputs holds the class scores: an index (tuple/list outputs), a key (dict
+#: outputs), or None (the output itself when it is one tensor, else the first element).
+OutputChoice = Union[int, str, None]
 RESULT_COLUMNS = ["NetworkImplementation", "MetricOutput", "LearnableParameterMemory(bytes)"]
 
 
@@ -48,6 +68,92 @@ def top1_accuracy(scores: Tensor, labels: Tensor | None) -> float:
     if labels is None:
         raise ValueError("top-1 accuracy needs labels: validate with (images, labels) data or give a metric_fcn")
     return float((scores.argmax(1) == labels).float().mean())
+
+
+def check_output_choice(output: Any) -> OutputChoice:
+    """``output`` if it can name a network output (an int index, a str key, or None), else a TypeError.
+
+    Example:
+        >>> check_output_choice("logits"), check_output_choice(0), check_output_choice(None)
+        ('logits', 0, None)
+    """
+    if output is None or isinstance(output, str) or (isinstance(output, int) and not isinstance(output, bool)):
+        return output
+    raise TypeError(f"output must be the index (int) or key (str) of the network output that holds the class scores, or None; got {output!r}")
+
+
+def _shape_text(value: Any) -> str:
+    return "×".join(str(d) for d in value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def scored_output(
+    outputs: Any, output: OutputChoice = None, how_to_choose: str = "output={}", warn: bool = False, stacklevel: int = 2
+) -> Tensor:
+    """The output of a network that holds the class scores.
+
+    Args:
+        outputs: What the network returned: a tensor, a tuple or list, or a dict of outputs.
+        output: The index (tuple/list) or key (dict) of the scores; None: the output itself when it is
+            one tensor, the first element of a tuple or list.
+        how_to_choose: How the caller chooses another output, with ``{}`` where the choice goes
+            (``"DLQuantizer(net, output={})"``); the messages quote it.
+        warn: Warn which element is taken when ``output`` is None and the network returns several.
+        stacklevel: Which caller the warning points at (2: the caller of this function), so that it
+            names the user's line rather than dlqnb's.
+
+    Returns:
+        The scores tensor (N×C).
+
+    Raises:
+        ScoredOutputError: A dict and no ``output``; an ``output`` the outputs do not have (the
+            message lists those there are); an ``output`` given for a network that returns one
+            tensor; a chosen output that is not a tensor.
+
+    Example:
+        >>> import torch
+        >>> scores, features = torch.zeros(2, 3), torch.ones(2, 8)
+        >>> scored_output((scores, features)).shape, scored_output({"logits": scores, "f": features}, "logits").shape
+        (torch.Size([2, 3]), torch.Size([2, 3]))
+    """
+    if isinstance(outputs, Tensor):
+        if output is not None:
+            raise ScoredOutputError(f"output={output!r} was given but the network returns one tensor ({_shape_text(outputs)}): leave output unset")
+        return outputs
+    if isinstance(outputs, dict):
+        keys = list(outputs)
+        if output is None or output not in outputs:
+            asked = "no output was chosen" if output is None else f"it has no output {output!r}"
+            raise ScoredOutputError(
+                f"the network returns a dict of outputs {keys} and {asked}: say which holds the class scores "
+                f"with {how_to_choose.format('<key>')}"
+            )
+        chosen = outputs[output]
+    elif isinstance(outputs, (tuple, list)):
+        count = len(outputs)
+        kind = type(outputs).__name__
+        if isinstance(output, str) and output in getattr(outputs, "_fields", ()):  # a named tuple
+            chosen = getattr(outputs, output)
+        elif isinstance(output, str) or (output is not None and not -count <= output < count) or count == 0:
+            raise ScoredOutputError(
+                f"the network returns a {kind} of {count} outputs ({', '.join(_shape_text(v) for v in outputs)}) and {output!r} is "
+                f"not one of them: choose an index from 0 to {count - 1}, e.g. {how_to_choose.format(0)}"
+            )
+        else:
+            chosen = outputs[output or 0]
+            if output is None and warn and count > 1:
+                warnings.warn(
+                    f"the network returns a {kind} of {count} outputs ({', '.join(_shape_text(v) for v in outputs)}); dlqnb scores "
+                    f"the first as the class scores. Choose another with {how_to_choose.format(1)}",
+                    UserWarning,
+                    stacklevel=stacklevel,
+                )
+    else:
+        raise ScoredOutputError(
+            f"the network returns a {type(outputs).__name__}; dlqnb scores a tensor, or one element of a tuple, list or dict of tensors"
+        )
+    if not isinstance(chosen, Tensor):
+        raise ScoredOutputError(f"the network's output {output!r} is a {type(chosen).__name__}, not a tensor of class scores")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -79,7 +185,8 @@ class ValidationResult:
         metric_results: ``NetworkImplementation`` (``Floating-Point`` / ``Quantized``),
             ``MetricOutput``, ``LearnableParameterMemory(bytes)``; one row per implementation and
             metric, with a ``MetricName`` column first when several metrics are given.
-        float_scores, quantized_scores: The outputs of both networks, N×C.
+        float_scores, quantized_scores: The scored outputs of both networks, N×C (see
+            :func:`scored_output`).
         labels: The labels, or None.
     """
 
@@ -113,7 +220,12 @@ def learnable_memory(network: nn.Module, plan: QuantizationPlan) -> tuple[int, i
 
 
 def run_both(
-    float_net: nn.Module, quantized_net: nn.Module, data: Any, mini_batch_size: int | None = None, progress: bool = True
+    float_net: nn.Module,
+    quantized_net: nn.Module,
+    data: Any,
+    mini_batch_size: int | None = None,
+    progress: bool = True,
+    output: OutputChoice = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Scores of the float network and of its emulation on the same data, and the labels.
 
@@ -123,6 +235,7 @@ def run_both(
         data: Images with labels, as :meth:`DLQuantizer.validate` takes them.
         mini_batch_size: Batch size for a tensor or Dataset (default 32).
         progress: Show a tqdm progress bar.
+        output: Which output holds the scores when the networks return several (:func:`scored_output`).
 
     Returns:
         (float scores N×K, quantized scores N×K, labels or None when the data has none).
@@ -136,6 +249,7 @@ def run_both(
 
     Raises:
         CalibrationError: A batch cannot pass through either network.
+        ScoredOutputError: The networks return a dict and ``output`` does not say which entry to score.
     """
     from tqdm.auto import tqdm
 
@@ -149,10 +263,11 @@ def run_both(
             batches = tqdm(iter_batches(data, mini_batch_size), total=count_batches(data, mini_batch_size), desc="Validating", disable=not progress)
             for index, (images, batch_labels) in enumerate(batches):
                 try:
-                    float_scores.append(float_net(images))
-                    quantized_scores.append(quantized_net(images))
+                    float_outputs, quantized_outputs = float_net(images), quantized_net(images)
                 except Exception as error:
                     raise CalibrationError(f"validation batch {index} of shape {tuple(images.shape)} cannot pass through the network: {error}") from error
+                float_scores.append(scored_output(float_outputs, output, "DLQuantizer(net, output={})", warn=index == 0, stacklevel=4))
+                quantized_scores.append(scored_output(quantized_outputs, output, "DLQuantizer(net, output={})"))
                 labels.append(batch_labels)
     finally:
         float_net.train(was_training)
@@ -186,13 +301,31 @@ def validation_table(
     return table.drop(columns="MetricName") if len(metrics) == 1 else table
 
 
-def classify(net: nn.Module, data: Any, mini_batch_size: int | None = None) -> list[str]:
+def classify(net: nn.Module, data: Any, mini_batch_size: int | None = None, output: OutputChoice = None) -> list[str]:
     """Predicted class names of ``net`` on ``data`` (MATLAB's ``classify``).
+
+    Args:
+        net: A network carrying ``class_names``.
+        data: Images in any form :meth:`DLQuantizer.calibrate` takes.
+        mini_batch_size: Batch size for a tensor or Dataset (default 32).
+        output: Which output holds the class scores when the network returns several: an index of a
+            tuple or list (default: the first, with a warning), a key of a dict (required).
 
     Raises:
         ValueError: If the network carries no class names (set them with
             :func:`dlqnb.models.set_metadata`).
+        ScoredOutputError: A dict output and no ``output``, or an ``output`` the network does not return.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> net.class_names = ["no", "yes"]
+        >>> with torch.no_grad():
+        ...     _ = net.weight.copy_(torch.eye(2)), net.bias.zero_()
+        >>> classify(net, torch.tensor([[0.0, 1.0], [3.0, 1.0]]))
+        ['yes', 'no']
     """
+    output = check_output_choice(output)
     names = getattr(net, "class_names", None)
     if not names:
         raise ValueError(f"{type(net).__name__} carries no class names; record them with dlqnb.models.set_metadata(net, class_names=...)")
@@ -201,8 +334,9 @@ def classify(net: nn.Module, data: Any, mini_batch_size: int | None = None) -> l
     predictions: list[str] = []
     try:
         with torch.no_grad():
-            for images, _ in iter_batches(data, mini_batch_size):
-                predictions.extend(names[i] for i in net(images).argmax(1).tolist())
+            for index, (images, _) in enumerate(iter_batches(data, mini_batch_size)):
+                scores = scored_output(net(images), output, "classify(net, data, output={})", warn=index == 0, stacklevel=3)
+                predictions.extend(names[i] for i in scores.argmax(1).tolist())
     finally:
         net.train(was_training)
     return predictions

@@ -7,9 +7,16 @@
   on its defaults.
 
 Each network is stored in dlqnb's cache folder under a key made of everything that produced it
-(dlqnb's version, the recipe, the data's file list and sizes, the starting weights), built under a
-file lock so that notebooks running in parallel train it once, and loaded with
-``torch.load(weights_only=True)``.
+(dlqnb's version, the recipe with its training thread count, the data's file list and sizes, the
+starting weights), built under a file lock so that notebooks running in parallel train it once, and
+loaded with ``torch.load(weights_only=True)``. Training is reproducible
+(:func:`dlqnb.training.reproducible`: starting weights and training seeded, deterministic
+algorithms, a fixed thread count), so the same key means the same network on one kind of CPU.
+
+Entries are verified (:func:`dlqnb.cache.read_entry`): a network file that does not match its
+checksum, or has none (not written by this dlqnb), is retrained with one
+:class:`~dlqnb.cache.CacheWarning` naming the file. Where the cache folder cannot be written, the
+network is trained and returned without being cached (one warning).
 
 Example:
     >>> net = digits_custom()
@@ -28,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlqnb.cache import cache_dir, cache_lock, content_key
+from dlqnb.cache import cache_dir, cache_lock, content_key, discard_entry, read_entry, write_entry
 from dlqnb.data import (
     AugmentedImageDatastore,
     augmented_image_datastore,
@@ -38,8 +45,8 @@ from dlqnb.data import (
     merch_data_dir,
     split_each_label,
 )
-from dlqnb.models import digits_net, load_network, replace_classifier, save_network, set_metadata, squeezenet
-from dlqnb.training import train_network, training_options
+from dlqnb.models import digits_net, network_bytes, network_from_bytes, replace_classifier, set_metadata, squeezenet
+from dlqnb.training import TRAINING_THREADS, reproducible, train_network, training_options
 
 __all__ = ["DIGITS_RECIPE", "MERCH_RECIPE", "digits_custom", "digits_split", "merch_split", "squeezenet_merch", "train_merch"]
 
@@ -51,6 +58,7 @@ DIGITS_RECIPE: dict[str, Any] = {
     "initial_learn_rate": 1e-3,
     "mini_batch_size": 64,
     "max_epochs": 6,
+    "threads": TRAINING_THREADS,
 }
 
 #: the *INT8 Code Generation for Deep Learning Networks* example's transfer-learning recipe, the defaults of notebook 01.
@@ -67,6 +75,7 @@ MERCH_RECIPE: dict[str, Any] = {
     "initial_learn_rate": 2e-4,
     "shuffle": "every-epoch",
     "validation_frequency": 3,
+    "threads": TRAINING_THREADS,
 }
 
 
@@ -83,15 +92,34 @@ def _file_fingerprint(path: str) -> str:
 
 
 def _cached_network(name: str, recipe: dict[str, Any], train: Callable[[], nn.Module]) -> nn.Module:
+    """The network ``train`` makes from ``recipe``: from the cache when a verified entry is there,
+    else trained (once across processes, under the cache lock) and stored with its checksum."""
     from dlqnb import __version__
 
     key = content_key({"dlqnb": __version__, "torch": torch.__version__.split("+")[0], **recipe})
     path = cache_dir() / "networks" / f"{name}-{key}.pt"
-    if not path.exists():
-        with cache_lock(f"network-{name}-{key}"):
-            if not path.exists():
-                save_network(train(), path)
-    return load_network(path)
+    # Read under the lock too: an entry and its checksum are two renames, and a reader between them
+    # would take a network being written for a damaged one.
+    with cache_lock(f"network-{name}-{key}"):
+        cached = _read_cached_network(path)
+        if cached is not None:
+            return cached
+        data = network_bytes(train())
+        write_entry(path, data)  # False (one warning) when the cache cannot be written: not cached
+    # Returned as loaded from its bytes, so a freshly trained network is the same object as a cached one.
+    return network_from_bytes(data, str(path))
+
+
+def _read_cached_network(path: Path) -> nn.Module | None:
+    """The verified network at ``path``; None when absent or damaged (then removed, one warning)."""
+    data = read_entry(path)
+    if data is None:
+        return None
+    try:
+        return network_from_bytes(data, str(path))
+    except ValueError as error:  # a checksummed entry that is no network file: not one of ours
+        discard_entry(path, f"is not a readable network file ({error})")
+        return None
 
 
 def digits_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, split: float = 0.9) -> tuple[AugmentedImageDatastore, AugmentedImageDatastore]:
@@ -105,23 +133,26 @@ def digits_custom(data_dir: str | os.PathLike[str] | None = None) -> nn.Module:
     """The digits network of the *updateScore* example, trained on the digits by :data:`DIGITS_RECIPE` (cached)."""
     folder = Path(data_dir or digits_data_dir())
     recipe = {"network": "digits", **DIGITS_RECIPE, "data": _folder_fingerprint(folder)}
+    return _cached_network("digits", recipe, lambda: _train_digits(folder, DIGITS_RECIPE))
 
-    def train() -> nn.Module:
-        training, validation = digits_split(folder, DIGITS_RECIPE["seed"], DIGITS_RECIPE["split"])
-        mean = float(torch.stack([training[i][0] for i in range(len(training))]).mean())
-        options = training_options(
-            DIGITS_RECIPE["solver"],
-            initial_learn_rate=DIGITS_RECIPE["initial_learn_rate"],
-            mini_batch_size=DIGITS_RECIPE["mini_batch_size"],
-            max_epochs=DIGITS_RECIPE["max_epochs"],
-            shuffle="every-epoch",
-            seed=DIGITS_RECIPE["seed"],
-            verbose=False,
-        )
-        net, _ = train_network(training, digits_net(len(training.class_names), mean), options)
-        return set_metadata(net, training.class_names, (28, 28))
 
-    return _cached_network("digits", recipe, train)
+def _train_digits(folder: Path, recipe: dict[str, Any]) -> nn.Module:
+    training, _ = digits_split(folder, recipe["seed"], recipe["split"])
+    mean = float(torch.stack([training[i][0] for i in range(len(training))]).mean())
+    with reproducible(recipe["seed"], recipe["threads"]):  # starting weights that do not depend on what ran before
+        start = digits_net(len(training.class_names), mean)
+    options = training_options(
+        recipe["solver"],
+        initial_learn_rate=recipe["initial_learn_rate"],
+        mini_batch_size=recipe["mini_batch_size"],
+        max_epochs=recipe["max_epochs"],
+        shuffle="every-epoch",
+        seed=recipe["seed"],
+        threads=recipe["threads"],
+        verbose=False,
+    )
+    net, _ = train_network(training, start, options)
+    return set_metadata(net, training.class_names, (28, 28))
 
 
 def merch_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, split: float = 0.7) -> tuple[Any, Any]:
@@ -131,7 +162,14 @@ def merch_split(data_dir: str | os.PathLike[str] | None = None, seed: int = 0, s
 
 
 def train_merch(data_dir: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
-    """the *INT8 Code Generation for Deep Learning Networks* example's transfer learning, uncached: returns the trained network and its training info."""
+    """the *INT8 Code Generation for Deep Learning Networks* example's transfer learning, uncached: returns the trained network and its training info.
+
+    Raises:
+        ValueError: If ``recipe`` names an entry :data:`MERCH_RECIPE` does not have.
+    """
+    unknown = sorted(set(recipe or {}) - set(MERCH_RECIPE))
+    if unknown:
+        raise ValueError(f"train_merch: unknown recipe entries {unknown}; known: {sorted(MERCH_RECIPE)}")
     recipe = {**MERCH_RECIPE, **(recipe or {})}
     train_store, validation_store = merch_split(data_dir, recipe["seed"], recipe["split"])
     size = tuple(recipe["input_size"])
@@ -153,6 +191,7 @@ def train_merch(data_dir: str | os.PathLike[str] | None = None, recipe: dict[str
         validation_frequency=recipe["validation_frequency"],
         verbose=False,
         seed=recipe["seed"],
+        threads=recipe["threads"],
     )
     trained, info = train_network(training, net, options)
     return set_metadata(trained, train_store.class_names, size), info

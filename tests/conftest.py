@@ -58,3 +58,33 @@ def parameterized_notebook(path, parameters: str, *cells: str):
     notebook.cells = [parameter_cell, *(nbformat.v4.new_code_cell(source) for source in cells)]
     nbformat.write(notebook, path)
     return path
+
+
+def _can_write(folder) -> bool:
+    probe = folder / ".probe"
+    try:
+        probe.write_bytes(b"")
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody can write into, root included (a read-only tmpfs mount where permission bits do not bind root)."""
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    mounted = False
+    if _can_write(folder):  # root ignores permission bits
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
+        mounted = result.returncode == 0
+        if not mounted or _can_write(folder):
+            pytest.skip("cannot make a read-only folder here: running as root without permission to mount a read-only tmpfs")
+    yield folder
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+    folder.chmod(0o755)

@@ -50,7 +50,7 @@ def test_generated_entry_point_runs_without_torch_and_agrees(calibrated, tmp_pat
     net, folder, images = calibrated
     cfg = DeploymentConfig(target_library="onnxruntime", data_type="int8", calibration_result_file=folder / "quantObj.safetensors")
     out = codegen(cfg, net, output_dir=tmp_path / "codegen", verbose=False)
-    assert {p.name for p in out.iterdir()} == {"model_int8.onnx", "predict_int8.py", "requirements.txt", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"model_int8.onnx", "predict_int8.py", "requirements.txt", "README.md", "codegen_manifest.json"}
     code = (
         f"import json, sys; sys.path.insert(0, {str(out)!r})\n"
         "import numpy as np; from PIL import Image\n"

@@ -17,8 +17,14 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from dlqnb import DLQuantizer
-from dlqnb import deploy, runtime
+from dlqnb import backend_choice, deploy, runtime
 from dlqnb.deploy import ExportError, export_qdq_onnx, load_int8, predict_int8
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """``auto``'s trial, compiled models and engines go to each test's own cache, never the user's."""
+    monkeypatch.setenv("DLQNB_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +153,10 @@ def test_predict_int8_loads_once_per_file(calibrated, tmp_path, monkeypatch):
     export_qdq_onnx(quantizers["cpu"], path)
     os.utime(path, (os.path.getatime(path), os.path.getmtime(path) + 5))
     predict_int8(path, images[:2])
-    assert len(loads) == 2  # a rewritten file is loaded again
+    assert len(loads) == 1  # the same content written again: the runner is kept
+    export_qdq_onnx(quantizers["gpu"], path)
+    predict_int8(path, images[:2])
+    assert len(loads) == 2  # another model in the file: loaded again
 
 
 def test_predict_int8_input_checks(calibrated, tmp_path):
@@ -273,7 +282,6 @@ def test_tensorrt_engine_is_built_strongly_typed_and_cached(calibrated, tmp_path
     path = export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx")
     stand_in = StandInTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", stand_in)
-    monkeypatch.setenv("DLQNB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Stand-in GPU")
     assert deploy.choose_backend(path) == ("tensorrt", "TensorRT and a CUDA device are present and the model is of the 'gpu' flavour")
@@ -296,6 +304,19 @@ def test_tensorrt_profile_takes_dynamic_height_and_width_from_the_recorded_size(
     assert _profile_dims([-1, 3, -1, -1], {"channels": 3, "input_size": [227, 227]}, "m.onnx") == [3, 227, 227]
     with pytest.raises(RuntimeError, match="m.onnx.*input_size"):
         _profile_dims([-1, 3, -1, -1], {"channels": 3}, "m.onnx")
+
+
+def given_times(monkeypatch, times):
+    """Stand in for ``auto``'s timing trial with given seconds per call (backend → batch → seconds);
+    returns the list of the runtimes each trial was asked to time."""
+    calls = []
+
+    def measure(path, backends, rounds=2):
+        calls.append(list(backends))
+        return {name: times[name] for name in backends}
+
+    monkeypatch.setattr(backend_choice, "measure_backends", measure)
+    return calls
 
 
 def test_backend_choice_and_errors(calibrated, tmp_path, monkeypatch):

@@ -122,3 +122,45 @@ def test_bad_options():
         training_options(mini_batch=3)
     with pytest.raises(ValueError, match="shuffle"):
         training_options(shuffle="sometimes")
+
+
+class _SettingsRecorder(nn.Module):
+    """A digits network that notes the thread count and deterministic mode each training step runs with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = digits_net()
+        self.seen: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        self.seen.append((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
+        return self.net(x)
+
+
+def test_training_runs_on_fixed_threads_deterministically_and_restores_the_callers_settings():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    net = _SettingsRecorder()
+    state = torch.get_rng_state()
+    try:
+        options = training_options(mini_batch_size=8, max_epochs=1, progress=False, threads=2)
+        trained, _ = train_network(tiny_data(16), net, options)
+        assert trained.seen == [(2, True), (2, True)]
+        assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's random numbers go on as before
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_threads_option_is_checked():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer or None"):
+            training_options(threads=bad)
+    assert training_options(threads=None).threads is None
+
+
+def test_network_bytes_that_are_no_network_name_their_source():
+    from dlqnb.models import network_from_bytes
+
+    with pytest.raises(ValueError, match="'cache/net.pt' is not a readable dlqnb network file"):
+        network_from_bytes(b"not a network", "cache/net.pt")

@@ -58,7 +58,7 @@ def reference_quantize(value: float, f: int, word_length: int = 8, rounding: str
     return Fraction(code) / Fraction(2) ** f
 
 
-class TestSeedExample:
+class TestQuantizationPageExample:
     """*Quantization of Deep Neural Networks*: bits 2^3 … 2^-3 plus sign."""
 
     def test_worked_values(self):
@@ -76,7 +76,7 @@ class TestSeedExample:
         effects = describe_quantization([0.03125, 2.1, 16.25], 3)["Effect"].tolist()
         assert effects == ["underflow", "precision loss", "overflow"]
 
-    def test_seed_000_weight_range(self):
+    def test_dlquantizer_page_weight_range(self):
         # conv1 weights of *dlquantizer* span [-0.91985, 0.88489]: MSB 2^-1, so 7 fraction bits
         assert fraction_length(max(abs(-0.91985), 0.88489)) == 7
 

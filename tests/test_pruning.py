@@ -29,7 +29,7 @@ def digits():
     return randomize_batchnorm(digits_net()).eval(), torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
 
 
-def test_seed_counts(digits):
+def test_update_score_page_counts(digits):
     net, x, y = digits
     pn = TaylorPrunableNetwork(net)
     assert pn.num_prunables == 48  # 3 layers × 20 filters, each keeping ceil(0.2 × 20) = 4

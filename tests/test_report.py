@@ -32,7 +32,7 @@ def test_sweep_gives_one_report_per_value_with_recorded_numbers(tmp_path):
     assert [s["parameters"] for s in summary] == [{"x": 2}, {"x": 5}]
     table = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert list(table["x"]) == [2, 5] and list(table["double"]) == [4, 10] and list(table["status"]) == ["ok", "ok"]
-    assert not list((tmp_path / "out").glob(".*"))  # nothing half-written left
+    assert [path.name for path in (tmp_path / "out").glob(".*")] == [".locks"]  # nothing half-written left, only the locks folder
 
 
 def test_a_failing_notebook_is_recorded_and_the_batch_goes_on(tmp_path):
@@ -82,9 +82,10 @@ def test_batch_shows_progress_without_kernel_noise(tmp_path, capfd):
 def test_running_notebooks_show_the_cell_they_are_on(tmp_path):
     job = ReportJob(tmp_path / "05_x.ipynb")
     cells = [{"metadata": {"papermill": {"status": s}}} for s in ("completed", "running", "pending")]
-    (tmp_path / ".05_x.running.ipynb").write_text(json.dumps({"cells": cells}))
+    partial = report._partial_path(tmp_path, job.stem)
+    partial.write_text(json.dumps({"cells": cells}))
     assert report._running_cells([job], tmp_path) == "05_x: cell 2/3"
-    (tmp_path / ".05_x.running.ipynb").write_text('{"cells": [')  # caught mid-write: skipped
+    partial.write_text('{"cells": [')  # caught mid-write: skipped
     assert report._running_cells([job], tmp_path) == ""
 
 

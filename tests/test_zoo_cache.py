@@ -68,3 +68,8 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_bytes(path, object())  # type: ignore[arg-type]
     assert path.read_bytes() == b"old" and not [p for p in Path(tmp_path).iterdir() if p.name != "file.bin"]
+
+
+def test_train_merch_names_an_unknown_recipe_entry():
+    with pytest.raises(ValueError, match=r"train_merch: unknown recipe entries \['max_epoch'\]"):
+        zoo.train_merch(recipe={"max_epoch": 1})
