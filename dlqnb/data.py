@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -42,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dlqnb.batches import DataError, pil_pixels, scaled_pixels
-from dlqnb.cache import cache_dir, cache_lock, content_key
+from dlqnb.cache import CacheWarning, atomic_write_text, cache_dir, cache_lock, content_key
 from dlqnb.synthetic import MERCH_CLASSES, render_merch, sample_rng
 
 __all__ = [
@@ -379,22 +381,64 @@ def imtile(images: Sequence[np.ndarray | torch.Tensor], columns: int | None = No
 
 # ------------------------------------------------------------------------- bundled / generated data
 def _build_folder(name: str, recipe: dict[str, object], write: Callable[[Path], None]) -> Path:
-    """The cache folder of a generated data set: built once, atomically, under a lock."""
-    target = cache_dir() / "data" / f"{name}-{content_key(recipe)}"
-    if target.is_dir():
+    """The cache folder of a generated data set: built once, atomically, under a lock, and verified.
+
+    Beside the folder, ``<folder>.sha256.json`` lists the SHA-256 of every file it holds; a folder whose
+    files no longer match is removed and generated again (one :class:`~dlqnb.cache.CacheWarning`). Where the
+    cache cannot be written, the data are generated into a temporary folder instead.
+    """
+    target = cache_dir() / "data" / f"{name}-{content_key({**recipe, 'layout': 2})}"
+    if _folder_intact(target, warn=False):
         return target
-    with cache_lock(f"data-{name}"):
-        if target.is_dir():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-        try:
-            write(staging)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    try:
+        with cache_lock(f"data-{name}"):
+            if _folder_intact(target, warn=True):
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+            try:
+                write(staging)
+                # the manifest first: a reader that finds the folder finds its manifest too
+                atomic_write_text(_manifest_path(target), json.dumps(_file_hashes(staging), indent=0))
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    except OSError as error:  # a read-only cache: generate the data where they can be written
+        warnings.warn(f"dlqnb: cannot write {name} data into the cache ({error}); generating them in a temporary folder", CacheWarning, stacklevel=3)
+        fallback = Path(tempfile.mkdtemp(prefix=f"dlqnb-{name}-"))
+        write(fallback)
+        return fallback
     return target
+
+
+def _manifest_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".sha256.json")
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _folder_intact(folder: Path, warn: bool) -> bool:
+    """Whether a generated data folder holds exactly the files of its manifest. A damaged one is removed
+    (with one warning when ``warn``; the first look happens outside the lock, where a folder may be half-replaced)."""
+    if not folder.is_dir():
+        return False
+    try:
+        expected = json.loads(_manifest_path(folder).read_text())
+    except (OSError, ValueError):
+        expected = None
+    if expected is not None and _file_hashes(folder) == expected:
+        return True
+    if warn:
+        warnings.warn(f"dlqnb: the cache entry {folder} does not match its manifest (damaged or foreign); generating it again", CacheWarning, stacklevel=3)
+        shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 def merch_data_dir(per_class: int = 15, seed: int = 0, size: int = 227) -> Path:

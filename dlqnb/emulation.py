@@ -330,12 +330,44 @@ class QuantizationDetails:
         return pd.Series(kinds, dtype=object).value_counts(sort=False).rename("layers")
 
     def learnables_summary(self) -> pd.DataFrame:
-        """The learnables table with each value shown as its size and type (``64×3×3×3 int8``)."""
+        """The learnables table with each value shown as MATLAB displays it: its size in MATLAB's
+        layout and its type (``3×3×3×64 int8`` for a convolution's weights, ``1×1×64 single`` for its bias).
 
-        def describe(value: Tensor) -> str:
-            return f"{'×'.join(str(d) for d in value.shape)} {str(value.dtype).replace('torch.', '')}"
+        Example:
+            >>> import torch
+            >>> table = pd.DataFrame({"Layer": ["conv1", "conv1", "fc", "fc"], "Parameter": ["Weights", "Bias"] * 2,
+            ...     "Value": [torch.zeros(64, 3, 3, 3, dtype=torch.int8), torch.zeros(64), torch.zeros(10, 980, dtype=torch.int8), torch.zeros(10)]})
+            >>> QuantizationDetails(True, "cudnn", [], table).learnables_summary()["Value"].tolist()
+            ['3×3×3×64 int8', '1×1×64 single', '10×980 int8', '10×1 single']
+        """
+        table = self.quantized_learnables
+        weight_rank = {layer: value.dim() for layer, part, value in zip(table["Layer"], table["Parameter"], table["Value"]) if part == "Weights"}
+        sizes = [
+            matlab_size(tuple(value.shape), part, weight_rank.get(layer, 2))
+            for layer, part, value in zip(table["Layer"], table["Parameter"], table["Value"])
+        ]
+        types = [_MATLAB_TYPES.get(str(value.dtype).replace("torch.", ""), str(value.dtype).replace("torch.", "")) for value in table["Value"]]
+        return table.assign(Value=[f"{'×'.join(map(str, size))} {kind}" for size, kind in zip(sizes, types)])
 
-        return self.quantized_learnables.assign(Value=self.quantized_learnables["Value"].map(describe))
+
+#: MATLAB's names of the types learnables are kept in.
+_MATLAB_TYPES = {"float32": "single", "float64": "double", "float16": "half"}
+
+
+def matlab_size(shape: tuple[int, ...], part: str, weight_rank: int) -> tuple[int, ...]:
+    """A learnable's size as MATLAB writes it. Convolution weights are stored spatial dims first, then
+    input channels, then filters (PyTorch's out×in×kH×kW is MATLAB's kH×kW×in×out); their bias is 1×…×1×out.
+    Fully connected weights are out×in in both; their bias is a column, out×1.
+
+    Example:
+        >>> matlab_size((64, 3, 3, 3), "Weights", 4), matlab_size((64,), "Bias", 4), matlab_size((10,), "Bias", 2)
+        ((3, 3, 3, 64), (1, 1, 64), (10, 1))
+    """
+    if part == "Weights":
+        return shape if len(shape) <= 2 else (*shape[2:], shape[1], shape[0])
+    if weight_rank <= 2:
+        return (shape[0], 1)
+    return (1,) * (weight_rank - 2) + (shape[0],)
 
 
 def quantization_details(module: nn.Module) -> QuantizationDetails:

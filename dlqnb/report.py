@@ -3,7 +3,7 @@
 Each notebook is executed by papermill (kernel ``python3``, a per-cell timeout) with its parameters,
 from its own folder, and written to ``DIR/<name>.ipynb`` and a self-contained ``DIR/<name>.html``
 (plotly.js embedded by the notebooks' offline renderer, so it opens without a network; ``--no-code``
-hides the code cells). ``DIR/index.html`` lists every report with its notebook, a thumbnail of its key
+hides the code cells). ``DIR/index.html`` lists every report, in one table per notebook, with a thumbnail of its key
 figure, parameters (one column each), status, duration and headline numbers formatted for reading,
 read from the notebooks' ``dlqnb.record`` and ``dlqnb.record_figure`` outputs, never from text; its
 columns sort on a click. The thumbnail is rendered when the report is written, by Plotly's static
@@ -330,10 +330,10 @@ def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, heigh
 def write_index(results: list[ReportResult], out_dir: Path) -> Path:
     """Write ``index.html``, ``summary.json`` and ``summary.csv`` listing every report in ``out_dir``.
 
-    The index is one self-contained page (no network): a table with one row per report (a failed or
-    interrupted one keeps its row, with its error), its parameters as columns (so a sweep reads as a
-    table), status, duration and the recorded numbers formatted for reading; click a column header to
-    sort by it.
+    The index is one self-contained page (no network) with a section per notebook: a table with one
+    row per report (a failed or interrupted one keeps its row, with its error), that notebook's
+    parameters as columns (so a sweep reads as a table), status, duration and the numbers it recorded,
+    formatted for reading; click a column header to sort by it. ``summary.csv`` stays one row per report.
 
     Runs that share the folder do not erase each other's rows: under the folder's index lock, the rows
     already in ``summary.json`` are read back, those of the same reports are replaced by ``results``,
@@ -400,15 +400,40 @@ def _merged_rows(previous: list[ReportResult], results: list[ReportResult], out_
 
 
 def _write_index_files(results: list[ReportResult], out_dir: Path) -> Path:
+    groups: dict[str, list[ReportResult]] = {}
+    for result in results:
+        groups.setdefault(Path(result.notebook).name, []).append(result)
+    sections = "".join(_notebook_section(name, group, out_dir) for name, group in groups.items())
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dlqnb reports</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top}"
+        "th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "tr.failed{background:#fde2e2}tr.interrupted{background:#fff3cd}pre{white-space:pre-wrap;max-width:40em;margin:.3em 0}"
+        "img.thumbnail{width:240px;height:auto;display:block}.note{color:#777;font-size:.85em}h2{margin-top:1.5em}</style></head><body>"
+        f"<h1>dlqnb reports</h1><p>{sum(r.status == 'ok' for r in results)} of {len(results)} notebooks ran.</p>"
+        f"{sections}<script>{_SORT_SCRIPT}</script></body></html>"
+    )
+    parameter_names = sorted({name for result in results for name in result.parameters})
+    record_names = list(dict.fromkeys(name for result in results for name in result.records))
+    atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in results], indent=2))
+    atomic_write_text(out_dir / "summary.csv", _summary_csv(results, parameter_names, record_names))
+    index = out_dir / "index.html"
+    atomic_write_text(index, page)
+    return index
+
+
+def _notebook_section(notebook: str, results: list[ReportResult], out_dir: Path) -> str:
+    """One notebook's reports as a table of their own: its parameters and records are its columns only,
+    so one notebook's sweep reads as a table and other notebooks do not widen it."""
     parameter_names = sorted({name for result in results for name in result.parameters})
     record_names = list(dict.fromkeys(name for result in results for name in result.records))
     header = ["notebook", "key figure", *parameter_names, "status", "duration", *record_names]
     rows = []
     for result in results:
-        name = html.escape(Path(result.notebook).name)
+        name = html.escape(notebook)
         # An interrupted run wrote no report: a link would open an older one, or nothing.
         link = name if result.status == "interrupted" else f"<a href='{html.escape(result.report)}'>{name}</a>"
-        cells = [_cell(Path(result.notebook).name, link)]
+        cells = [_cell(notebook, link)]
         cells.append(_thumbnail_cell(result, out_dir))
         cells += [_value_cell(result.parameters, name, "default") for name in parameter_names]
         error = f"<pre>{html.escape(result.error[:600])}</pre>" if result.error else ""
@@ -417,38 +442,31 @@ def _write_index_files(results: list[ReportResult], out_dir: Path) -> Path:
         cells += [_value_cell(result.records, name, "") for name in record_names]
         rows.append(f"<tr class='{result.status}'>{''.join(cells)}</tr>")
     head = "".join(f"<th title='click to sort'>{html.escape(name)}</th>" for name in header)
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dlqnb reports</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top}"
-        "th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
-        "tr.failed{background:#fde2e2}tr.interrupted{background:#fff3cd}pre{white-space:pre-wrap;max-width:40em;margin:.3em 0}"
-        "img.thumbnail{width:240px;height:auto;display:block}.note{color:#777;font-size:.85em}</style></head><body>"
-        f"<h1>dlqnb reports</h1><p>{sum(r.status == 'ok' for r in results)} of {len(results)} notebooks ran.</p>"
-        f"<table id='reports'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        f"<script>{_SORT_SCRIPT}</script></body></html>"
+    ran = f"{sum(r.status == 'ok' for r in results)} of {len(results)} ran"
+    return (
+        f"<section class='notebook'><h2>{html.escape(notebook)}</h2><p class='note'>{ran}</p>"
+        f"<table class='reports'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
-    atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in results], indent=2))
-    atomic_write_text(out_dir / "summary.csv", _summary_csv(results, parameter_names, record_names))
-    index = out_dir / "index.html"
-    atomic_write_text(index, page)
-    return index
 
 
-# Sorts the index by a clicked column (numbers by value, text alphabetically; a second click reverses).
+# Sorts a notebook's table by a clicked column (numbers by value, text alphabetically; a second click reverses).
 _SORT_SCRIPT = """
-document.querySelectorAll('#reports th').forEach((th, column) => th.addEventListener('click', () => {
-  const body = document.querySelector('#reports tbody');
-  const ascending = th.dataset.order !== 'asc';
-  document.querySelectorAll('#reports th').forEach(other => delete other.dataset.order);
-  th.dataset.order = ascending ? 'asc' : 'desc';
-  const key = row => row.children[column].dataset.sort;
-  const rows = Array.from(body.rows).sort((a, b) => {
-    const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
-    const order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-    return ascending ? order : -order;
-  });
-  rows.forEach(row => body.appendChild(row));
-}));
+document.querySelectorAll('table.reports').forEach(table => {
+  const headers = table.querySelectorAll('th');
+  headers.forEach((th, column) => th.addEventListener('click', () => {
+    const body = table.tBodies[0];
+    const ascending = th.dataset.order !== 'asc';
+    headers.forEach(other => delete other.dataset.order);
+    th.dataset.order = ascending ? 'asc' : 'desc';
+    const key = row => row.children[column].dataset.sort;
+    const rows = Array.from(body.rows).sort((a, b) => {
+      const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+      const order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return ascending ? order : -order;
+    });
+    rows.forEach(row => body.appendChild(row));
+  }));
+});
 """
 
 _SHARE_WORDS = ("accuracy", "ccr", "reduction", "fraction", "share", "rate", "agreement")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from dlqnb import DLQuantizer
 from dlqnb.calibration_file import CalibrationFileError
-from dlqnb.codegen import DeploymentConfig, codegen, library_available, run_entry_point
+from dlqnb.codegen import DeploymentConfig, codegen, generated_library, library_available, run_entry_point
 from dlqnb.deploy import predict_int8
 
 
@@ -148,3 +148,57 @@ def test_codegen_needs_a_calibration_file_and_an_identifier(calibrated, tmp_path
     with pytest.raises(ValueError, match="Python identifier"):
         codegen(cfg, net, entry_point="predict-int8", output_dir=tmp_path / "b")
     assert not Path(tmp_path / "a").exists() and not Path(tmp_path / "b").exists()
+
+
+def _openvino_missing() -> str | None:
+    return None if library_available("openvino") else "OpenVINO is not installed (pip install 'dlqnb[openvino]')"
+
+
+@pytest.mark.skipif(_openvino_missing() is not None, reason=str(_openvino_missing()))
+def test_openvino_entry_point_runs_without_torch_and_equals_dlqnbs_openvino_runner(calibrated, tmp_path):
+    """MATLAB's int8 code for Intel CPUs goes through oneDNN ('mkldnn'); dlqnb's goes through OpenVINO."""
+    from dlqnb.deploy import load_int8
+
+    net, folder, images = calibrated
+    cfg = DeploymentConfig(target_library="openvino", calibration_result_file=folder / "quantObj.safetensors", threads=1)
+    out = codegen(cfg, net, output_dir=tmp_path / "ov", verbose=False)
+    assert (out / "requirements.txt").read_text().split() == ["openvino>=2024.4", "numpy", "pillow"]
+    props = {p.key: p.value for p in onnx.load(out / "model_int8.onnx").metadata_props}
+    assert props["dlqnb_target"] == "cpu"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(out)!r})\n"
+        "import numpy as np; from PIL import Image\n"
+        "from predict_int8 import predict_int8\n"
+        f"scores = predict_int8(np.asarray(Image.open({str(images[0])!r}))).tolist()\n"
+        "print(json.dumps({'scores': scores, 'torch': 'torch' in sys.modules, 'dlqnb': 'dlqnb' in sys.modules, "
+        "'onnxruntime': 'onnxruntime' in sys.modules}))"
+    )
+    report = json.loads(_run_clean(code))
+    assert not report["torch"] and not report["dlqnb"] and not report["onnxruntime"]
+    assert any((out / "openvino_cache").iterdir())  # the compiled model is cached beside the code
+    # the image of the input size is read identically, and the same runtime computes: equal bit for bit
+    expected = load_int8(out / "model_int8.onnx", backend="openvino", threads=1).predict(np.asarray(Image.open(images[0])))[0]
+    np.testing.assert_array_equal(np.float32(report["scores"]), expected)
+
+
+def test_auto_generates_code_for_the_runtime_the_trial_chose(calibrated, tmp_path, monkeypatch, capsys):
+    from dlqnb import backend_choice
+
+    net, folder, _ = calibrated
+    asked = []
+
+    def choose(path, backend="auto"):
+        asked.append(backend)
+        return chosen, "a measured reason"
+
+    monkeypatch.setattr(backend_choice, "choose_backend", choose)
+    for chosen, library in [("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("openvino/onnxruntime", "openvino")]:
+        cfg = DeploymentConfig(target_library="auto", calibration_result_file=folder / "quantObj.safetensors")
+        out = codegen(cfg, net, output_dir=tmp_path / chosen.replace("/", "-"))
+        printed = capsys.readouterr().out
+        assert f"({library}, int8; chosen by 'auto': a measured reason)" in printed
+        source = (out / "predict_int8.py").read_text()
+        assert f"int8 inference with {library}" in source and ("import openvino" in source) == (library == "openvino")
+        assert "a measured reason" in (out / "README.md").read_text()
+        assert generated_library(out) == library
+    assert asked == ["auto"] * 3

@@ -16,6 +16,7 @@ import zlib
 import numpy as np
 import PIL.Image
 import pytest
+import warnings
 import torch
 import torchvision
 from PIL import Image
@@ -282,3 +283,31 @@ def test_validate_takes_one_images_labels_pair():
     quantizer.calibrate(images, progress=False)
     result = quantizer.validate((images, torch.tensor([0, 1, 2, 0, 1])), progress=False)
     assert result.num_samples == 5
+
+
+# ------------------------------------------------------------------ generated data in the cache
+def test_generated_data_are_verified_and_regenerated_when_damaged(tmp_path, monkeypatch):
+    from dlqnb.cache import CacheWarning
+    from dlqnb.data import digits_data_dir
+
+    monkeypatch.setenv("DLQNB_CACHE", str(tmp_path))
+    folder = digits_data_dir()
+    image = sorted((folder / "3").iterdir())[0]
+    original = image.read_bytes()
+    image.write_bytes(original[: len(original) // 2])  # a truncated PNG
+    with pytest.warns(CacheWarning, match=f"{folder}.*does not match its manifest"):
+        again = digits_data_dir()
+    assert again == folder and image.read_bytes() == original
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact folder: no warning
+        assert digits_data_dir() == folder
+
+
+def test_generated_data_in_a_read_only_cache_go_to_a_temporary_folder(read_only_folder, monkeypatch):
+    from dlqnb.cache import CacheWarning
+    from dlqnb.data import digits_data_dir
+
+    monkeypatch.setenv("DLQNB_CACHE", str(read_only_folder))
+    with pytest.warns(CacheWarning, match="temporary folder"):
+        folder = digits_data_dir()
+    assert read_only_folder not in folder.parents and len(list((folder / "7").iterdir())) > 100

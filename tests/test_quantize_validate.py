@@ -252,3 +252,14 @@ class TestCalibrationFile:
             DLQuantizer.load(newer, squeezenet)
         with pytest.raises(CalibrationFileError, match="does not exist"):
             DLQuantizer.load(tmp_path / "missing.safetensors", squeezenet)
+
+
+def test_learnables_are_listed_as_the_emulate_page_lists_them(squeezenet, images):
+    """*Emulate Quantized Network Behavior for GPU Target* lists conv1 as ``3×3×3×64 int8`` and its bias as ``1×1×64 single``."""
+    q = DLQuantizer(squeezenet, execution_environment="gpu")
+    q.calibrate(images, progress=False)
+    summary = quantization_details(q.quantize()).learnables_summary()
+    first = summary[summary["Layer"] == "features_0"].set_index("Parameter")["Value"]
+    assert first["Weights"] == "3×3×3×64 int8" and first["Bias"] == "1×1×64 single"
+    classifier = summary[summary["Layer"] == "classifier_1"].set_index("Parameter")["Value"]
+    assert classifier["Weights"] == "1×1×512×5 int8"  # squeezenet's classifier is a 1×1 convolution to 5 classes

@@ -178,3 +178,22 @@ def test_every_example_notebook_marks_a_key_figure_for_its_thumbnail():
         if not any(cell.cell_type == "code" and "dlqnb.record_figure(" in cell.source for cell in nbformat.read(path, as_version=4).cells)
     ]
     assert unmarked == [], f"these example notebooks would show 'no key figure recorded' in the index: {unmarked}"
+
+
+def test_the_index_has_one_table_per_notebook_with_its_own_columns(tmp_path):
+    results = [
+        report.ReportResult("a.ipynb", "a-x=1.html", "ok", 1.0, {"x": 1}, {"accuracy": 0.5}),
+        report.ReportResult("a.ipynb", "a-x=2.html", "ok", 1.0, {"x": 2}, {"accuracy": 0.75}),
+        report.ReportResult("b.ipynb", "b.html", "ok", 2.0, {"seed": 3}, {"filters": 40}),
+    ]
+    for result in results:
+        (tmp_path / result.report).write_text("a report")
+    index = report.write_index(results, tmp_path).read_text()
+    sections = index.split("<section class='notebook'>")[1:]
+    assert [section.split("</h2>")[0] for section in sections] == ["<h2>a.ipynb", "<h2>b.ipynb"]
+    first, second = sections
+    assert first.count("<tr class=") == 2 and second.count("<tr class=") == 1
+    assert ">x</th>" in first and ">accuracy</th>" in first and ">seed</th>" not in first and ">filters</th>" not in first
+    assert ">seed</th>" in second and ">filters</th>" in second and ">x</th>" not in second
+    table = pd.read_csv(tmp_path / "summary.csv")  # still one row per report, every column
+    assert len(table) == 3 and {"x", "seed", "accuracy", "filters"} <= set(table.columns)
