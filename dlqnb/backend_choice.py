@@ -237,8 +237,9 @@ def score_differences(path: str | os.PathLike[str], backends: list[str], runners
         UnknownInputSize: The model's input size is neither fixed in the file nor recorded in its metadata.
 
     Example (an illustration; each CPU measures its own):
-        >>> score_differences("gpu.onnx", ["openvino"])["differences"]  # doctest: +SKIP
-        {'openvino': 0.0405}
+        ::
+
+            score_differences("gpu.onnx", ["openvino"])["differences"]  # e.g. {'openvino': 0.0405}
     """
     path = os.fspath(path)
     with open(path, "rb") as stream:

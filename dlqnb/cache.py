@@ -4,9 +4,10 @@ Generated data, trained networks and compiled kernels live in one folder: ``$DLQ
 otherwise ``$XDG_CACHE_HOME/dlqnb`` (``~/.cache/dlqnb``). Entries are keyed by a hash of what produced
 them, written to a temporary name and renamed into place, and built under a file lock.
 
-Entries are verified: :func:`write_entry` stores a SHA-256 checksum beside each entry
-(``<entry>.sha256``) and :func:`read_entry` (or :func:`entry_intact` for files loaded by path, such as
-a compiled library) checks it before anything is used. A damaged or foreign entry is removed with one
+Entries are verified: :func:`write_entry` stores each entry with a SHA-256 checksum of its bytes in a
+one-line header, in one atomic rename (so a reader never sees an entry and a checksum from two writes),
+and :func:`read_entry` checks it before anything is used; a file loaded by path (a compiled library)
+gets its checksum beside it (``<file>.sha256``, :func:`seal_entry`) and is checked by :func:`entry_intact`. A damaged or foreign entry is removed with one
 :class:`CacheWarning` naming the file, so the caller builds it again; a cache folder that cannot be
 written degrades to no caching, with one warning.
 
@@ -36,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 __all__ = [
     "CHECKSUM_SUFFIX",
@@ -47,6 +48,7 @@ __all__ = [
     "cache_dir",
     "cache_lock",
     "content_key",
+    "ENTRY_HEADER",
     "discard_entry",
     "entry_intact",
     "read_entry",
@@ -121,18 +123,20 @@ def cache_lock(name: str, timeout: float = 3600) -> Iterator[None]:
     without the lock (one :class:`CacheWarning`).
     """
     lock_path = cache_dir() / "locks" / f"{_safe_name(name)}.lock"
+    lock = FileLock(str(lock_path), timeout=timeout)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path), timeout=timeout)
         lock.acquire()
+    except Timeout:  # a TimeoutError, so an OSError: not an unwritable cache
+        raise TimeoutError(f"dlqnb: waited {timeout:.0f} s for {lock_path}: another process is still building {name!r}") from None
     except OSError as error:
         _warn_once(_unwritable_key(lock_path), f"dlqnb: cannot lock {lock_path} ({error}); continuing without caching")
-        yield
-        return
+        lock = None
     try:
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _safe_name(name: str) -> str:
@@ -144,8 +148,13 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
+#: The first line of every entry :func:`write_entry` stores: this prefix, the payload's SHA-256 in hex, a newline.
+ENTRY_HEADER = b"dlqnb-sha256 "
+_HEADER_LENGTH = len(ENTRY_HEADER) + 64 + 1
+
+
 def write_entry(path: str | os.PathLike[str], data: bytes) -> bool:
-    """Store a cache entry and its checksum, atomically.
+    """Store a cache entry with its checksum, in one atomic rename.
 
     Returns:
         True when stored; False, with one :class:`CacheWarning`, when the cache folder cannot be
@@ -158,8 +167,7 @@ def write_entry(path: str | os.PathLike[str], data: bytes) -> bool:
     """
     target = Path(path)
     try:
-        atomic_write_bytes(target, data)
-        atomic_write_text(_checksum_path(target), hashlib.sha256(data).hexdigest())
+        atomic_write_bytes(target, ENTRY_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
     except OSError as error:
         _warn_once(_unwritable_key(target), f"dlqnb: cannot write the cache entry {target} ({error}); continuing without caching")
         return False
@@ -167,8 +175,8 @@ def write_entry(path: str | os.PathLike[str], data: bytes) -> bool:
 
 
 def seal_entry(path: str | os.PathLike[str]) -> bool:
-    """Record the checksum of a file another tool wrote into the cache (a compiled library), so that
-    :func:`entry_intact` can verify it before it is loaded. False (one warning) when it cannot be written."""
+    """Record the checksum of a file another tool wrote into the cache (a compiled library), beside it,
+    so that :func:`entry_intact` can verify it before it is loaded. False (one warning) when it cannot be written."""
     target = Path(path)
     try:
         atomic_write_text(_checksum_path(target), hashlib.sha256(target.read_bytes()).hexdigest())
@@ -179,8 +187,8 @@ def seal_entry(path: str | os.PathLike[str]) -> bool:
 
 
 def discard_entry(path: str | os.PathLike[str], reason: str) -> None:
-    """Remove a damaged or foreign entry and its checksum, with one :class:`CacheWarning` naming the
-    file and ``reason``; the caller then builds it again."""
+    """Remove a damaged or foreign entry (and a checksum beside it), with one :class:`CacheWarning`
+    naming the file and ``reason``; the caller then builds it again."""
     target = Path(path)
     warnings.warn(f"dlqnb: the cache entry {target} {reason}; rebuilding it", CacheWarning, stacklevel=3)
     for item in (target, _checksum_path(target)):
@@ -188,16 +196,14 @@ def discard_entry(path: str | os.PathLike[str], reason: str) -> None:
             item.unlink()
 
 
-def _verified(target: Path, data: bytes) -> bool:
+def _read_bytes(target: Path) -> bytes | None:
     try:
-        expected = _checksum_path(target).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        discard_entry(target, "has no readable checksum (damaged, or written by another program)")
-        return False
-    if hashlib.sha256(data).hexdigest() != expected:
-        discard_entry(target, "does not match its checksum (damaged)")
-        return False
-    return True
+        return target.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        discard_entry(target, f"cannot be read ({error})")
+        return None
 
 
 def read_entry(path: str | os.PathLike[str]) -> bytes | None:
@@ -210,7 +216,7 @@ def read_entry(path: str | os.PathLike[str]) -> bytes | None:
     Example:
         >>> import tempfile, pathlib
         >>> entry = pathlib.Path(tempfile.mkdtemp()) / "b.bin"
-        >>> _ = write_entry(entry, b"abc"); _ = entry.write_bytes(b"abd")
+        >>> _ = write_entry(entry, b"abc"); _ = entry.write_bytes(entry.read_bytes()[:-1] + b"d")
         >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
@@ -218,20 +224,35 @@ def read_entry(path: str | os.PathLike[str]) -> bytes | None:
         (None, False, True)
     """
     target = Path(path)
-    try:
-        data = target.read_bytes()
-    except FileNotFoundError:
+    raw = _read_bytes(target)
+    if raw is None:
         return None
-    except OSError as error:
-        discard_entry(target, f"cannot be read ({error})")
+    header, payload = raw[:_HEADER_LENGTH], raw[_HEADER_LENGTH:]
+    if not header.startswith(ENTRY_HEADER) or not header.endswith(b"\n") or len(header) != _HEADER_LENGTH:
+        discard_entry(target, "has no checksum (damaged, or written by another program)")
         return None
-    return data if _verified(target, data) else None
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(ENTRY_HEADER) : -1]:
+        discard_entry(target, "does not match its checksum (damaged)")
+        return None
+    return payload
 
 
 def entry_intact(path: str | os.PathLike[str]) -> bool:
-    """Whether a file in the cache is present and matches the checksum :func:`seal_entry` or
-    :func:`write_entry` recorded; a damaged or unsealed file is removed (one warning) so it is rebuilt."""
-    return read_entry(path) is not None
+    """Whether a file in the cache is present and matches the checksum :func:`seal_entry` recorded
+    beside it; a damaged or unsealed file is removed (one warning) so that it is rebuilt."""
+    target = Path(path)
+    data = _read_bytes(target)
+    if data is None:
+        return False
+    try:
+        expected = _checksum_path(target).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        discard_entry(target, "has no readable checksum (damaged, or written by another program)")
+        return False
+    if hashlib.sha256(data).hexdigest() != expected:
+        discard_entry(target, "does not match its checksum (damaged)")
+        return False
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -239,7 +260,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    umask = os.umask(0)
+    umask = os.umask(0)  # read by setting it, then restored: the caller's umask at the time of writing
     os.umask(umask)
     try:
         os.fchmod(handle, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions

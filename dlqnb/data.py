@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -404,12 +405,25 @@ def _build_folder(name: str, recipe: dict[str, object], write: Callable[[Path], 
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-    except OSError as error:  # a read-only cache: generate the data where they can be written
-        warnings.warn(f"dlqnb: cannot write {name} data into the cache ({error}); generating them in a temporary folder", CacheWarning, stacklevel=3)
-        fallback = Path(tempfile.mkdtemp(prefix=f"dlqnb-{name}-"))
-        write(fallback)
-        return fallback
+    except TimeoutError:
+        raise
+    except OSError as error:  # a read-only cache: generate the data once per process where they can be written
+        return _uncached_folder(target, name, write, error)
     return target
+
+
+_uncached: dict[Path, Path] = {}
+
+
+def _uncached_folder(target: Path, name: str, write: Callable[[Path], None], error: OSError) -> Path:
+    """The data of ``target`` generated into a temporary folder, once per process (removed at exit)."""
+    if target not in _uncached:
+        warnings.warn(f"dlqnb: cannot write {name} data into the cache ({error}); generating them in a temporary folder", CacheWarning, stacklevel=4)
+        fallback = Path(tempfile.mkdtemp(prefix=f"dlqnb-{name}-"))
+        atexit.register(shutil.rmtree, fallback, True)
+        write(fallback)
+        _uncached[target] = fallback
+    return _uncached[target]
 
 
 def _manifest_path(folder: Path) -> Path:

@@ -162,10 +162,10 @@ def run_report(job: ReportJob, out_dir: Path, show_code: bool = True, cell_timeo
     ``"interrupted"``; nothing is written and a previous report of the same name stays as it was.
 
     Example:
-        >>> job = ReportJob(Path("notebooks/05_quantization_numerics.ipynb"))
-        >>> result = run_report(job, Path("reports"))  # doctest: +SKIP
-        >>> result.status, result.report  # doctest: +SKIP
-        ('ok', '05_quantization_numerics.html')
+        (runs a notebook, so shown rather than run as a doctest)::
+
+            result = run_report(ReportJob(Path("notebooks/05_quantization_numerics.ipynb")), Path("reports"))
+            result.status, result.report  # ('ok', '05_quantization_numerics.html')
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -388,8 +388,12 @@ def _row_to_result(row: Any) -> ReportResult | None:
         result = ReportResult(**{name: value for name, value in row.items() if name in names})
     except TypeError:
         return None
-    plain = all(isinstance(name, str) and name == Path(name).name and not name.startswith(".") for name in (result.report, result.figure or "x"))
-    return result if plain and isinstance(result.parameters, dict) and isinstance(result.records, dict) else None
+    texts = (result.notebook, result.report, result.status, result.error, result.figure, result.figure_note)
+    typed = all(isinstance(text, str) for text in texts) and isinstance(result.seconds, (int, float)) and not isinstance(result.seconds, bool)
+    if not typed or not (isinstance(result.parameters, dict) and isinstance(result.records, dict)):
+        return None
+    plain = all(name == Path(name).name and not name.startswith(".") for name in (result.report, result.figure or "x"))
+    return result if plain else None
 
 
 def _merged_rows(previous: list[ReportResult], results: list[ReportResult], out_dir: Path) -> list[ReportResult]:
@@ -564,9 +568,10 @@ def run_reports(jobs: list[ReportJob], out_dir: Path, show_code: bool = True, jo
     written, and :class:`BatchStopped` is raised.
 
     Example:
-        >>> jobs = expand_jobs([Path("notebooks/05_quantization_numerics.ipynb")], {"seed": [0, 1]})
-        >>> [r.status for r in run_reports(jobs, Path("reports"))]  # doctest: +SKIP
-        ['ok', 'ok']
+        (runs notebooks, so shown rather than run as a doctest)::
+
+            jobs = expand_jobs([Path("notebooks/05_quantization_numerics.ipynb")], {"seed": [0, 1]})
+            [r.status for r in run_reports(jobs, Path("reports"))]  # ['ok', 'ok']
 
     Raises:
         BatchStopped: SIGTERM or SIGINT arrived (after the index was written).

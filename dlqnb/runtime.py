@@ -90,8 +90,10 @@ def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             disagrees with the graph (the message names the file and the field).
 
     Example:
-        >>> model_info("model_int8.onnx")["preprocessing"]  # doctest: +SKIP
-        {'input_size': [227, 227], 'pixel_range': [0.0, 1.0], 'channels': 3, 'mean_std': 'applied inside the model'}
+        (for a file :func:`~dlqnb.export.export_qdq_onnx` wrote; the module example makes one)::
+
+            model_info("model_int8.onnx")["preprocessing"]
+            # {'input_size': [227, 227], 'pixel_range': [0.0, 1.0], 'channels': 3, 'mean_std': 'applied inside the model'}
     """
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
@@ -139,6 +141,9 @@ def _check_preprocessing(path: str, preprocessing: dict[str, Any], dims: list[in
         )
     if channels is not None and not _positive_int(channels):
         raise ModelFileError(f"{path!r}: {field}: channels must be a positive whole number, got {channels!r}")
+    pixel_range = preprocessing.get("pixel_range")
+    if pixel_range is not None and not _number_pair(pixel_range):
+        raise ModelFileError(f"{path!r}: {field}: pixel_range must be [low, high], two finite numbers with low < high, got {pixel_range!r}")
     if not dims:  # the graph does not give its input's shape
         return
     if size is not None and len(dims) != 2 + len(size):
@@ -151,6 +156,11 @@ def _check_preprocessing(path: str, preprocessing: dict[str, Any], dims: list[in
         if recorded is not None and dim > 0 and recorded != dim:
             shape = "×".join(str(d) if d > 0 else "?" for d in dims)
             raise ModelFileError(f"{path!r}: {field}: {what} records {recorded} where the graph's input is {shape} (N×C first)")
+
+
+def _number_pair(value: Any) -> bool:
+    numbers = isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return numbers and all(np.isfinite(value)) and value[0] < value[1]
 
 
 #: The float batch layout and the size's name for each length of ``input_size``.
@@ -649,8 +659,9 @@ def predict_int8(path: str | os.PathLike[str], x: Any) -> np.ndarray:
             (float N×C×L for a 1-D signal model).
 
     Example:
-        >>> predict_int8("model_int8.onnx", np.zeros((227, 227, 3), np.uint8)).shape  # doctest: +SKIP
-        (1, 5)
+        (for a file :func:`~dlqnb.export.export_qdq_onnx` wrote; the module example makes one)::
+
+            predict_int8("model_int8.onnx", np.zeros((227, 227, 3), np.uint8)).shape  # (1, 5)
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"ONNX model {os.fspath(path)!r} does not exist")

@@ -14,12 +14,14 @@ def _messages(caught) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, cache.CacheWarning)]
 
 
-def test_an_entry_reads_back_and_its_checksum_is_the_sha256_of_its_bytes(tmp_path):
+def test_an_entry_reads_back_and_carries_the_sha256_of_its_bytes_in_one_file(tmp_path):
     entry = tmp_path / "sub" / "entry.bin"
     assert cache.write_entry(entry, b"payload")
     assert cache.read_entry(entry) == b"payload"
-    stored = (tmp_path / "sub" / "entry.bin.sha256").read_text().strip()
-    assert stored == hashlib.sha256(b"payload").hexdigest()
+    header, payload = entry.read_bytes().split(b"\n", 1)
+    assert header == b"dlqnb-sha256 " + hashlib.sha256(b"payload").hexdigest().encode() and payload == b"payload"
+    # one file, replaced by one rename: a reader never pairs one write's bytes with another's checksum
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["entry.bin"]
 
 
 def test_a_missing_entry_is_none_without_warning(tmp_path):
@@ -34,22 +36,23 @@ def test_a_damaged_or_foreign_entry_is_removed_with_one_warning_naming_it(tmp_pa
     entry = tmp_path / "entry.bin"
     data = bytes(range(256)) * 8
     cache.write_entry(entry, data)
+    stored = entry.read_bytes()
     if damage == "flip one byte":
-        broken = bytearray(data)
+        broken = bytearray(stored)
         broken[1000] ^= 0x01
         entry.write_bytes(bytes(broken))
     elif damage == "truncate":
-        entry.write_bytes(data[: len(data) // 2])
+        entry.write_bytes(stored[: len(stored) // 2])
     elif damage == "empty":
         entry.write_bytes(b"")
-    else:
-        (tmp_path / "entry.bin.sha256").unlink()
+    else:  # the same bytes written by another program: no header
+        entry.write_bytes(data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert cache.read_entry(entry) is None
     messages = _messages(caught)
     assert len(messages) == 1 and str(entry) in messages[0] and "rebuilding" in messages[0]
-    assert not entry.exists() and not (tmp_path / "entry.bin.sha256").exists()
+    assert not entry.exists()
     assert cache.write_entry(entry, data) and cache.read_entry(entry) == data  # rebuilt, then good again
 
 
@@ -87,3 +90,31 @@ def test_lock_names_with_separators_stay_one_file(tmp_path, monkeypatch):
         pass
     locks = list((tmp_path / "locks").iterdir())
     assert len(locks) == 1 and locks[0].is_file() and "/" not in locks[0].name
+
+
+def test_a_lock_held_too_long_is_a_timeout_not_an_unwritable_cache(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    monkeypatch.setenv("DLQNB_CACHE", str(tmp_path))
+    with cache.cache_lock("busy"):  # creates the locks folder
+        pass
+    holder = FileLock(str(tmp_path / "locks" / "busy.lock"))
+    holder.acquire()
+    try:
+        import threading
+
+        errors = []
+
+        def wait() -> None:
+            try:
+                with cache.cache_lock("busy", timeout=0.2):
+                    pass
+            except TimeoutError as error:
+                errors.append(str(error))
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(10)
+    finally:
+        holder.release()
+    assert len(errors) == 1 and "another process is still building 'busy'" in errors[0]

@@ -16,6 +16,7 @@ import torchvision
 from onnx import helper, numpy_helper
 from torch import nn
 
+from dlqnb.cache import read_entry
 from dlqnb import DLQuantizer
 from dlqnb import backend_choice, deploy, runtime
 from dlqnb.deploy import ExportError, export_qdq_onnx, load_int8, predict_int8
@@ -290,7 +291,7 @@ def test_tensorrt_engine_is_built_strongly_typed_and_cached(calibrated, tmp_path
     assert ("create_network", 1 << 5) in stand_in.calls  # STRONGLY_TYPED: precision from the Q/DQ types
     assert names.index("parse") < names.index("build_serialized_network")
     assert ("set_shape", "input", (1, 3, 96, 96), (8, 3, 96, 96)) in stand_in.calls
-    assert runner.engine_path.read_bytes() == b"serialized-engine"
+    assert read_entry(runner.engine_path) == b"serialized-engine"
     assert "Stand-in-GPU" in runner.engine_path.name and "11.0.0-stand-in" in runner.engine_path.name
     assert (runner.input_name, runner.output_name) == ("input", "scores")
     stand_in.calls.clear()
@@ -316,6 +317,20 @@ def given_times(monkeypatch, times):
         return {name: times[name] for name in backends}
 
     monkeypatch.setattr(backend_choice, "measure_backends", measure)
+    return calls
+
+
+def given_agreement(monkeypatch, difference, largest_score=20.0):
+    """Stand in for ``auto``'s score check with a given largest difference of OpenVINO's scores from
+    ONNX Runtime's (whether they agree is the host's; tests of the decision must not depend on it);
+    returns the list of the runtimes each check was asked to compare."""
+    calls = []
+
+    def measure(path, backends, runners=None):
+        calls.append(list(backends))
+        return {"differences": {"openvino": difference}, "largest_score": largest_score, "inputs": 4, "cpu": "a CPU", "date": "today"}
+
+    monkeypatch.setattr(backend_choice, "score_differences", measure)
     return calls
 
 

@@ -121,8 +121,10 @@ def test_a_folder_codegen_wrote_before_it_kept_a_manifest_is_still_its_own(calib
     out = codegen(config, net, output_dir=tmp_path / "out", verbose=False)
     (out / MANIFEST).unlink()  # as the folders of earlier versions were
     (out / "notes.txt").write_text("mine")
+    # a user's edited copy of an old entry point still says it was generated: it is not this run's, so it stays
+    (out / "my_predict.py").write_text((out / "predict_int8.py").read_text().replace("def predict_int8", "def my_predict"))
     codegen(config, net, output_dir=out, verbose=False)
-    assert {p.name for p in out.iterdir()} == GENERATED | {"notes.txt"}
+    assert {p.name for p in out.iterdir()} == GENERATED | {"notes.txt", "my_predict.py"}
 
 
 def test_tensorrt_engines_built_from_the_old_model_are_removed(calibrated, tmp_path):
@@ -148,7 +150,7 @@ def test_generated_files_have_the_usual_permissions(calibrated, tmp_path, umask)
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~umask}
 
 
-@pytest.mark.parametrize("name", ["json", "os", "numpy", "PIL", "onnxruntime", "openvino", "tensorrt", "__main__", 3])
+@pytest.mark.parametrize("name", ["json", "os", "numpy", "PIL", "onnxruntime", "openvino", "tensorrt", "__main__", 3, "np", "Image", "_prepare", "MODEL_FILE"])
 def test_entry_points_that_would_shadow_an_import_are_refused(calibrated, tmp_path, name):
     net, config = calibrated
     with pytest.raises(ValueError, match="entry_point"):
@@ -311,3 +313,6 @@ def test_generated_data_in_a_read_only_cache_go_to_a_temporary_folder(read_only_
     with pytest.warns(CacheWarning, match="temporary folder"):
         folder = digits_data_dir()
     assert read_only_folder not in folder.parents and len(list((folder / "7").iterdir())) > 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # generated once per process: no second copy, no second warning
+        assert digits_data_dir() == folder

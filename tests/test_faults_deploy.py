@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from dlqnb import DLQuantizer, backend_choice, runtime
-from dlqnb.cache import CacheWarning, cache_dir, write_entry
+from dlqnb.cache import CacheWarning, cache_dir, read_entry, write_entry
 from dlqnb.deploy import ModelFileError, OpenVINORunner, export_qdq_onnx, load_int8, predict_int8
-from test_deploy import StandInTensorRT, given_times
+from test_deploy import StandInTensorRT, given_agreement, given_times
 
 SIZE = 16
 
@@ -99,7 +99,8 @@ def test_a_damaged_tensorrt_engine_is_built_again_with_one_warning(quantizers, t
     monkeypatch.setitem(sys.modules, "tensorrt", stand_in)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Stand-in GPU")
     runner = runtime.TensorRTRunner(path)
-    runner.engine_path.write_bytes(b"serialized-enginX")  # one byte changed
+    stored = runner.engine_path.read_bytes()
+    runner.engine_path.write_bytes(stored[:-1] + b"X")  # the engine's last byte changed
     stand_in.calls.clear()
     with pytest.warns(CacheWarning, match=runner.engine_path.name):
         runtime.TensorRTRunner(path)
@@ -118,6 +119,7 @@ def test_a_damaged_tensorrt_engine_is_built_again_with_one_warning(quantizers, t
 )
 def test_a_malformed_choice_entry_is_measured_again_with_one_warning(model, monkeypatch, entry, problem):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    given_agreement(monkeypatch, 0.0)
     calls = given_times(monkeypatch, {"onnxruntime": {1: 0.004, 32: 0.120}, "openvino": {1: 0.003, 32: 0.090}})
     with open(model, "rb") as stream:
         cache = backend_choice.choice_cache_path(stream.read())
@@ -128,7 +130,7 @@ def test_a_malformed_choice_entry_is_measured_again_with_one_warning(model, monk
     messages = _cache_warnings(caught)
     assert len(messages) == 1 and cache.name in messages[0] and problem in messages[0]
     assert runner.backend == "openvino" and calls == [["onnxruntime", "openvino"]]
-    assert json.loads(cache.read_text())["backend"] == "openvino"
+    assert json.loads(read_entry(cache))["backend"] == "openvino"
 
 
 def test_the_choice_entry_is_one_flat_file_even_when_a_version_holds_a_slash(monkeypatch):
@@ -144,6 +146,7 @@ def test_the_choice_entry_is_one_flat_file_even_when_a_version_holds_a_slash(mon
 def test_a_read_only_cache_runs_openvino_and_auto_without_caching(model, read_only_folder, monkeypatch):
     monkeypatch.setenv("DLQNB_CACHE", str(read_only_folder / "cache"))
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    given_agreement(monkeypatch, 0.0)
     given_times(monkeypatch, {"onnxruntime": {1: 0.004, 32: 0.120}, "openvino": {1: 0.003, 32: 0.090}})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -192,6 +195,8 @@ def _edited(path, tmp_path, name, **props):
         ({"dlqnb_preprocessing": json.dumps({"input_size": [16, 16], "channels": 1})}, "channels records 1"),
         ({"dlqnb_preprocessing": json.dumps({"input_size": [16], "channels": 3})}, "input_size \\[16\\] is for a 3-D input"),
         ({"dlqnb_target": "tpu"}, "dlqnb_target is 'tpu'"),
+        ({"dlqnb_preprocessing": json.dumps({"input_size": [16, 16], "channels": 3, "pixel_range": ["a", "b"]})}, "pixel_range must be"),
+        ({"dlqnb_preprocessing": json.dumps({"input_size": [16, 16], "channels": 3, "pixel_range": [1, 0]})}, "pixel_range must be"),
     ],
 )
 def test_edited_metadata_is_a_model_file_error_naming_file_and_field(model, tmp_path, props, field):

@@ -89,8 +89,11 @@ def test_an_unreadable_or_foreign_summary_is_replaced_with_a_warning(tmp_path):
     foreign = [
         {"notebook": "x.ipynb", "report": "b.html", "status": "ok", "seconds": 1, "figure": f"../{secret.name}"},  # a path out of the folder
         {"notebook": "y.ipynb", "status": "ok"},  # not a row
+        {"notebook": "z.ipynb", "report": "b.html", "status": "ok", "seconds": "12"},  # seconds as text (hand-edited)
+        {"notebook": 3, "report": "b.html", "status": "ok", "seconds": 1},
         "text",
     ]
+    (tmp_path / "b.html").write_text("a report")  # on disk, so only the row's own fields can exclude it
     (tmp_path / "summary.json").write_text(json.dumps(foreign))
     write_index([result_for(tmp_path, "c")], tmp_path)
     assert [row["report"] for row in summary_rows(tmp_path)] == ["c.html"]

@@ -16,9 +16,9 @@ import torch
 import torchvision
 
 from dlqnb import DLQuantizer, backend_choice, host
-from dlqnb.cache import CacheWarning, write_entry
+from dlqnb.cache import CacheWarning, read_entry, write_entry
 from dlqnb.deploy import OpenVINORunner, export_qdq_onnx, load_int8, openvino_cache_path
-from test_deploy import given_times
+from test_deploy import given_agreement, given_times
 
 openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'dlqnb[openvino]')")
 
@@ -177,6 +177,7 @@ def test_openvino_rejects_an_unknown_hint_and_a_damaged_file(files, tmp_path):
 def test_auto_takes_the_measured_faster_runtime_says_why_and_caches_it(files, monkeypatch):
     path, _ = files[1]["cpu"]
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    given_agreement(monkeypatch, 0.0)
     calls = given_times(monkeypatch, {"onnxruntime": {1: 0.004, 32: 0.120}, "openvino": {1: 0.003, 32: 0.090}})
     runner = load_int8(path)
     assert runner.backend == "openvino"
@@ -189,7 +190,7 @@ def test_auto_takes_the_measured_faster_runtime_says_why_and_caches_it(files, mo
     assert again.backend == "openvino" and calls == [["onnxruntime", "openvino"]]  # read from the cache
     assert again.reason.endswith("cached)")
     with open(path, "rb") as stream:
-        saved = json.loads(backend_choice.choice_cache_path(stream.read()).read_text())
+        saved = json.loads(read_entry(backend_choice.choice_cache_path(stream.read())))
     assert saved["backend"] == "openvino"
 
 
@@ -197,6 +198,7 @@ def test_auto_splits_by_batch_size_when_each_runtime_wins_one(files, monkeypatch
     images, models = files
     path, emulated = models["cpu"]
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    given_agreement(monkeypatch, 0.0)
     given_times(monkeypatch, {"onnxruntime": {1: 0.003, 32: 0.120}, "openvino": {1: 0.004, 32: 0.090}})
     runner = load_int8(path)
     assert runner.backend == "onnxruntime/openvino"
@@ -230,22 +232,11 @@ def test_auto_without_openvino_says_why(files, monkeypatch):
         load_int8(path, backend="openvino")
 
 
-def _fake_differences(monkeypatch, difference, largest_score=20.0):
-    calls = []
-
-    def measure(path, backends, runners=None):
-        calls.append(list(backends))
-        return {"differences": {"openvino": difference}, "largest_score": largest_score, "inputs": 4, "cpu": "a CPU", "date": "today"}
-
-    monkeypatch.setattr(backend_choice, "score_differences", measure)
-    return calls
-
-
 @pytest.mark.parametrize("flavour", ["gpu", "cpu"])
 def test_auto_leaves_out_a_runtime_measured_to_differ_with_the_figure(files, monkeypatch, flavour):
     path, _ = files[1][flavour]
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    compared = _fake_differences(monkeypatch, 0.0391)
+    compared = given_agreement(monkeypatch, 0.0391)
     timed = given_times(monkeypatch, {})
     backend, reason = backend_choice.choose_backend(path)
     assert backend == "onnxruntime" and timed == [] and compared == [["onnxruntime", "openvino"]]
@@ -257,7 +248,7 @@ def test_auto_leaves_out_a_runtime_measured_to_differ_with_the_figure(files, mon
 def test_auto_times_a_runtime_measured_to_agree_bit_for_bit(files, monkeypatch, flavour):
     path, _ = files[1][flavour]
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    _fake_differences(monkeypatch, 0.0)
+    given_agreement(monkeypatch, 0.0)
     timed = given_times(monkeypatch, {"onnxruntime": {1: 0.004, 32: 0.120}, "openvino": {1: 0.003, 32: 0.090}})
     backend, reason = backend_choice.choose_backend(path)
     assert backend == "openvino" and timed == [["onnxruntime", "openvino"]] and "left out" not in reason
@@ -276,7 +267,7 @@ def test_the_real_agreement_check_is_cached_and_decides_as_measured(files, monke
     difference = measured["differences"]["openvino"]
     assert difference >= 0
     with open(path, "rb") as stream:
-        assert json.loads(backend_choice.agreement_cache_path(stream.read()).read_text())["differences"]["openvino"] == difference
+        assert json.loads(read_entry(backend_choice.agreement_cache_path(stream.read())))["differences"]["openvino"] == difference
     monkeypatch.setattr(OpenVINORunner, "predict", lambda *a: pytest.fail("measured again although cached"))
     assert backend_choice.score_differences(path, ["openvino"]) == measured
     monkeypatch.setitem(sys.modules, "tensorrt", None)
