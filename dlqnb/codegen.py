@@ -90,7 +90,7 @@ _RUNTIME_MODULES = ("numpy", "PIL", "onnxruntime", "openvino", "tensorrt")
 
 #: Names the generated module binds itself: an entry point of one of these names would replace it.
 _GENERATED_NAMES = frozenset(
-    {"np", "Image", "json", "os", "sys", "HERE", "MODEL_FILE", "INPUT_SIZE", "CHANNELS", "CLASS_NAMES", "FULL_SCALE"}
+    {"np", "Image", "HERE", "MODEL_FILE", "INPUT_SIZE", "CHANNELS", "CLASS_NAMES", "FULL_SCALE"}
     | {"_infer", "_session", "_prepare", "_read", "_sixteen_bit"}
 )
 
