@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in ("report",):
         print("usage: python -m dlqnb report [NOTEBOOK ...] [-p NAME VALUE ...] [--out DIR]", file=sys.stderr)
         return 2
-    from dlqnb import report
+    from dlqnb.reports import report
 
     return report.main(argv[1:])
 

@@ -1,7 +1,7 @@
 """``DLQuantizer``: calibrate a network and choose a scaled 8-bit type for every tensor.
 
 The MATLAB ``dlquantizer`` in PyTorch. Construction traces and optimizes a copy of the network
-(:mod:`dlqnb.graph`); :meth:`DLQuantizer.calibrate` runs that optimized network over the data and
+(:mod:`dlqnb.core.graph`); :meth:`DLQuantizer.calibrate` runs that optimized network over the data and
 records, for every optimized layer, the range and MSB counts of its folded weights and bias, and for
 every layer that produces a tensor the range and MSB counts of its activations.
 
@@ -16,7 +16,7 @@ up); the weights and bias rows do not change. A calibration that fails (bad batc
 activations) leaves the earlier state untouched.
 
 How the statistics are gathered, exactly and cheaply: each computing layer's output is read once, by
-one C++ pass on all cores (:mod:`dlqnb._kernel`), before the next layer runs (so in-place ops cannot
+one C++ pass on all cores (:mod:`dlqnb.calibration.kernel`), before the next layer runs (so in-place ops cannot
 overwrite it); layers that only rearrange or join values (concatenation, flatten, reshape, dropout
 at inference) get the union of their inputs' statistics without reading their outputs at all.
 
@@ -44,16 +44,16 @@ import torch.fx as fx
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dlqnb.batches import count_batches, iter_batches
-from dlqnb.calibration_file import CalibrationState, read_calibration, write_calibration
-from dlqnb.emulation import build_emulated_network
+from dlqnb.core.batches import count_batches, iter_batches
+from dlqnb.calibration.file import CalibrationState, read_calibration, write_calibration
+from dlqnb.emulation.network import build_emulated_network
 from dlqnb.errors import CalibrationError, NotCalibratedError
-from dlqnb.graph import OptimizedNetwork, layer_name, optimize_network
-from dlqnb.numerics import ExponentScheme, Rounding, choose_fraction_length, fraction_length, representable_bits
-from dlqnb.observers import RangeStats
-from dlqnb.ops import mutates_input, op_traits, tensor_args
-from dlqnb.plan import QuantizationPlan, TensorType, build_plan
-from dlqnb.validation import (
+from dlqnb.core.graph import OptimizedNetwork, layer_name, optimize_network
+from dlqnb.core.numerics import ExponentScheme, Rounding, choose_fraction_length, fraction_length, representable_bits
+from dlqnb.calibration.observers import RangeStats
+from dlqnb.core.ops import mutates_input, op_traits, tensor_args
+from dlqnb.plan.builder import QuantizationPlan, TensorType, build_plan
+from dlqnb.evaluation.validation import (
     OutputChoice,
     QuantizationOptions,
     ValidationResult,
@@ -89,7 +89,7 @@ class _Row:
 class _StatsRecorder(fx.Interpreter):
     """Runs the optimized graph, recording each computing node's output as soon as it exists.
 
-    A node that only moves values (:mod:`dlqnb.ops`) and whose tensor inputs are all recorded
+    A node that only moves values (:mod:`dlqnb.core.ops`) and whose tensor inputs are all recorded
     activations is not read at all: its statistics are the union of its inputs'. A candidate whose
     inputs turn out not to be activations (a tuple, a parameter) is recorded like any other node.
     """
@@ -136,7 +136,7 @@ class DLQuantizer:
         execution_environment: ``"gpu"`` (cuDNN/TensorRT int8, the default) or ``"cpu"`` (ONNX
             Runtime int8); see ``docs/design.md`` for the arithmetic of each.
         exponent_scheme: How a type is chosen from the ranges: ``"minmax"`` (MATLAB's default)
-            or ``"histogram"`` (see :func:`dlqnb.numerics.choose_fraction_length`).
+            or ``"histogram"`` (see :func:`dlqnb.core.numerics.choose_fraction_length`).
         excluded_layers: Optimized layer names to keep in float (the app's per-layer switch).
         per_channel_weights: One power-of-two weight scale per output channel (MinMax of each
             channel) instead of one per layer; emulation and export follow it.
@@ -387,7 +387,7 @@ class DLQuantizer:
 
     def plan(self) -> QuantizationPlan:
         """The quantization plan for the current calibration, target and exclusions (see
-        :mod:`dlqnb.plan`): what every node does, and the int8 codes of every quantized layer.
+        :mod:`dlqnb.plan.builder`): what every node does, and the int8 codes of every quantized layer.
 
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
@@ -424,7 +424,7 @@ class DLQuantizer:
         their only consumer) take the concatenation's type, whose calibrated range is the union of
         theirs, so they are produced in it directly (one rounding instead of two, and the
         concatenation is a copy); ops that keep their input's grid (max pooling, reshapes, dropout;
-        :mod:`dlqnb.ops`) keep its type.
+        :mod:`dlqnb.core.ops`) keep its type.
         """
         types = self.quantization_types()
         activations = types[types["Learnables / Activations"] == "Activations"]
@@ -463,7 +463,7 @@ class DLQuantizer:
         return {name[: -len("_Weights")]: int(f) for name, f in zip(weights["Optimized Layer Name"], weights["FractionLength"])}
 
     def quantize(self, rounding: Rounding | None = None) -> nn.Module:
-        """An ``nn.Module`` that emulates the int8 target exactly (see :mod:`dlqnb.emulation`).
+        """An ``nn.Module`` that emulates the int8 target exactly (see :mod:`dlqnb.emulation.network`).
 
         Args:
             rounding: How activations are rounded where they are quantized. By default the target's
@@ -474,7 +474,7 @@ class DLQuantizer:
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
         """
-        from dlqnb.models import network_metadata
+        from dlqnb.models.networks import network_metadata
 
         if rounding not in (None, "half_away", "half_even"):
             raise ValueError(f"rounding must be 'half_away' or 'half_even' (or None for the target's rule), got {rounding!r}")
@@ -491,12 +491,12 @@ class DLQuantizer:
             progress: Show a progress bar.
 
         Returns:
-            A :class:`~dlqnb.validation.ValidationResult` (``num_samples``, ``metric_results``). A
+            A :class:`~dlqnb.evaluation.validation.ValidationResult` (``num_samples``, ``metric_results``). A
             network with several outputs is scored on the one :attr:`output` names.
 
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
-            CalibrationError: Data the network cannot take (names the batch and the reason).
+            ValidationError: Data the network cannot take (names the batch and the reason).
             ScoredOutputError: The network returns a dict and :attr:`output` names none of its keys.
         """
         self.check_calibrated("validate")
@@ -509,12 +509,12 @@ class DLQuantizer:
     def network_fingerprint(self) -> str:
         """SHA-256 of the optimized graph's code and of every parameter and buffer (names, shapes,
         bytes): what ties a calibration file or an exported model to this network."""
-        from dlqnb.calibration_file import fingerprint
+        from dlqnb.calibration.file import fingerprint
 
         return fingerprint(self.optimized.module)
 
     def save(self, path: str) -> None:
-        """Write the calibration file (see :mod:`dlqnb.calibration_file`)."""
+        """Write the calibration file (see :mod:`dlqnb.calibration.file`)."""
         self.check_calibrated("save")
         types = self.quantization_types()
         write_calibration(
@@ -544,7 +544,7 @@ class DLQuantizer:
         Raises:
             CalibrationFileError: Missing, truncated, foreign, newer, edited file, or a different network.
         """
-        from dlqnb.calibration_file import CalibrationFileError
+        from dlqnb.calibration.file import CalibrationFileError
 
         settings, state = read_calibration(path)
         quantizer = cls(
@@ -572,7 +572,7 @@ class DLQuantizer:
 
 
 def _derivable_sources(module: fx.GraphModule) -> dict[str, list[str]]:
-    """Nodes that only move values (by :mod:`dlqnb.ops`) with the tensor inputs whose statistics they
+    """Nodes that only move values (by :mod:`dlqnb.core.ops`) with the tensor inputs whose statistics they
     may be derived from, in network order; inputs that an in-place op overwrites are not usable."""
     mutated = {
         layer_name(n.args[0]) for n in module.graph.nodes if n.args and isinstance(n.args[0], fx.Node) and mutates_input(module, n)

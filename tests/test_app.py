@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from dlqnb.app import QuantizerApp
-from dlqnb.emulation import EmulatedLayer
+from dlqnb.ui.app import QuantizerApp
+from dlqnb.emulation.network import EmulatedLayer
 
 
 def make_app(tmp_path):

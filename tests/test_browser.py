@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import parameterized_notebook
-from dlqnb.report import expand_jobs, run_reports
+from dlqnb.reports.report import expand_jobs, run_reports
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -47,8 +47,8 @@ def plot_notebook(folder: Path) -> Path:
     return parameterized_notebook(
         folder / "plots.ipynb",
         "seed = 0",
-        "import torch, dlqnb\nfrom dlqnb.numerics import MSBHistogram\nfrom dlqnb.plotting import msb_heatmap\n"
-        "dlqnb.plotting.use_offline_renderer()\n"
+        "import torch, dlqnb\nfrom dlqnb.core.numerics import MSBHistogram\nfrom dlqnb.ui.plotting import msb_heatmap\n"
+        "dlqnb.ui.plotting.use_offline_renderer()\n"
         "dlqnb.record_figure(msb_heatmap({'values': MSBHistogram.of(torch.tensor([0.03125, 2.1, 16.25]))}, {'values': 3}))",
         "dlqnb.record('seed_used', seed)",
     )

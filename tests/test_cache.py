@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from dlqnb import cache
+from dlqnb.core import cache
 
 
 def _messages(caught) -> list[str]:

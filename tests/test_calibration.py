@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dlqnb import CalibrationError, DataError, DLQuantizer, NotCalibratedError
-from dlqnb.numerics import exponent_field_counts
+from dlqnb.core.numerics import exponent_field_counts
 from dlqnb.quantizer import CALIBRATION_COLUMNS
 
 from conftest import randomize_batchnorm

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlqnb import DLQuantizer
-from dlqnb.reach import check_network
+from dlqnb.bench.reach import check_network
 
 
 class LayerScale(nn.Module):

@@ -16,8 +16,8 @@ import torchvision
 from PIL import Image
 
 from dlqnb import DLQuantizer
-from dlqnb.calibration_file import CalibrationFileError
-from dlqnb.codegen import DeploymentConfig, codegen, generated_library, library_available, run_entry_point
+from dlqnb.calibration.file import CalibrationFileError
+from dlqnb.deploy.codegen import DeploymentConfig, codegen, generated_library, library_available, run_entry_point
 from dlqnb.deploy import predict_int8
 
 
@@ -182,7 +182,7 @@ def test_openvino_entry_point_runs_without_torch_and_equals_dlqnbs_openvino_runn
 
 
 def test_auto_generates_code_for_the_runtime_the_trial_chose(calibrated, tmp_path, monkeypatch, capsys):
-    from dlqnb import backend_choice
+    from dlqnb.deploy import backend_choice
 
     net, folder, _ = calibrated
     asked = []

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dlqnb import DataError
-from dlqnb.data import (
+from dlqnb.data.datastores import (
     augmented_image_datastore,
     digits_data_dir,
     image_data_augmenter,
@@ -20,7 +20,7 @@ from dlqnb.data import (
     merch_data_dir,
     split_each_label,
 )
-from dlqnb.synthetic import MERCH_CLASSES
+from dlqnb.data.synthetic import MERCH_CLASSES
 
 
 def make_folder(root: Path, counts: dict[str, int], size=(10, 12)) -> Path:

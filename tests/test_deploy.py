@@ -16,9 +16,11 @@ import torchvision
 from onnx import helper, numpy_helper
 from torch import nn
 
-from dlqnb.cache import read_entry
+from dlqnb.core.cache import read_entry
 from dlqnb import DLQuantizer
-from dlqnb import backend_choice, deploy, runtime
+from dlqnb import deploy
+from dlqnb.deploy import backend_choice
+from dlqnb.deploy import runners as runtime
 from dlqnb.deploy import ExportError, export_qdq_onnx, load_int8, predict_int8
 
 
@@ -300,7 +302,7 @@ def test_tensorrt_engine_is_built_strongly_typed_and_cached(calibrated, tmp_path
 
 
 def test_tensorrt_profile_takes_dynamic_height_and_width_from_the_recorded_size():
-    from dlqnb.runtime import _profile_dims
+    from dlqnb.deploy.runners import _profile_dims
 
     assert _profile_dims([-1, 3, -1, -1], {"channels": 3, "input_size": [227, 227]}, "m.onnx") == [3, 227, 227]
     with pytest.raises(RuntimeError, match="m.onnx.*input_size"):

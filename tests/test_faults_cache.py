@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlqnb import cache, zoo
-from dlqnb.data import digits_data_dir, merch_data_dir
-from dlqnb.models import digits_net, save_network, set_metadata
+from dlqnb.core import cache
+from dlqnb.training import zoo
+from dlqnb.data.datastores import digits_data_dir, merch_data_dir
+from dlqnb.models.networks import digits_net, save_network, set_metadata
 
 KERNEL_LIBRARY = "dlqnb_calibration_kernel.so"
 
@@ -155,7 +156,7 @@ _KERNEL_CHECK = """
 import json, warnings
 import torch
 warnings.simplefilter("always")
-from dlqnb import _kernel
+from dlqnb.calibration import kernel as _kernel
 x = torch.randn(300_001, generator=torch.Generator().manual_seed(0)) * 100
 x[5], x[6] = float("inf"), 0.0
 name = _kernel.kernel_name()
@@ -219,7 +220,7 @@ def test_a_damaged_kernel_library_is_rebuilt_with_one_warning(built_kernel, dama
 
 @pytest.mark.parametrize("sealed", [False, True])
 def test_an_unsealed_kernel_library_is_removed_with_its_build_folder_and_a_sealed_one_kept(tmp_path, monkeypatch, sealed):
-    from dlqnb import _kernel
+    from dlqnb.calibration import kernel as _kernel
 
     monkeypatch.setenv("DLQNB_CACHE", str(tmp_path))
     build_dir = _kernel._build_directory()

@@ -22,9 +22,9 @@ import torchvision
 from PIL import Image
 
 from dlqnb import DataError, DLQuantizer
-from dlqnb.batches import count_batches, iter_batches
-from dlqnb.codegen import DeploymentConfig, codegen
-from dlqnb.data import augmented_image_datastore, image_datastore
+from dlqnb.core.batches import count_batches, iter_batches
+from dlqnb.deploy.codegen import DeploymentConfig, codegen
+from dlqnb.data.datastores import augmented_image_datastore, image_datastore
 
 MANIFEST = "codegen_manifest.json"  # the list of the files codegen wrote in a folder
 GENERATED = {"model_int8.onnx", "predict_int8.py", "requirements.txt", "README.md", MANIFEST}
@@ -289,8 +289,8 @@ def test_validate_takes_one_images_labels_pair():
 
 # ------------------------------------------------------------------ generated data in the cache
 def test_generated_data_are_verified_and_regenerated_when_damaged(tmp_path, monkeypatch):
-    from dlqnb.cache import CacheWarning
-    from dlqnb.data import digits_data_dir
+    from dlqnb.core.cache import CacheWarning
+    from dlqnb.data.datastores import digits_data_dir
 
     monkeypatch.setenv("DLQNB_CACHE", str(tmp_path))
     folder = digits_data_dir()
@@ -306,8 +306,8 @@ def test_generated_data_are_verified_and_regenerated_when_damaged(tmp_path, monk
 
 
 def test_generated_data_in_a_read_only_cache_go_to_a_temporary_folder(read_only_folder, monkeypatch):
-    from dlqnb.cache import CacheWarning
-    from dlqnb.data import digits_data_dir
+    from dlqnb.core.cache import CacheWarning
+    from dlqnb.data.datastores import digits_data_dir
 
     monkeypatch.setenv("DLQNB_CACHE", str(read_only_folder))
     with pytest.warns(CacheWarning, match="temporary folder"):

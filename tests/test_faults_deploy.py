@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from dlqnb import DLQuantizer, backend_choice, runtime
-from dlqnb.cache import CacheWarning, cache_dir, read_entry, write_entry
+from dlqnb import DLQuantizer
+from dlqnb.deploy import backend_choice
+from dlqnb.deploy import runners as runtime
+from dlqnb.core.cache import CacheWarning, cache_dir, read_entry, write_entry
 from dlqnb.deploy import ModelFileError, OpenVINORunner, export_qdq_onnx, load_int8, predict_int8
 from test_deploy import StandInTensorRT, given_agreement, given_times
 
@@ -343,7 +345,7 @@ def test_a_1d_signal_model_is_measured_and_profiled_at_its_length(signal_model, 
     backend, reason = backend_choice.choose_backend(path)
     assert backend and "not measured" not in reason  # the trial ran at the signals' shape
     assert backend_choice.model_input(path) == ((2, LENGTH), backend_choice.TRIAL_BATCHES)
-    from dlqnb.runtime import _profile_dims
+    from dlqnb.deploy.runners import _profile_dims
 
     assert _profile_dims([-1, 2, -1], {"channels": 2, "input_size": [LENGTH]}, "signal.onnx") == [2, LENGTH]
 

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from dlqnb import DLQuantizer, classify
-from dlqnb.calibration_file import CalibrationState
+from dlqnb.calibration.file import CalibrationState
 from dlqnb.errors import ScoredOutputError
-from dlqnb.export import ExportError, export_qdq_onnx
-from dlqnb.graph import NetworkGraphError
-from dlqnb.validation import top1_accuracy
+from dlqnb.deploy.export import ExportError, export_qdq_onnx
+from dlqnb.core.graph import NetworkGraphError
+from dlqnb.evaluation.validation import top1_accuracy
 
 
 class _TupleNet(nn.Module):
@@ -192,7 +192,7 @@ def test_a_1d_signal_cnn_exports_an_n_c_l_model_that_records_its_length(target, 
     if target == "cpu":
         assert np.array_equal(scores, emulated)  # what tests/test_deploy.py asserts for images
     else:
-        # ONNX Runtime runs the TensorRT flavour with its own rounding (see dlqnb.emulation): close, not equal
+        # ONNX Runtime runs the TensorRT flavour with its own rounding (see dlqnb.emulation.network): close, not equal
         assert np.abs(scores - emulated).max() <= 0.05 * np.abs(emulated).max()
 
 
@@ -222,7 +222,7 @@ def test_only_a_calibration_without_the_input_shape_is_blamed_for_it(tmp_path):
 
 
 def test_sensitivity_analysis_scores_the_chosen_output_of_a_dict_network():
-    from dlqnb.sensitivity import sensitivity_analysis
+    from dlqnb.evaluation.sensitivity import sensitivity_analysis
 
     torch.manual_seed(0)
     images, labels = _images_and_labels()
@@ -235,7 +235,7 @@ def test_sensitivity_analysis_scores_the_chosen_output_of_a_dict_network():
 
 
 def test_codegen_of_a_1d_network_is_refused_clearly_and_writes_nothing(tmp_path):
-    from dlqnb.codegen import DeploymentConfig, codegen
+    from dlqnb.deploy.codegen import DeploymentConfig, codegen
 
     net = _signal_net()
     _calibrated(net, _signals(8, 2), execution_environment="cpu").save(tmp_path / "signal.safetensors")

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from conftest import parameterized_notebook
-from dlqnb import report
-from dlqnb.report import ReportResult, write_index
+from dlqnb.reports import report
+from dlqnb.reports.report import ReportResult, write_index
 
 KERNEL_WAIT = 240.0  # seconds a test waits for a notebook's kernel to start: this machine may be busy
 

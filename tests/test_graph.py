@@ -1,4 +1,4 @@
-"""Tracing, BatchNorm folding and activation fusion (dlqnb.graph)."""
+"""Tracing, BatchNorm folding and activation fusion (dlqnb.core.graph)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlqnb.graph import NetworkGraphError, optimize_network
+from dlqnb.core.graph import NetworkGraphError, optimize_network
 
 EXPECTED_LAYERS = {"squeezenet1_1": 26, "resnet18": 21, "mobilenet_v2": 53, "googlenet": 58}
 

@@ -12,8 +12,8 @@ import torchvision
 from PIL import Image
 
 from dlqnb import DataError, DLQuantizer
-from dlqnb.batches import count_batches, iter_batches
-from dlqnb.data import augmented_image_datastore, image_datastore
+from dlqnb.core.batches import count_batches, iter_batches
+from dlqnb.data.datastores import augmented_image_datastore, image_datastore
 from dlqnb.deploy import ModelFileError, export_qdq_onnx, load_int8, predict_int8
 
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from dlqnb import DLQuantizer
 from dlqnb.deploy import export_qdq_onnx, load_int8
-from dlqnb.graph import layer_name, network_summary, trace_network
-from dlqnb.models import SqueezeNet, load_network, replace_classifier, save_network, squeezenet, torchvision_state_dict
+from dlqnb.core.graph import layer_name, network_summary, trace_network
+from dlqnb.models.networks import SqueezeNet, load_network, replace_classifier, save_network, squeezenet, torchvision_state_dict
 
 # MATLAB's squeezenet, layer by layer as its Layers array lists them (68 layers, 75 connections).
 MATLAB_FIRE_PARTS = ("squeeze1x1", "relu_squeeze1x1", "expand1x1", "relu_expand1x1", "expand3x3", "relu_expand3x3", "concat")

@@ -1,4 +1,4 @@
-"""Model surgery, network files, and training (dlqnb.models, dlqnb.training)."""
+"""Model surgery, network files, and training (dlqnb.models.networks, dlqnb.training.train)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dlqnb.models import (
+from dlqnb.models.networks import (
     DigitsNet,
     digits_net,
     find_layers_to_replace,
@@ -21,7 +21,7 @@ from dlqnb.models import (
     set_metadata,
     squeezenet,
 )
-from dlqnb.training import _parameter_groups, train_network, training_options
+from dlqnb.training.train import _parameter_groups, train_network, training_options
 
 
 def test_find_layers_to_replace_on_squeezenet():
@@ -160,7 +160,7 @@ def test_training_threads_option_is_checked():
 
 
 def test_network_bytes_that_are_no_network_name_their_source():
-    from dlqnb.models import network_from_bytes
+    from dlqnb.models.networks import network_from_bytes
 
     with pytest.raises(ValueError, match="'cache/net.pt' is not a readable dlqnb network file"):
         network_from_bytes(b"not a network", "cache/net.pt")

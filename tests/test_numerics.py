@@ -1,4 +1,4 @@
-"""dlqnb.numerics against MATLAB's worked example and against exact reference arithmetic."""
+"""dlqnb.core.numerics against MATLAB's worked example and against exact reference arithmetic."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dlqnb import _kernel
-from dlqnb.numerics import (
+from dlqnb.calibration import kernel as _kernel
+from dlqnb.core.numerics import (
     ZERO_BIN,
     MSBHistogram,
     bit_table,

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torchvision
 
-from dlqnb import DLQuantizer, backend_choice, host
-from dlqnb.cache import CacheWarning, read_entry, write_entry
+from dlqnb import DLQuantizer
+from dlqnb.deploy import backend_choice, host
+from dlqnb.core.cache import CacheWarning, read_entry, write_entry
 from dlqnb.deploy import OpenVINORunner, export_qdq_onnx, load_int8, openvino_cache_path
 from test_deploy import given_agreement, given_times
 
@@ -85,8 +86,8 @@ def test_openvino_on_the_gpu_flavour_warns_as_measured_and_agrees_on_the_top_cla
 def merch(tmp_path_factory):
     """The merch SqueezeNet of the examples (from dlqnb's cache, shared with the notebooks), its
     validation images and both flavours' files with their emulated scores."""
-    from dlqnb import zoo
-    from dlqnb.data import augmented_image_datastore, image_datastore, merch_data_dir, split_each_label
+    from dlqnb.training import zoo
+    from dlqnb.data.datastores import augmented_image_datastore, image_datastore, merch_data_dir, split_each_label
 
     net = zoo.squeezenet_merch()
     train, validation = split_each_label(image_datastore(merch_data_dir()), 0.7, randomized=True, seed=0)

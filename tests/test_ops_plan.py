@@ -15,8 +15,8 @@ from torch import nn
 
 import dlqnb
 from dlqnb import DLQuantizer
-from dlqnb.export import export_qdq_onnx
-from dlqnb.ops import global_average_pool, op_traits
+from dlqnb.deploy.export import export_qdq_onnx
+from dlqnb.core.ops import global_average_pool, op_traits
 
 
 class ThreeAveragePools(nn.Module):

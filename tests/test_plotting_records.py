@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import dlqnb
-from dlqnb.numerics import MSBHistogram
-from dlqnb.plotting import calibration_heatmap, msb_heatmap, score_agreement_figure, training_progress_figure
-from dlqnb.records import RECORD_MIME_TYPE, read_records, record
+from dlqnb.core.numerics import MSBHistogram
+from dlqnb.ui.plotting import calibration_heatmap, msb_heatmap, score_agreement_figure, training_progress_figure
+from dlqnb.reports.records import RECORD_MIME_TYPE, read_records, record
 
 
 def test_heatmap_cells_boxes_and_greys():

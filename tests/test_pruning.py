@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 import dlqnb
-from dlqnb.models import digits_net
-from dlqnb.pruning import TaylorPrunableNetwork, count_flops
+from dlqnb.models.networks import digits_net
+from dlqnb.pruning.taylor import TaylorPrunableNetwork, count_flops
 
 from conftest import randomize_batchnorm
 

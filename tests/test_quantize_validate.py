@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 import dlqnb
-from dlqnb import CalibrationError, CalibrationFileError, DLQuantizer, NotCalibratedError, QuantizationOptions, quantization_details
-from dlqnb.emulation import EmulatedLayer
-from dlqnb.numerics import fraction_length
+from dlqnb import CalibrationFileError, DLQuantizer, NotCalibratedError, QuantizationOptions, ValidationError, quantization_details
+from dlqnb.emulation.network import EmulatedLayer
+from dlqnb.core.numerics import fraction_length
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ def test_validate_errors(squeezenet, images):
     with pytest.raises(NotCalibratedError, match="calibrate"):
         quantizer.validate(images)
     quantizer.calibrate(images, progress=False)
-    with pytest.raises(CalibrationError, match="validation batch 0 of shape \\(2, 4, 64, 64\\)"):
+    with pytest.raises(ValidationError, match="validation batch 0 of shape \\(2, 4, 64, 64\\)"):
         quantizer.validate(torch.rand(2, 4, 64, 64), progress=False)
     with pytest.raises(ValueError, match="needs labels"):
         quantizer.validate(images, progress=False)

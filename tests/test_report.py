@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import parameterized_notebook
-from dlqnb import report
-from dlqnb.report import ReportJob, expand_jobs, run_reports
+from dlqnb.reports import report
+from dlqnb.reports.report import ReportJob, expand_jobs, run_reports
 
 
 def tiny_notebook(folder: Path, name: str = "tiny.ipynb") -> Path:
@@ -158,7 +158,7 @@ def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, mon
 
 
 def test_read_figures_returns_the_marked_figures_in_order(tmp_path):
-    from dlqnb.records import FIGURE_MIME_TYPE, read_figures
+    from dlqnb.reports.records import FIGURE_MIME_TYPE, read_figures
 
     def output(name: str) -> dict:
         return {"output_type": "display_data", "metadata": {}, "data": {FIGURE_MIME_TYPE: {"name": name, "figure": {"data": [], "layout": {"title": name}}}}}

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dlqnb import DLQuantizer
-from dlqnb.plotting import sensitivity_figure
-from dlqnb.sensitivity import sensitivity_analysis
+from dlqnb.ui.plotting import sensitivity_figure
+from dlqnb.evaluation.sensitivity import sensitivity_analysis
 
 
 def network_with_a_fragile_layer() -> tuple[nn.Module, torch.Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlqnb.reach import check_pruning, check_quantization, classification_models
+from dlqnb.bench.reach import check_pruning, check_quantization, classification_models
 
 MODELS = classification_models()
 

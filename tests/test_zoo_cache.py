@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import dlqnb
-from dlqnb import zoo
-from dlqnb.cache import atomic_write_bytes
-from dlqnb.models import digits_net, set_metadata
+from dlqnb.training import zoo
+from dlqnb.core.cache import atomic_write_bytes
+from dlqnb.models.networks import digits_net, set_metadata
 
 
 def _build_in_process(cache: str, marker: str) -> None:

@@ -1,0 +1,441 @@
+"""The optimized network: a torch.fx graph with BatchNorm folded and activations fused.
+
+This is the graph that calibration, emulation and export all read, the counterpart of the
+"optimized network" of the MATLAB pages. :func:`optimize_network` traces a copy of the network with
+torch.fx and, for every convolution or fully connected layer:
+
+* folds a following ``BatchNorm`` into its weights and bias (with the running statistics);
+* fuses a following ``ReLU``, ``ReLU6`` (or ``hardtanh(0, 6)``) or ``LeakyReLU`` (module, function
+  or method form) into one *optimized layer*;
+* gives it a bias (zeros where the layer had none), since every deployed int8 layer has an int32 bias.
+
+Naming (``docs/design.md``): a network layer is an fx node, named after its module path
+(``features.0`` → ``features_0``; a module called twice gives ``relu`` and ``relu_1``); an
+optimized layer joins its members' names with ``_`` (``conv1`` + ``relu_conv1`` →
+``conv1_relu_conv1``), and its network layer name is its last member.
+
+Folding only happens where it cannot change the result: the conv's output feeds the BatchNorm alone,
+and the BatchNorm's (or conv's) output feeds the activation alone.
+
+A network whose parameters or buffers are on the ``meta`` device (shapes without values, as
+``torch.device("meta")`` or ``init_empty_weights`` make them) is refused with an error naming the first
+such tensor: calibrating it would read uninitialized memory.
+
+Example:
+    >>> import torch, torchvision
+    >>> net = torchvision.models.resnet18(num_classes=5).eval()
+    >>> opt = optimize_network(net)
+    >>> opt.layers["conv1_bn1_relu"].members
+    ('conv1', 'bn1', 'relu')
+    >>> x = torch.randn(2, 3, 64, 64)
+    >>> bool(torch.allclose(opt.module(x), net(x), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from dlqnb.core.ops import fusable_activation, op_traits, tensor_args
+from dlqnb.errors import NetworkGraphError
+
+__all__ = [
+    "FusedLayer",
+    "NetworkGraphError",
+    "OptimizedLayer",
+    "OptimizedNetwork",
+    "NetworkSummary",
+    "check_materialized",
+    "layer_name",
+    "network_summary",
+    "optimize_network",
+    "trace_network",
+]
+
+QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Layers with learnables or state that dlqnb has no int8 model for, and says so.
+_UNSUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+_UNSUPPORTED_REASONS = {
+    nn.RNNBase: "recurrent layers are not supported",
+    nn.MultiheadAttention: "attention layers are not supported",
+    nn.Embedding: "embedding layers are not supported",
+    nn.EmbeddingBag: "embedding layers are not supported",
+}
+
+
+def layer_name(node: fx.Node) -> str:
+    """The name users see for a network layer: its module's own name, hyphens and capitals kept.
+
+    fx names a node after a Python identifier (``fire2-squeeze1x1`` becomes ``fire2_squeeze1x1``,
+    ``features.3`` becomes ``features_3``); the tables show the module's name with ``.`` written
+    ``_`` and nothing else changed, plus fx's ``_1`` suffix when a module is called again. Nodes of
+    functions keep fx's name (``cat``, ``add_1``).
+
+    Example:
+        >>> import torch.fx as fx
+        >>> from torch import nn
+        >>> net = nn.Sequential()
+        >>> net.add_module("fire2-squeeze1x1", nn.Conv2d(3, 4, 1))
+        >>> [layer_name(n) for n in fx.symbolic_trace(net).graph.nodes if n.op == "call_module"]
+        ['fire2-squeeze1x1']
+    """
+    name = node.name
+    if node.op != "call_module":
+        return name
+    own = str(node.target).replace(".", "_")
+    identifier = _snake_identifier(own)
+    suffix = name[len(identifier):]
+    if name.startswith(identifier) and (not suffix or re.fullmatch(r"_\d+", suffix)):
+        return own + suffix
+    return name
+
+
+def _snake_identifier(text: str) -> str:
+    """The identifier fx derives from a module name: torch.fx's own rules (``_`` before a capital that
+    follows a lowercase letter, all lowered, other characters ``_``, a leading digit prefixed)."""
+    snake = re.sub(r"(?<=[a-z])([A-Z])", r"_\1", text).lower()
+    snake = re.sub(r"[^0-9a-zA-Z_]+", "_", snake)
+    return f"_{snake}" if snake[:1].isdigit() else snake
+
+
+
+class FusedLayer(nn.Module):
+    """A convolution or fully connected layer with folded BatchNorm and a fused activation.
+
+    Attributes:
+        layer: The conv/linear module holding the folded weights and a bias.
+        activation: The fused activation module, or None.
+    """
+
+    def __init__(self, layer: nn.Module, activation: nn.Module | None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x)
+        return self.activation(y) if self.activation is not None else y
+
+
+@dataclass(frozen=True)
+class OptimizedLayer:
+    """One conv/linear layer of the optimized network.
+
+    Attributes:
+        name: Optimized layer name (member names joined with ``_``).
+        members: Network layer names folded into it: the conv/linear, then BatchNorm, activation.
+        module_path: Dotted path of the conv/linear module in the user's network.
+        kind: ``"conv"`` or ``"linear"``.
+        activation: ``"relu"``, ``"relu6"``, ``"leaky_relu"`` or None.
+    """
+
+    name: str
+    members: tuple[str, ...]
+    module_path: str
+    kind: str
+    activation: str | None
+
+    @property
+    def network_layer_name(self) -> str:
+        """The last network layer of the group (the activation when one is fused)."""
+        return self.members[-1]
+
+
+@dataclass
+class OptimizedNetwork:
+    """A traced, folded and fused copy of a network.
+
+    Attributes:
+        module: The optimized ``fx.GraphModule`` (eval mode); computes what the network does.
+        layers: The optimized conv/linear layers by name, in network order.
+    """
+
+    module: fx.GraphModule
+    layers: dict[str, OptimizedLayer]
+
+    def nodes(self) -> Iterator[fx.Node]:
+        """The graph's nodes in execution order."""
+        return iter(self.module.graph.nodes)
+
+    def fused(self, name: str) -> FusedLayer:
+        """The fused module of an optimized layer."""
+        module = self.module.get_submodule(name)
+        assert isinstance(module, FusedLayer)
+        return module
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping modules that declare ``dlqnb_leaf = True`` (the input layer) as one layer."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return bool(getattr(m, "dlqnb_leaf", False)) or super().is_leaf_module(m, module_qualified_name)
+
+
+def trace_network(net: nn.Module) -> fx.GraphModule:
+    """Trace a network with torch.fx (dlqnb's input layer kept whole).
+
+    Raises:
+        NetworkGraphError: If fx cannot trace it; the message says why.
+    """
+    return _trace(net)
+
+
+def _trace(net: nn.Module) -> fx.GraphModule:
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(net)
+        return fx.GraphModule(tracer.root, graph, type(net).__name__)
+    except Exception as error:  # fx raises many types; all mean the same thing to the user
+        raise NetworkGraphError(
+            f"torch.fx cannot trace {type(net).__name__}: {error}. dlqnb needs a network whose forward has no "
+            "data-dependent control flow (see torch.fx's limitations)."
+        ) from error
+
+
+def _called_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _activation_kind(activation: nn.Module | None) -> str | None:
+    if activation is None:
+        return None
+    if isinstance(activation, nn.ReLU6):
+        return "relu6"
+    if isinstance(activation, nn.LeakyReLU):
+        return "leaky_relu"
+    return "relu"
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _fold_batchnorm(layer: nn.Module, bn: nn.Module, bn_name: str) -> nn.Module:
+    if bn.running_mean is None or bn.running_var is None:
+        raise NetworkGraphError(
+            f"BatchNorm layer '{bn_name}' has no running statistics (track_running_stats=False); "
+            "dlqnb folds BatchNorm into the preceding layer with its running statistics"
+        )
+    if isinstance(layer, nn.Linear):
+        return fuse_linear_bn_eval(layer, bn)
+    return fuse_conv_bn_eval(layer, bn)
+
+
+def _with_bias(layer: nn.Module) -> nn.Module:
+    if layer.bias is None:
+        out_features = layer.weight.shape[0]
+        layer.bias = nn.Parameter(torch.zeros(out_features, dtype=layer.weight.dtype, device=layer.weight.device))
+    return layer
+
+
+def _check_supported(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        module = _called_module(gm, node)
+        if module is not None and isinstance(module, _UNSUPPORTED_TYPES):
+            reason = next(
+                (text for kind, text in _UNSUPPORTED_REASONS.items() if isinstance(module, kind)),
+                "transposed convolutions are not supported",
+            )
+            raise NetworkGraphError(f"layer '{layer_name(node)}' ({type(module).__name__}): {reason} by dlqnb quantization")
+
+
+def check_materialized(net: nn.Module) -> None:
+    """Refuse a network whose parameters or buffers hold no values (the ``meta`` device).
+
+    A meta tensor has a shape and no storage; once copied to a real device it holds whatever memory
+    it lands on, so ranges calibrated from it would change from run to run.
+
+    Raises:
+        NetworkGraphError: Naming the first parameter or buffer on the meta device.
+
+    Example:
+        >>> from torch import nn
+        >>> check_materialized(nn.Linear(2, 3))  # real weights: nothing to say
+        >>> try:
+        ...     check_materialized(nn.Linear(2, 3, device="meta"))
+        ... except NetworkGraphError as error:
+        ...     print(str(error).split(" (")[0])
+        parameter 'weight' of Linear is on the meta device
+    """
+    tensors = [("parameter", name, t) for name, t in net.named_parameters()] + [("buffer", name, t) for name, t in net.named_buffers()]
+    for kind, name, tensor in tensors:
+        if tensor.is_meta:
+            raise NetworkGraphError(
+                f"{kind} '{name}' of {type(net).__name__} is on the meta device (a shape without values): load its "
+                'weights first, e.g. net.to_empty(device="cpu") then net.load_state_dict(state)'
+            )
+
+
+def optimize_network(net: nn.Module) -> OptimizedNetwork:
+    """Trace a copy of ``net`` and fold and fuse it into the optimized network.
+
+    Args:
+        net: A CNN built from torch modules and functions (the user's network is not modified).
+
+    Returns:
+        The optimized network, in eval mode, with gradients off.
+
+    Raises:
+        NetworkGraphError: If fx cannot trace the network, a layer cannot be handled, or a parameter
+            or buffer is on the meta device; the message names the layer or tensor and the reason.
+
+    Example:
+        >>> import torchvision
+        >>> opt = optimize_network(torchvision.models.squeezenet1_1())
+        >>> list(opt.layers)[:2]
+        ['features_0_features_1', 'features_3_squeeze_features_3_squeeze_activation']
+    """
+    check_materialized(net)
+    model = copy.deepcopy(net).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    gm = _trace(model)
+    _check_supported(gm)
+    layers: dict[str, OptimizedLayer] = {}
+    members_of: dict[fx.Node, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if not isinstance(_called_module(gm, node), QUANTIZABLE_TYPES):
+            continue
+        layer = copy.deepcopy(gm.get_submodule(node.target))
+        members = [node]
+        follower = _sole_user(node)
+        bn = _called_module(gm, follower) if follower is not None else None
+        if isinstance(bn, _BATCHNORM_TYPES) and follower.args and follower.args[0] is node:
+            layer = _fold_batchnorm(layer, bn, layer_name(follower))
+            members.append(follower)
+        follower = _sole_user(members[-1])
+        activation = fusable_activation(gm, follower, members[-1]) if follower is not None else None
+        if activation is not None:
+            members.append(follower)
+        name = "_".join(layer_name(member) for member in members)
+        gm.add_submodule(name, FusedLayer(_with_bias(layer), activation))
+        members_of[node] = members
+        layers[name] = OptimizedLayer(
+            name=name,
+            members=tuple(layer_name(member) for member in members),
+            module_path=str(node.target),
+            kind="linear" if isinstance(layer, nn.Linear) else "conv",
+            activation=_activation_kind(activation),
+        )
+    return OptimizedNetwork(module=_rebuild(gm, members_of), layers=layers)
+
+
+def _rebuild(gm: fx.GraphModule, members_of: dict[fx.Node, list[fx.Node]]) -> fx.GraphModule:
+    """A new graph with each group of members replaced by one call of its fused module.
+
+    Built anew rather than edited, because fx never frees an erased node's name and the fused
+    layer may take it (a Linear ``fc`` with nothing to fuse stays ``fc``).
+    """
+    graph = fx.Graph()
+    new_node: dict[fx.Node, fx.Node] = {}
+    absorbed = {member for members in members_of.values() for member in members[1:]}
+    for node in gm.graph.nodes:
+        if node in absorbed:
+            continue
+        if node in members_of:
+            members = members_of[node]
+            name = "_".join(layer_name(member) for member in members)
+            fused = graph.create_node(
+                "call_module",
+                name,
+                args=fx.map_arg(node.args, new_node.__getitem__),
+                kwargs=fx.map_arg(node.kwargs, new_node.__getitem__),
+                name=_snake_identifier(name),
+            )
+            if layer_name(fused) != name:
+                raise NetworkGraphError(f"optimized layer name '{name}' clashes with another layer of the network")
+            for member in members:
+                new_node[member] = fused
+        else:
+            new_node[node] = graph.node_copy(node, new_node.__getitem__)
+    graph.lint()
+    return fx.GraphModule(gm, graph, class_name=type(gm).__name__).eval()
+
+
+@dataclass(frozen=True)
+class NetworkSummary:
+    """What MATLAB's ``DAGNetwork`` display shows: the layers, their connections, inputs and outputs.
+
+    Attributes:
+        name: The network's class name.
+        layers: Layer names in network order (the input layer first; shape queries are not layers).
+        connections: One row per connection, columns ``Source`` and ``Destination``.
+        input_names: The input layers (dlqnb's ``data`` layer, or the forward's argument).
+        output_names: The layers whose outputs the network returns.
+    """
+
+    name: str
+    layers: list[str]
+    connections: pd.DataFrame
+    input_names: list[str]
+    output_names: list[str]
+
+    def __repr__(self) -> str:
+        def names(values: list[str]) -> str:
+            return "{" + ", ".join(f"'{value}'" for value in values) + "}"
+
+        return (
+            f"  {self.name} with properties:\n\n"
+            f"         Layers: [{len(self.layers)}×1 layers]\n"
+            f"    Connections: [{len(self.connections)}×2 table]\n"
+            f"     InputNames: {names(self.input_names)}\n"
+            f"    OutputNames: {names(self.output_names)}"
+        )
+
+
+def network_summary(net: nn.Module) -> NetworkSummary:
+    """The layers and connections of a network, counted from its traced graph.
+
+    A layer is a node that produces a tensor (:mod:`dlqnb.core.ops`): modules, and functions such as
+    ``cat`` or ``flatten``; the forward's argument counts as the input layer only when no input
+    layer (dlqnb's ``data``, normalizing the images) takes it.
+
+    Example:
+        >>> from dlqnb.models.networks import squeezenet
+        >>> summary = network_summary(squeezenet(weights=None))
+        >>> summary.input_names, summary.layers[:3], len(summary.layers)
+        (['data'], ['data', 'conv1', 'relu_conv1'], 67)
+    """
+    gm = _trace(net)
+
+    def is_input_layer(node: fx.Node) -> bool:
+        return node.op == "call_module" and getattr(gm.get_submodule(node.target), "dlqnb_op", None) == "input"
+
+    def is_layer(node: fx.Node) -> bool:
+        if node.op == "placeholder":
+            return not (node.users and all(is_input_layer(user) for user in node.users))
+        return op_traits(gm, node).is_layer
+
+    layers = [node for node in gm.graph.nodes if is_layer(node)]
+    layer_set = set(layers)
+    connections = [(layer_name(source), layer_name(node)) for node in layers for source in tensor_args(node) if source in layer_set]
+    inputs = [node for node in layers if node.op == "placeholder" or is_input_layer(node)]
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    return NetworkSummary(
+        name=type(net).__name__,
+        layers=[layer_name(node) for node in layers],
+        connections=pd.DataFrame(connections, columns=["Source", "Destination"]),
+        input_names=[layer_name(node) for node in inputs],
+        output_names=[layer_name(node) for node in tensor_args(output)],
+    )
+

@@ -1,0 +1,390 @@
+"""Taylor-score filter pruning (MATLAB's ``taylorPrunableNetwork``, ``updateScore``, ``updatePrunables``).
+
+:class:`TaylorPrunableNetwork` works on its own copy of a network, traced with torch.fx. A convolution's
+output channels (filters) are **prunable** when removing one can be propagated consistently: through the
+BatchNorm, activation, pooling and dropout layers that follow, through channel concatenations
+(SqueezeNet's fire modules, with channel offsets), into the input channels of the next convolutions or
+the input features of a ``Linear`` after a flatten (:mod:`dlqnb.core.ops` says which ops keep or join
+channels). Channels that reach a residual addition, a multiplication (squeeze-and-excitation), the
+network output, a depthwise or grouped convolution, a reshape or permute, or a per-channel op that maps
+0 to something else (a BatchNorm other than the convolution's own, a sigmoid: a masked channel would
+not stay zero through it) are **not prunable**: dlqnb does not couple tied channel groups (ResNet's block
+outputs stay whole; the convolutions inside the blocks are prunable). A network whose convolutions are
+all tied (ConvNeXt, ShuffleNetV2, Swin) constructs with no prunable filters.
+
+**The rule for** ``num_prunables`` (it reproduces MATLAB's 48 of 60 filters): every prunable layer keeps
+at least ``ceil(0.2 × its original filters)``; ``num_prunables`` counts the filters that may still go.
+
+**Scores** are first-order Taylor importances (Molchanov et al., 2017): for each filter the absolute
+value of its spatially averaged activation × gradient, averaged over the batch, then over
+:meth:`~TaylorPrunableNetwork.update_score` calls. Before ranking filters across layers, each layer's
+scores are divided by their L2 norm (Molchanov's layer-wise normalization), so layers of different
+scales compete fairly.
+
+**Physical surgery** (:meth:`~TaylorPrunableNetwork.to_module`) is an fx pass of dlqnb's own rather than
+Torch-Pruning's dependency graph: dlqnb already traces every network with fx, the channel bookkeeping
+needed here (concatenation offsets, flatten blocks) is a single forward pass over that graph, and it
+needs no extra dependency; masked and extracted networks compute the same outputs (tested).
+
+Example:
+    >>> import torch
+    >>> from dlqnb.models.networks import digits_net
+    >>> pn = TaylorPrunableNetwork(digits_net())
+    >>> pn.num_prunables
+    48
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from dlqnb.core.graph import layer_name, trace_network
+from dlqnb.core.ops import SHIFTS_ZERO, op_traits, tensor_args
+
+__all__ = ["MIN_KEEP_FRACTION", "TaylorPrunableNetwork", "conv_layer_table", "count_flops"]
+
+MIN_KEEP_FRACTION = 0.2
+
+
+@dataclass
+class _Layer:
+    conv: str  # fx node name of the convolution
+    mask_node: str  # node whose output is masked (the BatchNorm after the conv, else the conv)
+    filters: int
+    min_keep: int
+    mask: Tensor = field(repr=False)
+
+
+class TaylorPrunableNetwork:
+    """A network prepared for Taylor-score pruning of its convolution filters.
+
+    Args:
+        net: The network (never modified: the object works on a copy).
+
+    Raises:
+        ValueError: If the network has no prunable convolution.
+
+    Attributes:
+        input_names: Names of the network inputs.
+        output_names: Names of the network outputs.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"TaylorPrunableNetwork needs an nn.Module, got {type(net).__name__}")
+        model = copy.deepcopy(net).eval()
+        self.graph_module = trace_network(model)
+        self.metadata = {k: getattr(net, k) for k in ("class_names", "input_size") if hasattr(net, k)}
+        self.input_names = [layer_name(n) for n in self.graph_module.graph.nodes if n.op == "placeholder"]
+        output = next(n for n in self.graph_module.graph.nodes if n.op == "output")
+        self.output_names = [layer_name(a) for a in fx.node.map_arg(output.args, lambda n: n) if isinstance(a, fx.Node)] or [str(output.args[0])]
+        self.layers: dict[str, _Layer] = {}
+        for node in self.graph_module.graph.nodes:
+            module = self._module(node)
+            if isinstance(module, nn.Conv2d) and module.groups == 1 and self._channels_propagate(node):
+                mask_node = node
+                users = list(node.users)
+                if len(users) == 1 and isinstance(self._module(users[0]), nn.BatchNorm2d):
+                    mask_node = users[0]
+                filters = module.out_channels
+                self.layers[layer_name(node)] = _Layer(layer_name(node), layer_name(mask_node), filters, math.ceil(MIN_KEEP_FRACTION * filters), torch.ones(filters, dtype=torch.bool))
+        if not self.layers and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise ValueError(f"{type(net).__name__} has no prunable convolution filters: it has no Conv2d layer")
+        self._score_sum = {name: torch.zeros(layer.filters, dtype=torch.float64) for name, layer in self.layers.items()}
+        self._score_count = 0
+        self._input_shape: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------------------ analysis
+    def _module(self, node: fx.Node | None) -> nn.Module | None:
+        if node is None or node.op != "call_module":
+            return None
+        return self.graph_module.get_submodule(node.target)
+
+    def _channels_propagate(self, start: fx.Node) -> bool:
+        """Whether every path from a conv's output ends in a channel consumer (a conv, or a linear
+        layer after a flatten), through ops that keep or join channels (:mod:`dlqnb.core.ops`)."""
+        pending = [start]
+        seen = set()
+        while pending:
+            node = pending.pop()
+            for user in node.users:
+                if user in seen:
+                    continue
+                seen.add(user)
+                module = self._module(user)
+                traits = op_traits(self.graph_module, user)
+                if isinstance(module, nn.Conv2d):
+                    if module.groups != 1 or user.args[0] is not node:
+                        return False  # depthwise and grouped convolutions tie channels: left whole
+                    continue  # its input channels follow
+                own_batchnorm = node is start and traits.kind == "batch_norm" and len(start.users) == 1
+                if traits.kind in SHIFTS_ZERO and not own_batchnorm:
+                    return False  # a masked channel would not stay zero through it (masked ≠ extracted)
+                if traits.channels == "keeps" and traits.values != "shape" and user.args and user.args[0] is node:
+                    pending.append(user)
+                elif traits.channels == "joins" and _cat_dim(user) == 1:
+                    pending.append(user)
+                elif traits.channels == "flattens" and _is_flatten(self, user):
+                    if not all(isinstance(self._module(u), nn.Linear) for u in user.users):
+                        return False
+                else:
+                    return False  # addition, multiplication, output, reshape, shape queries, ...: not propagated
+        return True
+
+    # ------------------------------------------------------------------------------ MATLAB views
+    @property
+    def num_prunables(self) -> int:
+        """Filters that may still be pruned (each layer keeps ``ceil(0.2 × filters)``)."""
+        return sum(int(layer.mask.sum()) - layer.min_keep for layer in self.layers.values())
+
+    @property
+    def learnables(self) -> pd.DataFrame:
+        """The learnable parameters as a table ``Layer``, ``Parameter``, ``Value`` (MATLAB's ``Learnables``)."""
+        rows = [(name.rpartition(".")[0], name.rpartition(".")[2], p.detach()) for name, p in self.graph_module.named_parameters()]
+        return pd.DataFrame(rows, columns=["Layer", "Parameter", "Value"])
+
+    @property
+    def state(self) -> pd.DataFrame:
+        """The non-learnable state (BatchNorm statistics) as a table ``Layer``, ``Parameter``, ``Value``."""
+        rows = [(name.rpartition(".")[0], name.rpartition(".")[2], b) for name, b in self.graph_module.named_buffers() if "running" in name]
+        return pd.DataFrame(rows, columns=["Layer", "Parameter", "Value"])
+
+    def filter_counts(self) -> dict[str, int]:
+        """Filters each prunable convolution keeps."""
+        return {name: int(layer.mask.sum()) for name, layer in self.layers.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"TaylorPrunableNetwork with properties:\n  Learnables: [{len(self.learnables)}x3 table]\n"
+            f"  State: [{len(self.state)}x3 table]\n  InputNames: {self.input_names}\n  OutputNames: {self.output_names}\n"
+            f"  NumPrunables: {self.num_prunables}"
+        )
+
+    # ------------------------------------------------------------------------------ forward and scores
+    def forward(self, x: Tensor, training: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """Network output and the pruning activations (masked outputs of the prunable filters).
+
+        Args:
+            x: A batch of network input.
+            training: Use batch statistics in BatchNorm (as MATLAB's ``forward``) without changing
+                the running statistics; by default BatchNorm uses its running statistics.
+
+        Returns:
+            ``(out, pruning_activations)``; the activations are taken after each filter's BatchNorm,
+            in the autograd graph, so that ``torch.autograd.grad(loss, pruning_activations)`` works.
+        """
+        self._input_shape = tuple(x.shape[1:])
+        masks = {layer.mask_node: layer.mask for layer in self.layers.values()}
+        activations: list[Tensor] = []
+        runner = _MaskedRunner(self.graph_module, masks, activations, training)
+        out = runner.run(x)
+        return out, activations
+
+    def update_score(self, pruning_activations: Sequence[Tensor], pruning_gradients: Sequence[Tensor]) -> TaylorPrunableNetwork:
+        """Accumulate first-order Taylor importance scores; returns the updated network object.
+
+        Raises:
+            ValueError: If the lists do not match the prunable layers.
+        """
+        if len(pruning_activations) != len(self.layers) or len(pruning_gradients) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} pruning activations and gradients (one per prunable layer), got {len(pruning_activations)} and {len(pruning_gradients)}")
+        updated = copy.copy(self)
+        updated._score_sum = dict(self._score_sum)
+        for (name, layer), activation, gradient in zip(self.layers.items(), pruning_activations, pruning_gradients):
+            taylor = (activation.detach() * gradient.detach()).mean(dim=(2, 3)).abs().mean(dim=0)
+            updated._score_sum[name] = self._score_sum[name] + taylor.double().cpu()
+        updated._score_count = self._score_count + 1
+        return updated
+
+    def scores(self) -> dict[str, Tensor]:
+        """The accumulated score of every filter (mean over update_score calls), per layer."""
+        count = max(self._score_count, 1)
+        return {name: total / count for name, total in self._score_sum.items()}
+
+    def update_prunables(self, max_to_prune: int = 8) -> TaylorPrunableNetwork:
+        """Remove (mask) the ``max_to_prune`` lowest-scoring filters and reset the scores.
+
+        Raises:
+            ValueError: If ``max_to_prune`` is not positive or exceeds :attr:`num_prunables`, or no
+                score has been accumulated.
+        """
+        if not isinstance(max_to_prune, int) or max_to_prune < 1:
+            raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
+        if max_to_prune > self.num_prunables:
+            raise ValueError(f"max_to_prune={max_to_prune} exceeds the {self.num_prunables} filters that can still be pruned")
+        if self._score_count == 0:
+            raise ValueError("no scores yet: call update_score with pruning activations and gradients first")
+        candidates = []
+        for name, score in self.scores().items():
+            layer = self.layers[name]
+            norm = float(score[layer.mask].norm()) or 1.0
+            for index in torch.nonzero(layer.mask).flatten().tolist():
+                candidates.append((float(score[index]) / norm, name, index))
+        candidates.sort()
+        updated = copy.copy(self)
+        updated.layers = {name: dataclasses.replace(layer, mask=layer.mask.clone()) for name, layer in self.layers.items()}
+        removed = 0
+        for _, name, index in candidates:
+            layer = updated.layers[name]
+            if int(layer.mask.sum()) > layer.min_keep:
+                layer.mask[index] = False
+                removed += 1
+                if removed == max_to_prune:
+                    break
+        updated._score_sum = {name: torch.zeros(layer.filters, dtype=torch.float64) for name, layer in self.layers.items()}
+        updated._score_count = 0
+        return updated
+
+    # ------------------------------------------------------------------------------ extraction
+    def to_module(self) -> nn.Module:
+        """A physically smaller network: pruned filters, BatchNorm channels and downstream inputs removed.
+
+        Its outputs equal the masked network's (:meth:`forward`).
+        """
+        gm = copy.deepcopy(self.graph_module)
+        example = torch.zeros((1, *self._example_shape()))
+        ShapeProp(gm).propagate(example)
+        keep: dict[str, Tensor] = {}
+        channels = lambda n: n.meta["tensor_meta"].shape[1] if "tensor_meta" in n.meta and len(n.meta["tensor_meta"].shape) > 1 else None  # noqa: E731
+        masks = {layer.conv: layer.mask for layer in self.layers.values()}
+        for node in gm.graph.nodes:
+            module = gm.get_submodule(node.target) if node.op == "call_module" else None
+            source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            incoming = keep.get(layer_name(source)) if source is not None else None
+            if isinstance(module, nn.Conv2d):
+                if incoming is not None:
+                    module.weight = nn.Parameter(module.weight.detach()[:, incoming].clone())
+                    module.in_channels = len(incoming)
+                if layer_name(node) in masks:
+                    kept = torch.nonzero(masks[layer_name(node)]).flatten()
+                    module.weight = nn.Parameter(module.weight.detach()[kept].clone())
+                    if module.bias is not None:
+                        module.bias = nn.Parameter(module.bias.detach()[kept].clone())
+                    module.out_channels = len(kept)
+                    keep[layer_name(node)] = kept
+            elif isinstance(module, nn.BatchNorm2d) and incoming is not None:
+                for name in ("weight", "bias"):
+                    setattr(module, name, nn.Parameter(getattr(module, name).detach()[incoming].clone()))
+                module.running_mean = module.running_mean[incoming].clone()
+                module.running_var = module.running_var[incoming].clone()
+                module.num_features = len(incoming)
+                keep[layer_name(node)] = incoming
+            elif isinstance(module, nn.Linear) and incoming is not None:
+                module.weight = nn.Parameter(module.weight.detach()[:, incoming].clone())
+                module.in_features = len(incoming)
+            elif op_traits(gm, node).kind == "concat" and any(layer_name(a) in keep for a in tensor_args(node)):
+                parts, offset = [], 0
+                for arg in tensor_args(node):
+                    size = channels(arg)
+                    parts.append(keep.get(layer_name(arg), torch.arange(size)) + offset)
+                    offset += size
+                keep[layer_name(node)] = torch.cat(parts)
+            elif _is_flatten(self, node) and incoming is not None:
+                shape = source.meta["tensor_meta"].shape
+                block = math.prod(shape[2:])
+                keep[layer_name(node)] = (incoming[:, None] * block + torch.arange(block)[None, :]).flatten()
+            elif incoming is not None and node.op in ("call_module", "call_function", "call_method"):
+                keep[layer_name(node)] = incoming  # channel-preserving layers
+        gm.recompile()
+        for key, value in self.metadata.items():
+            setattr(gm, key, value)
+        return gm.eval()
+
+    def _example_shape(self) -> tuple[int, ...]:
+        if self._input_shape is not None:
+            return self._input_shape
+        size = self.metadata.get("input_size")
+        first = next(m for m in self.graph_module.modules() if isinstance(m, nn.Conv2d))
+        if size is None:
+            raise ValueError("call forward once (or record the network's input_size) before to_module")
+        return (first.in_channels, *size)
+
+
+def _cat_dim(node: fx.Node) -> int:
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return int(dim)
+
+
+def _is_flatten(prunable: TaylorPrunableNetwork, node: fx.Node) -> bool:
+    module = prunable._module(node)
+    if isinstance(module, nn.Flatten):
+        return True
+    if node.op == "call_function" and node.target is torch.flatten:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        return int(start) == 1
+    return node.op == "call_method" and node.target == "flatten"
+
+
+class _MaskedRunner(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, masks: dict[str, Tensor], activations: list[Tensor], training: bool) -> None:
+        super().__init__(gm)
+        self.masks = masks
+        self.activations = activations
+        self.training = training
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        module = self.module.get_submodule(target)
+        if self.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            # batch statistics, as in training, but the running statistics stay as they are
+            return F.batch_norm(args[0], None, None, module.weight, module.bias, True, 0.0, module.eps)
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        mask = self.masks.get(layer_name(n))
+        if mask is not None:
+            out = out * mask.to(out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
+            self.activations.append(out)
+        return out
+
+
+def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of the convolution and linear layers for one input of ``input_shape``."""
+    flops = 0
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        nonlocal flops
+        if isinstance(module, nn.Conv2d):
+            flops += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        elif isinstance(module, nn.Linear):
+            flops += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, *input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return flops
+
+
+def conv_layer_table(net: nn.Module) -> pd.DataFrame:
+    """The convolution layers of a network as the *updateScore* example lists them: name, filters, kernel, input
+    channels, stride and padding."""
+    rows = []
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            rows.append(
+                {
+                    "Name": name,
+                    "Filters": module.out_channels,
+                    "Kernel": "×".join(str(k) for k in module.kernel_size),
+                    "InputChannels": module.in_channels,
+                    "Stride": tuple(module.stride),
+                    "Padding": tuple(module.padding) if not isinstance(module.padding, str) else module.padding,
+                }
+            )
+    return pd.DataFrame(rows)
