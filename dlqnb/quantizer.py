@@ -1,9 +1,12 @@
-"""``DLQuantizer``: calibrate a network and choose a scaled 8-bit type for every tensor.
+"""``DLQuantizer``: calibrate a network, then quantize, validate and save it.
 
-The MATLAB ``dlquantizer`` in PyTorch. Construction traces and optimizes a copy of the network
-(:mod:`dlqnb.core.graph`); :meth:`DLQuantizer.calibrate` runs that optimized network over the data and
-records, for every optimized layer, the range and MSB counts of its folded weights and bias, and for
-every layer that produces a tensor the range and MSB counts of its activations.
+The MATLAB ``dlquantizer`` in PyTorch, and the orchestration of the stages: construction traces and
+optimizes a copy of the network (:mod:`dlqnb.core.graph`); :meth:`DLQuantizer.calibrate` runs that
+optimized network over the data with the statistics recorder (:mod:`dlqnb.calibration.recorder`),
+which records, for every layer that produces a tensor, the range and MSB counts of its activations;
+the calibration table (:mod:`dlqnb.calibration.rows`) adds those of every optimized layer's folded
+weights and bias. The plan (:mod:`dlqnb.plan`) is built from these statistics and the quantizer's
+options; the emulated network (:mod:`dlqnb.emulation`) and the export read it.
 
 The calibration table has exactly MATLAB's columns and is shaped like MATLAB's: the Weights and
 Bias rows of every conv/linear layer first, then the Activations rows, each part in network order.
@@ -14,11 +17,6 @@ tuple's or list's first element by default, with a warning; a dict's entry must 
 Calling :meth:`~DLQuantizer.calibrate` again widens the ranges with the new data (the counts add
 up); the weights and bias rows do not change. A calibration that fails (bad batch, non-finite
 activations) leaves the earlier state untouched.
-
-How the statistics are gathered, exactly and cheaply: each computing layer's output is read once, by
-one C++ pass on all cores (:mod:`dlqnb.calibration.kernel`), before the next layer runs (so in-place ops cannot
-overwrite it); layers that only rearrange or join values (concatenation, flatten, reshape, dropout
-at inference) get the union of their inputs' statistics without reading their outputs at all.
 
 Example:
     >>> import torch, torchvision
@@ -35,24 +33,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 import copy
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
 import torch
-import torch.fx as fx
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from dlqnb.core.batches import count_batches, iter_batches
 from dlqnb.calibration.file import CalibrationState, read_calibration, write_calibration
+from dlqnb.calibration.observers import RangeStats
+from dlqnb.calibration.recorder import StatsRecorder, derivable_sources
+from dlqnb.calibration.rows import CALIBRATION_COLUMNS, CalibrationRow, calibration_rows, calibration_table, row_statistics
 from dlqnb.emulation.network import build_emulated_network
 from dlqnb.errors import CalibrationError, NotCalibratedError
-from dlqnb.core.graph import OptimizedNetwork, layer_name, optimize_network
-from dlqnb.core.numerics import ExponentScheme, Rounding, choose_fraction_length, fraction_length, representable_bits
-from dlqnb.calibration.observers import RangeStats
-from dlqnb.core.ops import mutates_input, op_traits, tensor_args
-from dlqnb.plan.builder import QuantizationPlan, TensorType, build_plan
+from dlqnb.core.graph import OptimizedNetwork, optimize_network
+from dlqnb.core.numerics import ExponentScheme, FixedPointType, Rounding, representable_bits
+from dlqnb.plan.builder import QuantizationPlan, build_plan
+from dlqnb.plan.types import PlanOptions, TypeChoice, choose_types, row_fraction_length
 from dlqnb.evaluation.validation import (
     OutputChoice,
     QuantizationOptions,
@@ -65,67 +63,9 @@ from dlqnb.evaluation.validation import (
 
 __all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibratedError"]
 
-CALIBRATION_COLUMNS = [
-    "Optimized Layer Name",
-    "Network Layer Name",
-    "Learnables / Activations",
-    "MinValue",
-    "MaxValue",
-]
 ExecutionEnvironment = Literal["gpu", "cpu"]
-
-
-@dataclass(frozen=True)
-class _Row:
-    layer: str  # optimized layer name (a node of the optimized graph)
-    network_layer: str
-    kind: str  # Weights | Bias | Activations
-
-    @property
-    def name(self) -> str:
-        return f"{self.layer}_{self.kind}"
-
-
-class _StatsRecorder(fx.Interpreter):
-    """Runs the optimized graph, recording each computing node's output as soon as it exists.
-
-    A node that only moves values (:mod:`dlqnb.core.ops`) and whose tensor inputs are all recorded
-    activations is not read at all: its statistics are the union of its inputs'. A candidate whose
-    inputs turn out not to be activations (a tuple, a parameter) is recorded like any other node.
-    """
-
-    def __init__(self, module: fx.GraphModule, candidates: dict[str, list[str]], stats: dict[str, RangeStats]) -> None:
-        super().__init__(module, garbage_collect_values=True)
-        self.candidates = candidates
-        self.stats = stats
-        self.tensor_nodes: set[str] = set()
-        self.batch_index = 0
-        self.batch_shape: tuple[int, ...] = ()
-
-    def run_node(self, n: fx.Node) -> Any:
-        name = layer_name(n)
-        try:
-            out = super().run_node(n)
-        except CalibrationError:
-            raise
-        except Exception as error:
-            raise CalibrationError(
-                f"layer '{name}' failed on batch {self.batch_index} of input shape {self.batch_shape}: {error}"
-            ) from error
-        if n.op in ("output", "get_attr") or not isinstance(out, Tensor) or not out.is_floating_point():
-            return out
-        self.tensor_nodes.add(name)
-        sources = self.candidates.get(name)
-        if sources and all(source in self.tensor_nodes for source in sources):
-            return out  # derived from its sources' statistics
-        stats = self.stats.setdefault(name, RangeStats.empty())
-        stats.update(out)
-        if stats.histogram.nonfinite:
-            raise CalibrationError(
-                f"layer '{name}' produced NaN or Inf activations on batch {self.batch_index}; "
-                "the network overflows float32 on this data"
-            )
-        return out
+#: Plans kept per quantizer (one per options: exclusions, rounding).
+_PLANS_KEPT = 4
 
 
 class DLQuantizer:
@@ -187,10 +127,10 @@ class DLQuantizer:
         self.per_channel_weights = bool(per_channel_weights)
         self.output: OutputChoice = check_output_choice(output)
         self.optimized: OptimizedNetwork = optimize_network(net)
-        self._derivable = _derivable_sources(self.optimized.module)
+        self._derivable = derivable_sources(self.optimized.module)
         self._state = CalibrationState.empty()
-        self._row_stats_cache: dict[str, RangeStats] | None = None
-        self._plan_cache: tuple[tuple[Any, ...], QuantizationPlan] | None = None
+        self._row_stats_cache: dict[CalibrationRow, RangeStats] | None = None
+        self._plans: dict[PlanOptions, QuantizationPlan] = {}
         self.excluded_layers: set[str] = set()
         self.exclude(*excluded_layers)
 
@@ -212,7 +152,7 @@ class DLQuantizer:
             CalibrationError: A layer fails on the data (wrong channels or size) or overflows.
         """
         stats: dict[str, RangeStats] = {}
-        recorder = _StatsRecorder(self.optimized.module, self._derivable, stats)
+        recorder = StatsRecorder(self.optimized.module, self._derivable, stats)
         samples = 0
         shape: tuple[int, ...] = ()
         batches = iter_batches(data, mini_batch_size)
@@ -242,7 +182,7 @@ class DLQuantizer:
         """Set the recorded statistics (after :meth:`calibrate`, or from a calibration file)."""
         self._state = state
         self._row_stats_cache = None
-        self._plan_cache = None
+        self._plans = {}
 
     @property
     def num_calibration_samples_(self) -> int:
@@ -265,45 +205,17 @@ class DLQuantizer:
         if not self.is_calibrated:
             raise NotCalibratedError(f"{what} needs calibration ranges: call calibrate(data) first")
 
-    def _rows(self) -> list[_Row]:
-        learnables: list[_Row] = []
-        activations: list[_Row] = []
-        tensor_nodes = self._state.tensor_nodes
-        for node in self.optimized.nodes():
-            name = layer_name(node)
-            layer = self.optimized.layers.get(name)
-            if layer is not None:
-                learnables.append(_Row(name, layer.network_layer_name, "Weights"))
-                learnables.append(_Row(name, layer.network_layer_name, "Bias"))
-            if name in tensor_nodes:
-                network_layer = layer.network_layer_name if layer is not None else name
-                activations.append(_Row(name, network_layer, "Activations"))
-        return learnables + activations
-
-    def _row_stats(self) -> dict[str, RangeStats]:
-        """Statistics of every row, by row name (learnables computed, pass-through layers derived).
+    def _row_stats(self) -> dict[CalibrationRow, RangeStats]:
+        """Statistics of every calibration row, in table order (learnables computed, pass-through
+        layers derived).
 
         Computed once per calibration state (it reads every folded weight): the table, the types,
-        quantize, export and the heat maps all ask for it.
+        the plan and the heat maps all ask for it.
         """
         if self._row_stats_cache is None:
-            self._row_stats_cache = self._compute_row_stats()
+            rows = calibration_rows(self.optimized, self._state.tensor_nodes)
+            self._row_stats_cache = row_statistics(self.optimized, self._state, self._derivable, rows)
         return dict(self._row_stats_cache)
-
-    def _compute_row_stats(self) -> dict[str, RangeStats]:
-        by_node = dict(self._state.stats)
-        for name, sources in self._derivable.items():  # in network order: sources come first
-            if name in self._state.tensor_nodes and name not in by_node:
-                by_node[name] = RangeStats.union(by_node[source] for source in sources)
-        result: dict[str, RangeStats] = {}
-        for row in self._rows():
-            if row.kind == "Activations":
-                result[row.name] = by_node[row.layer]
-            else:
-                fused = self.optimized.fused(row.layer)
-                tensor = fused.layer.weight if row.kind == "Weights" else fused.layer.bias
-                result[row.name] = RangeStats.of(tensor.detach())
-        return result
 
     @property
     def calibration_table(self) -> pd.DataFrame:
@@ -313,12 +225,7 @@ class DLQuantizer:
         ``Network Layer Name``, ``Learnables / Activations``, ``MinValue``, ``MaxValue``.
         """
         self.check_calibrated("the calibration table")
-        stats = self._row_stats()
-        records = [
-            (row.name, row.network_layer, row.kind, stats[row.name].min_value, stats[row.name].max_value)
-            for row in self._rows()
-        ]
-        return pd.DataFrame.from_records(records, columns=CALIBRATION_COLUMNS)
+        return calibration_table(calibration_rows(self.optimized, self._state.tensor_nodes), self._row_stats())
 
     def range_stats(self, row_name: str) -> RangeStats:
         """The recorded range and MSB histogram of one calibration-table row.
@@ -328,10 +235,12 @@ class DLQuantizer:
         """
         self.check_calibrated("range_stats")
         stats = self._row_stats()
-        if row_name not in stats:
-            close = [name for name in stats if row_name.split("_")[0] in name][:5]
-            raise KeyError(f"no calibration row named {row_name!r}; rows look like {close or list(stats)[:5]}")
-        return stats[row_name]
+        try:
+            return stats[CalibrationRow.parse(row_name)]
+        except (ValueError, KeyError):
+            names = [row.name for row in stats]
+            close = [name for name in names if row_name.split("_")[0] in name][:5]
+            raise KeyError(f"no calibration row named {row_name!r}; rows look like {close or names[:5]}") from None
 
     def quantization_types(self) -> pd.DataFrame:
         """The calibration table with the 8-bit type chosen for each row and what it costs.
@@ -342,11 +251,9 @@ class DLQuantizer:
         ``Zeros`` and ``Count``.
         """
         table = self.calibration_table  # reads the cached row statistics
-        stats = self._row_stats()
         extra = []
-        for row_name, low, high in zip(table["Optimized Layer Name"], table["MinValue"], table["MaxValue"]):
-            row_stats = stats[row_name]
-            fraction = choose_fraction_length(low, high, row_stats.histogram, self.exponent_scheme)
+        for row_stats in self._row_stats().values():  # in table order
+            fraction = row_fraction_length(row_stats, self.exponent_scheme)
             msb, lsb = representable_bits(fraction)
             histogram = row_stats.histogram
             extra.append(
@@ -382,21 +289,32 @@ class DLQuantizer:
         """A copy sharing this calibration that keeps exactly ``names`` in float."""
         variant = copy.copy(self)
         variant.excluded_layers = set(self._check_layer_names(names))
-        variant._plan_cache = None
+        variant._plans = {}
         return variant
 
-    def plan(self) -> QuantizationPlan:
-        """The quantization plan for the current calibration, target and exclusions (see
-        :mod:`dlqnb.plan.builder`): what every node does, and the int8 codes of every quantized layer.
+    def plan_options(self, rounding: Rounding | None = None) -> PlanOptions:
+        """What a plan is built for: this quantizer's target, exclusions, exponent scheme and
+        per-channel flag, and the activation rounding (None: the target's rule)."""
+        return PlanOptions(self.execution_environment, frozenset(self.excluded_layers), self.exponent_scheme, self.per_channel_weights, rounding)
+
+    def plan(self, rounding: Rounding | None = None) -> QuantizationPlan:
+        """The quantization plan for the current calibration and options (see :mod:`dlqnb.plan.builder`):
+        what every node does, and the int8 codes of every quantized layer. Built once per calibration
+        and options.
+
+        Args:
+            rounding: How activations are rounded where they are quantized (see :meth:`quantize`).
 
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
         """
         self.check_calibrated("the quantization plan")
-        key = (frozenset(self.excluded_layers), self.per_channel_weights)  # restore_calibration clears the cache
-        if self._plan_cache is None or self._plan_cache[0] != key:
-            self._plan_cache = (key, build_plan(self))
-        return self._plan_cache[1]
+        options = self.plan_options(rounding)
+        if options not in self._plans:  # restore_calibration clears them
+            if len(self._plans) >= _PLANS_KEPT:  # the app toggles exclusions: keep the recent few only
+                del self._plans[next(iter(self._plans))]
+            self._plans[options] = build_plan(self.optimized, self._row_stats(), options)
+        return self._plans[options]
 
     def unsupported_layers(self) -> pd.DataFrame:
         """Layers that compute in float on the target, with the reason.
@@ -414,53 +332,31 @@ class DLQuantizer:
         return list(self.plan().layers)
 
     # ------------------------------------------------------------------ types, quantize, validate
-    def tensor_types(self) -> dict[str, TensorType]:
+    def type_choice(self) -> TypeChoice:
+        """The type of every activation and weight for this target (:func:`dlqnb.plan.types.choose_types`).
+
+        Raises:
+            NotCalibratedError: Before :meth:`calibrate`.
+        """
+        self.check_calibrated("the types")
+        return choose_types(self.optimized, self._row_stats(), self.plan_options())
+
+    def tensor_types(self) -> dict[str, FixedPointType]:
         """The 8-bit type of every tensor-producing node, by node name, for this target.
 
         Signed int8 everywhere on ``"gpu"``; on ``"cpu"`` uint8 with the same scale where the
-        calibrated minimum is >= 0 (zero point 0, as ONNX Runtime's QLinearConv wants).
-
-        Scales are shared as TensorRT and ONNX Runtime share them: a concatenation's inputs (when it is
-        their only consumer) take the concatenation's type, whose calibrated range is the union of
-        theirs, so they are produced in it directly (one rounding instead of two, and the
-        concatenation is a copy); ops that keep their input's grid (max pooling, reshapes, dropout;
-        :mod:`dlqnb.core.ops`) keep its type.
+        calibrated minimum is >= 0 (zero point 0, as ONNX Runtime's QLinearConv wants). Scales are
+        shared as TensorRT and ONNX Runtime share them (:mod:`dlqnb.plan.types`).
         """
-        types = self.quantization_types()
-        activations = types[types["Learnables / Activations"] == "Activations"]
-        result = {}
-        for row_name, low, fraction in zip(activations["Optimized Layer Name"], activations["MinValue"], activations["FractionLength"]):
-            node = row_name[: -len("_Activations")]
-            signed = self.execution_environment == "gpu" or low < 0
-            result[node] = TensorType(int(fraction), signed)
-        module = self.optimized.module
-        for node in self.optimized.nodes():
-            name = layer_name(node)
-            if name not in result:
-                continue
-            traits = op_traits(module, node)
-            if traits.kind == "concat":
-                for source in tensor_args(node):
-                    if layer_name(source) in result and len(source.users) == 1:
-                        result[layer_name(source)] = result[name]
-            elif traits.keeps_type:
-                sources = [layer_name(source) for source in tensor_args(node) if layer_name(source) in result]
-                if len(sources) == 1:
-                    result[name] = result[sources[0]]
-        return result
+        return self.type_choice().activations
 
     def weight_fraction_lengths(self) -> dict[str, int | list[int]]:
         """The int8 weight fraction length of every optimized layer (with ``per_channel_weights``, a
-        list: the MinMax fraction length of each output channel)."""
-        if self.per_channel_weights:
-            result: dict[str, int | list[int]] = {}
-            for name in self.optimized.layers:
-                weight = self.optimized.fused(name).layer.weight.detach()
-                result[name] = [fraction_length(m) for m in weight.abs().flatten(1).amax(1).tolist()]
-            return result
-        types = self.quantization_types()
-        weights = types[types["Learnables / Activations"] == "Weights"]
-        return {name[: -len("_Weights")]: int(f) for name, f in zip(weights["Optimized Layer Name"], weights["FractionLength"])}
+        list: the fraction length of each output channel); the types are :meth:`type_choice`'s ``weights``."""
+        return {
+            name: list(weight_type.fraction_lengths) if weight_type.per_channel else weight_type.fraction_length
+            for name, weight_type in self.type_choice().weights.items()
+        }
 
     def quantize(self, rounding: Rounding | None = None) -> nn.Module:
         """An ``nn.Module`` that emulates the int8 target exactly (see :mod:`dlqnb.emulation.network`).
@@ -476,10 +372,8 @@ class DLQuantizer:
         """
         from dlqnb.models.networks import network_metadata
 
-        if rounding not in (None, "half_away", "half_even"):
-            raise ValueError(f"rounding must be 'half_away' or 'half_even' (or None for the target's rule), got {rounding!r}")
         metadata = {k: v for k, v in network_metadata(self.network).items() if k in ("class_names", "input_size") and v}
-        return build_emulated_network(self.optimized.module, self.plan(), metadata, rounding)
+        return build_emulated_network(self.optimized.module, self.plan(rounding), metadata)
 
     def validate(self, data: Any, options: QuantizationOptions | None = None, mini_batch_size: int | None = None, progress: bool = True) -> ValidationResult:
         """Quantize, run float and quantized networks on ``data``, and compare them.
@@ -516,7 +410,6 @@ class DLQuantizer:
     def save(self, path: str) -> None:
         """Write the calibration file (see :mod:`dlqnb.calibration.file`)."""
         self.check_calibrated("save")
-        types = self.quantization_types()
         write_calibration(
             path,
             self._state,
@@ -526,7 +419,6 @@ class DLQuantizer:
                 "excluded_layers": sorted(self.excluded_layers),
                 "per_channel_weights": self.per_channel_weights,
                 "network_fingerprint": self.network_fingerprint(),
-                "types": {row: int(f) for row, f in zip(types["Optimized Layer Name"], types["FractionLength"])},
             },
         )
 
@@ -570,18 +462,3 @@ class DLQuantizer:
             f"{len(self.optimized.layers)} quantizable layers, {state})"
         )
 
-
-def _derivable_sources(module: fx.GraphModule) -> dict[str, list[str]]:
-    """Nodes that only move values (by :mod:`dlqnb.core.ops`) with the tensor inputs whose statistics they
-    may be derived from, in network order; inputs that an in-place op overwrites are not usable."""
-    mutated = {
-        layer_name(n.args[0]) for n in module.graph.nodes if n.args and isinstance(n.args[0], fx.Node) and mutates_input(module, n)
-    }
-    derivable: dict[str, list[str]] = {}
-    for node in module.graph.nodes:
-        if op_traits(module, node).values != "moves":
-            continue
-        sources = [s for s in tensor_args(node) if op_traits(module, s).is_layer]
-        if sources and not any(layer_name(source) in mutated for source in sources):
-            derivable[layer_name(node)] = [layer_name(source) for source in sources]
-    return derivable

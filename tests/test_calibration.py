@@ -12,7 +12,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dlqnb import CalibrationError, DataError, DLQuantizer, NotCalibratedError
-from dlqnb.core.numerics import exponent_field_counts
 from dlqnb.quantizer import CALIBRATION_COLUMNS
 
 from conftest import randomize_batchnorm
@@ -77,7 +76,22 @@ def test_activation_ranges_and_counts_match_hooks(squeezenet, images):
     for row, tensor in checks.items():
         assert rows.loc[row, "MinValue"] == float(tensor.min())
         assert rows.loc[row, "MaxValue"] == float(tensor.max())
-        assert torch.equal(quantizer.range_stats(row).histogram.counts, exponent_field_counts(tensor))
+        histogram = quantizer.range_stats(row).histogram
+        assert histogram.nonzero_counts() == msb_counts(tensor), row
+        assert histogram.zeros == int((tensor.abs() < 2.0**-126).sum()), row  # zeros (and float32 subnormals)
+
+
+def msb_counts(tensor: torch.Tensor) -> dict[int, int]:
+    """``{k: how many values have their most significant bit at 2**k}``, from the definition
+    ``2**k <= |v| < 2**(k + 1)``: ``frexp`` writes ``|v| = m · 2**e`` with ``0.5 <= m < 1``, so ``k = e - 1``."""
+    values = tensor.detach().double().abs().flatten()
+    _, exponent = torch.frexp(values[values >= 2.0**-126])
+    bits, counts = torch.unique(exponent - 1, return_counts=True)
+    return dict(zip(bits.tolist(), counts.tolist()))
+
+
+def test_msb_reference_agrees_with_hand_worked_bits():
+    assert msb_counts(torch.tensor([0.03125, 2.1, -3.0, 16.25, 31.99, 1.0, 0.0])) == {-5: 1, 1: 2, 4: 2, 0: 1}
 
 
 def test_in_place_ops_do_not_hide_values():

@@ -132,12 +132,30 @@ def test_codegen_prints_success_and_replaces_a_folder_only_when_complete(calibra
         ({"target_library": "cudnn"}, "target_library must be one of"),
         ({"data_type": "fp16"}, "data_type must be 'int8'"),
         ({"target_library": "onnxruntime", "hardware_compatible": True}, "hardware_compatible is a TensorRT setting"),
-        ({"target_library": "tensorrt", "threads": 2}, "threads must be"),
+        ({"target_library": "tensorrt", "threads": 2}, "threads must be None: it is a CPU library setting"),
+        ({"target_library": "onnxruntime", "threads": 0}, "threads must be a positive whole number"),
+        ({"target_library": "openvino", "threads": True}, "threads must be a positive whole number"),
     ],
 )
 def test_config_rejects_what_the_library_does_not_have(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DeploymentConfig(**kwargs)
+
+
+def test_one_vocabulary_of_target_libraries():
+    """codegen's libraries, the plan's and MATLAB's names come from one table (dlqnb.core.targets)."""
+    from dlqnb.core import targets
+    from dlqnb.deploy.codegen import CPU_LIBRARIES, TARGET_LIBRARIES
+
+    assert list(TARGET_LIBRARIES) == list(targets.DEPLOYMENT_LIBRARIES)
+    for library, environment in TARGET_LIBRARIES.items():
+        assert DeploymentConfig(target_library=library).execution_environment == environment == targets.environment_of(library)
+    assert set(CPU_LIBRARIES) == {name for name, env in TARGET_LIBRARIES.items() if env == "cpu"} - {"auto"}
+    # the plan types and emulates for MATLAB's cuDNN target on "gpu", for ONNX Runtime on "cpu"
+    assert {env: targets.plan_library(env) for env in targets.ENVIRONMENTS} == {"gpu": "cudnn", "cpu": "onnxruntime"}
+    assert targets.library("cudnn").matlab_name == "cudnn" and targets.library("openvino").matlab_name == "mkldnn"
+    with pytest.raises(ValueError, match="target_library must be one of .* got 'cudnn'"):
+        DeploymentConfig(target_library="cudnn")  # a plan library, not one code is generated for
 
 
 def test_codegen_needs_a_calibration_file_and_an_identifier(calibrated, tmp_path):

@@ -20,7 +20,7 @@ from dlqnb.core.cache import read_entry
 from dlqnb import DLQuantizer
 from dlqnb import deploy
 from dlqnb.deploy import backend_choice
-from dlqnb.deploy import runners as runtime
+from dlqnb.deploy import load as loading
 from dlqnb.deploy import ExportError, export_qdq_onnx, load_int8, predict_int8
 
 
@@ -43,20 +43,35 @@ def calibrated():
     return net, images, result
 
 
-def test_cpu_flavour_equals_the_cpu_emulation(calibrated, tmp_path):
+def _count(net: nn.Module, kind: type) -> int:
+    return sum(isinstance(module, kind) for module in net.modules())
+
+
+def test_cpu_flavour_equals_the_cpu_emulation_bit_for_bit(calibrated, tmp_path):
+    """Every op of SqueezeNet is one ONNX Runtime runs in integers: its scores are the emulation's, exactly."""
     _, images, quantizers = calibrated
     path = export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx")
     scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
     with torch.no_grad():
         emulated = quantizers["cpu"].quantize()(images).numpy()
-    assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.99
-    assert np.array_equal(scores, emulated)  # identical up to float accumulation order, which is exact here
+    np.testing.assert_array_equal(scores, emulated)
+
+
+def test_gpu_flavour_on_onnxruntime_equals_the_gpu_emulation_rounding_ties_to_even_bit_for_bit(calibrated, tmp_path):
+    """ONNX Runtime rounds ties to even where it quantizes; with that rounding the "gpu" emulation computes
+    what it computes from the file, exactly (the MATLAB-rule emulation differs where ties occur)."""
+    _, images, quantizers = calibrated
+    path = export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx")
+    scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
+    with torch.no_grad():
+        emulated = quantizers["gpu"].quantize(rounding="half_even")(images).numpy()
+    np.testing.assert_array_equal(scores, emulated)
 
 
 def test_every_quantized_convolution_becomes_qlinearconv(calibrated, tmp_path):
-    _, _, quantizers = calibrated
+    net, _, quantizers = calibrated
     counts = deploy.onnxruntime_ops(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"))
-    assert counts.get("QLinearConv") == 26
+    assert counts.get("QLinearConv") == _count(net, nn.Conv2d)
     assert counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
 
 
@@ -65,7 +80,7 @@ def _producers(model):
 
 
 def test_gpu_flavour_is_signed_int8_with_float_biases_as_tensorrt_takes_it(calibrated, tmp_path):
-    _, _, quantizers = calibrated
+    net, _, quantizers = calibrated
     model = onnx.load(export_qdq_onnx(quantizers["gpu"], tmp_path / "gpu.onnx"))
     initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = _producers(model)
@@ -82,19 +97,19 @@ def test_gpu_flavour_is_signed_int8_with_float_biases_as_tensorrt_takes_it(calib
         assert (source in initializers and initializers[source].dtype == np.int8) or producers[source].op_type == "QuantizeLinear"
     assert not [v for v in initializers.values() if v.dtype == np.int32]
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert len(convs) == 26
+    assert len(convs) == _count(net, nn.Conv2d)
     for conv in convs:
         assert producers[conv.input[1]].op_type == "DequantizeLinear"
         assert initializers[conv.input[2]].dtype == np.float32  # float bias
 
 
 def test_cpu_flavour_has_int32_biases_and_uint8_after_relu(calibrated, tmp_path):
-    _, _, quantizers = calibrated
+    net, _, quantizers = calibrated
     model = onnx.load(export_qdq_onnx(quantizers["cpu"], tmp_path / "cpu.onnx"))
     initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = _producers(model)
     after_relu = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producers and producers[n.input[0]].op_type == "Relu"]
-    assert len(after_relu) == 26
+    assert len(after_relu) == _count(net, nn.ReLU)
     assert all(initializers[n.input[2]].dtype == np.uint8 for n in after_relu)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     bias_sources = [initializers[producers[c.input[2]].input[0]] for c in convs]
@@ -117,11 +132,24 @@ def test_excluded_layers_are_exported_in_float(calibrated, tmp_path):
     quantizer.calibrate(images, progress=False)
     path = export_qdq_onnx(quantizer, tmp_path / "excluded.onnx")
     counts = deploy.onnxruntime_ops(path)
-    assert counts["QLinearConv"] == 25
+    assert counts["QLinearConv"] == _count(net, nn.Conv2d) - 1 and counts.get("Conv", 0) + counts.get("FusedConv", 0) == 1
     scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
     with torch.no_grad():
         emulated = quantizer.quantize()(images).numpy()
-    assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.99
+    _assert_close_to_the_emulation(scores, emulated)
+
+
+def _assert_close_to_the_emulation(scores, emulated):
+    """Where a float layer sits between quantized ones, torch and ONNX Runtime compute it with different
+    float kernels, so bit-for-bit equality is not claimed: the zoo's criterion instead (README), a
+    difference of at most 0.1 of the largest score and the same top-1 on every sample whose margin
+    exceeds twice that difference."""
+    difference = float(np.abs(scores - emulated).max())
+    assert difference <= 0.1 * float(np.abs(emulated).max()), difference
+    top2 = np.sort(emulated, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > 2 * difference
+    assert decided.any()
+    np.testing.assert_array_equal(scores.argmax(1)[decided], emulated.argmax(1)[decided])
 
 
 class _BesselNet(nn.Module):
@@ -148,7 +176,7 @@ def test_predict_int8_loads_once_per_file(calibrated, tmp_path, monkeypatch):
     path = export_qdq_onnx(quantizers["cpu"], tmp_path / "model.onnx")
     loads = []
     real = deploy.load_int8
-    monkeypatch.setattr(runtime, "load_int8", lambda p, *a, **k: loads.append(p) or real(p, *a, **k))
+    monkeypatch.setattr(loading, "load_int8", lambda p, *a, **k: loads.append(p) or real(p, *a, **k))
     first = predict_int8(path, images[:2])
     for _ in range(3):
         assert np.array_equal(predict_int8(path, images[:2]), first)
@@ -401,8 +429,8 @@ def test_per_channel_weights_emulate_and_deploy_alike(calibrated, tmp_path):
     scores = load_int8(path, backend="onnxruntime", threads=1).predict(images)
     with torch.no_grad():
         emulated = quantizer.quantize()(images).numpy()
-    assert np.array_equal(scores, emulated)
-    assert deploy.onnxruntime_ops(path)["QLinearConv"] == 26
+    np.testing.assert_array_equal(scores, emulated)  # every op still one ONNX Runtime runs in integers
+    assert deploy.onnxruntime_ops(path)["QLinearConv"] == _count(net, nn.Conv2d)
 
 
 def test_float_export_computes_the_float_network(calibrated, tmp_path):

@@ -17,6 +17,8 @@ from torch import nn
 
 from dlqnb import DLQuantizer
 from dlqnb.deploy import backend_choice
+from dlqnb.deploy import load as loading
+from dlqnb.deploy import model_file
 from dlqnb.deploy import runners as runtime
 from dlqnb.core.cache import CacheWarning, cache_dir, read_entry, write_entry
 from dlqnb.deploy import ModelFileError, OpenVINORunner, export_qdq_onnx, load_int8, predict_int8
@@ -204,7 +206,7 @@ def _edited(path, tmp_path, name, **props):
 def test_edited_metadata_is_a_model_file_error_naming_file_and_field(model, tmp_path, props, field):
     edited = _edited(model, tmp_path, "edited.onnx", **props)
     with pytest.raises(ModelFileError, match=f"edited.onnx.*{field}"):
-        runtime.model_info(edited)
+        model_file.model_info(edited)
     with pytest.raises(ModelFileError, match=f"edited.onnx.*{field}"):
         load_int8(edited, backend="onnxruntime").predict(_images())
 
@@ -278,16 +280,16 @@ def test_predict_int8_sees_a_file_replaced_with_the_same_modification_time(quant
 
 
 def test_predict_int8_keeps_one_runner_per_file_and_a_few_files(quantizers, model, tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "_runners", type(runtime._runners)())
+    monkeypatch.setattr(loading, "_runners", type(loading._runners)())
     for index in range(5):
         export_qdq_onnx(quantizers["cpu" if index % 2 else "other"], model)
         predict_int8(model, _images(1))
-    assert len(runtime._runners) == 1  # each rewrite replaced the file's runner
-    for index in range(runtime.RUNNERS_KEPT + 2):
+    assert len(loading._runners) == 1  # each rewrite replaced the file's runner
+    for index in range(loading.RUNNERS_KEPT + 2):
         path = export_qdq_onnx(quantizers["cpu"], tmp_path / f"copy{index}.onnx")
         predict_int8(path, _images(1))
-    assert len(runtime._runners) == runtime.RUNNERS_KEPT
-    assert str(path.resolve()) in runtime._runners and str(model.resolve()) not in runtime._runners  # the least recently used went
+    assert len(loading._runners) == loading.RUNNERS_KEPT
+    assert str(path.resolve()) in loading._runners and str(model.resolve()) not in loading._runners  # the least recently used went
 
 
 # ------------------------------------------------------------------------------- 1-D signal models
@@ -365,7 +367,7 @@ def test_a_volume_model_runs_on_float_n_c_d_h_w_batches(tmp_path):
     volumes = torch.rand(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = net(volumes).numpy()
-    assert runtime.model_info(path)["preprocessing"]["input_size"] == [4, 8, 8]
+    assert model_file.model_info(path)["preprocessing"]["input_size"] == [4, 8, 8]
     assert np.allclose(load_int8(path, backend="onnxruntime", threads=1).predict(volumes), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="volumes of 4×8×8"):
         load_int8(path, backend="onnxruntime").predict(volumes[:, :, :3])

@@ -314,3 +314,39 @@ def test_a_yaml_parameters_file_without_pyyaml_says_what_to_install(tmp_path, ca
     assert report.main([str(tiny_notebook(tmp_path)), "--params-file", str(params), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(params) in err and "pip install pyyaml" in err, err
+
+
+# -- 4. notebooks that time runtimes run alone ----------------------------------------------------------------------
+
+
+def test_a_notebook_that_runs_alone_shares_the_cores_with_no_other_notebook(tmp_path):
+    """With two workers, the notebook marked ``runs_alone`` starts after the one before it has ended, and the one
+    after it starts only once it has ended; the other two would overlap if the mark were ignored."""
+    import nbformat
+
+    log = tmp_path / "intervals.jsonl"
+    cells = ("import json, time\nstarted = time.time()\ntime.sleep(4)",
+             f"with open({str(log)!r}, 'a') as f:\n    f.write(json.dumps([name, started, time.time()]) + '\\n')")
+    notebooks = []
+    for name in ("a_first", "b_timing", "c_last"):
+        path = parameterized_notebook(tmp_path / f"{name}.ipynb", f"name = {name!r}", *cells)
+        notebooks.append(path)
+    timing = nbformat.read(notebooks[1], as_version=4)
+    timing.metadata["dlqnb"] = {"runs_alone": True}
+    nbformat.write(timing, notebooks[1])
+    assert [report.runs_alone(path) for path in notebooks] == [False, True, False]
+
+    results = report.run_reports([report.ReportJob(path) for path in notebooks], tmp_path / "out", jobs_at_once=2)
+
+    assert [result.status for result in results] == ["ok", "ok", "ok"], [result.error for result in results]
+    intervals = {name: (start, end) for name, start, end in map(json.loads, log.read_text().splitlines())}
+    timing_start, timing_end = intervals["b_timing"]
+    assert intervals["a_first"][1] <= timing_start, "the timing notebook started while another was running"
+    assert timing_end <= intervals["c_last"][0], "a notebook started while the timing notebook was running"
+
+
+def test_runs_alone_is_false_for_an_unreadable_notebook(tmp_path):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ not json")
+    assert report.runs_alone(broken) is False
+    assert report.runs_alone(tmp_path / "missing.ipynb") is False

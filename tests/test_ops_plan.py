@@ -1,9 +1,6 @@
-"""The op-traits table, the quantization plan, and the structure they give the package."""
+"""The op-traits table and the quantization plan (the package's import structure: tests/test_import_contract.py)."""
 
 from __future__ import annotations
-
-import ast
-import pathlib
 
 import onnx
 import torch
@@ -13,7 +10,6 @@ import torchvision
 from onnx import numpy_helper
 from torch import nn
 
-import dlqnb
 from dlqnb import DLQuantizer
 from dlqnb.deploy.export import export_qdq_onnx
 from dlqnb.core.ops import global_average_pool, op_traits
@@ -84,35 +80,3 @@ def test_codes_are_computed_in_one_place_and_exported_as_planned(tmp_path):
     quantize_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert len(quantize_nodes) == len(plan.quantize_after) + len(plan.quantize_for)
 
-
-def _module_level_imports(path: pathlib.Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dlqnb."):
-            found.add(node.module.split(".")[1])
-    return found
-
-
-def test_no_import_circle_between_the_stages():
-    package = pathlib.Path(dlqnb.__file__).parent
-    graph = {path.stem: _module_level_imports(path) for path in package.glob("*.py") if path.stem != "__init__"}
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step})) for step in graph.get(start, ()))
-
-    circles = [name for name in graph if reaches(name, name, {name})]
-    assert circles == []
-
-
-def test_only_the_quantizer_reads_its_private_fields():
-    package = pathlib.Path(dlqnb.__file__).parent
-    offenders = []
-    for path in package.glob("*.py"):
-        if path.stem == "quantizer":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-                if isinstance(node.value, ast.Name) and node.value.id in ("quantizer", "q", "quant_obj", "variant"):
-                    offenders.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
-    assert offenders == []

@@ -13,7 +13,35 @@ from torch import nn
 import dlqnb
 from dlqnb import CalibrationFileError, DLQuantizer, NotCalibratedError, QuantizationOptions, ValidationError, quantization_details
 from dlqnb.emulation.network import EmulatedLayer
-from dlqnb.core.numerics import fraction_length
+
+
+def minmax_fraction_length(max_abs: float, word_length: int = 8) -> int:
+    """MATLAB's MinMax type, from its definition (*Quantization of Deep Neural Networks*): the type's
+    top magnitude bit is the MSB of the largest absolute value, ``2**msb <= max_abs < 2**(msb + 1)``,
+    one bit above it holds the sign and the other ``word_length - 2`` bits lie below it, so the
+    least significant bit is ``2**(msb - word_length + 2)``."""
+    msb = 0
+    while 2.0**msb > max_abs:
+        msb -= 1
+    while 2.0 ** (msb + 1) <= max_abs:
+        msb += 1
+    return -(msb - word_length + 2)
+
+
+def test_types_follow_the_msb_of_the_largest_magnitude():
+    """Hand-worked: a power of two is its own MSB, so ``7 - ceil(log2(max_abs))`` is one bit too fine there."""
+    net = nn.Sequential(nn.Linear(2, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -0.25]]))  # max |w| = 1 = 2**0: LSB 2**-6
+        net[0].bias.copy_(torch.tensor([0.88489]))  # 2**-1 <= 0.88489 < 2**0: LSB 2**-7
+    x = torch.tensor([[-32.0, 0.1]])  # 32 = 2**5: LSB 2**-1 (codes -64 ... 63.5 hold -32)
+    quantizer = DLQuantizer(net)
+    quantizer.calibrate(x, progress=False)  # output -32 - 0.025 + 0.88489 = -31.14011: 2**4 <= 31.1 < 2**5, LSB 2**-2
+    types = quantizer.quantization_types().set_index("Learnables / Activations")
+    assert types.loc["Weights", "FractionLength"] == 6 and types.loc["Bias", "FractionLength"] == 7
+    assert types.loc["Activations", "FractionLength"].tolist() == [1, 2]  # input, output (network order)
+    assert types.loc["Activations", "MSB"].tolist() == [5, 4] and types.loc["Activations", "LSB"].tolist() == [-1, -2]
+    assert [minmax_fraction_length(m) for m in (1.0, 0.88489, 32.0, 31.14011)] == [6, 7, 1, 2]  # the reference agrees
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
@@ -47,16 +75,20 @@ def integer_conv_reference_cpu(x, conv, f_in, f_w, f_out):
     return (out * 2.0**-f_out).view(x.shape[0], -1, side, side)
 
 
+def conv_relu_fraction_lengths(net: nn.Sequential, x: torch.Tensor) -> tuple[int, int, int]:
+    """MinMax fraction lengths of a conv + ReLU network's input, weights and output, from the float ranges."""
+    with torch.no_grad():
+        output = net(x)
+    return tuple(minmax_fraction_length(float(t.detach().abs().max())) for t in (x, net[0].weight, output))
+
+
 def test_one_conv_layer_equals_the_integer_reference():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
     x = torch.randn(4, 3, 10, 10) * 3
     quantizer = DLQuantizer(net)
     quantizer.calibrate(x, progress=False)
-    types = quantizer.tensor_types()
-    f_in, f_out = types["input_1"].fraction_length, types["0_1"].fraction_length  # fx: Sequential.forward(input)
-    f_w = quantizer.weight_fraction_lengths()["0_1"]
-    assert f_in == fraction_length(float(x.abs().max()))
+    f_in, f_w, f_out = conv_relu_fraction_lengths(net, x)
     expected = integer_conv_reference(x, net[0], f_in, f_w, f_out)
     with torch.no_grad():
         actual = quantizer.quantize()(x)
@@ -162,10 +194,7 @@ def test_one_conv_layer_on_the_cpu_target_equals_the_integer_reference():
     x = torch.randn(4, 3, 10, 10) * 3
     quantizer = DLQuantizer(net, execution_environment="cpu")
     quantizer.calibrate(x, progress=False)
-    types = quantizer.tensor_types()
-    f_in, f_out = types["input_1"].fraction_length, types["0_1"].fraction_length
-    assert types["0_1"].signed is False
-    expected = integer_conv_reference_cpu(x, net[0], f_in, quantizer.weight_fraction_lengths()["0_1"], f_out)
+    expected = integer_conv_reference_cpu(x, net[0], *conv_relu_fraction_lengths(net, x))  # uint8 keeps the signed scale
     with torch.no_grad():
         assert torch.equal(quantizer.quantize()(x).double(), expected)
 
@@ -176,11 +205,11 @@ def test_excluded_layers_stay_float(squeezenet, images):
     qnet = quantizer.quantize()
     assert not isinstance(qnet.get_submodule("features_0_features_1"), EmulatedLayer)
     assert "features_0" not in quantization_details(qnet).quantized_layer_names
-    float_bytes, quantized_bytes = dlqnb.validation.learnable_memory(squeezenet, quantizer.plan())
-    all_in = DLQuantizer(squeezenet)
-    all_in.calibrate(images, progress=False)
-    conv1 = squeezenet.features[0].weight.numel()
-    assert quantized_bytes - dlqnb.validation.learnable_memory(squeezenet, all_in.plan())[1] == 3 * conv1
+    memory = quantizer.validate([(images, torch.arange(len(images)) % 5)], progress=False).metric_results
+    memory = memory.set_index("NetworkImplementation")["LearnableParameterMemory(bytes)"]
+    convs = [m for m in squeezenet.modules() if isinstance(m, nn.Conv2d)]
+    int8_weights = sum(c.weight.numel() for c in convs[1:])  # conv1 stays float: 4 bytes a weight
+    assert memory["Quantized"] == 4 * convs[0].weight.numel() + int8_weights + 4 * sum(c.bias.numel() for c in convs)
     quantizer.include("features_0_features_1")
     assert isinstance(quantizer.quantize().get_submodule("features_0_features_1"), EmulatedLayer)
     with pytest.raises(KeyError, match="no optimized layer named \\['conv99'\\]"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlqnb import DLQuantizer
+from dlqnb import DLQuantizer, NotCalibratedError
 from dlqnb.ui.plotting import sensitivity_figure
 from dlqnb.evaluation.sensitivity import sensitivity_analysis
 
@@ -34,7 +34,7 @@ def test_the_fragile_layer_ranks_first(mode):
     assert list(figure.data[0].y)[-1] == "2_3"  # drawn at the top
 
 
-def test_sensitivity_needs_calibration():
+def test_sensitivity_before_calibration_says_to_calibrate():
     net, x = network_with_a_fragile_layer()
-    with pytest.raises(Exception, match="calibrate"):
+    with pytest.raises(NotCalibratedError, match="sensitivity_analysis needs calibration ranges: call calibrate"):
         sensitivity_analysis(DLQuantizer(net), x)

@@ -1,12 +1,14 @@
 """The networks users bring: every torchvision classifier up to about 30 M parameters, random weights,
 small inputs, on both targets (calibrate → quantize → export → ONNX Runtime against the emulation),
-and through Taylor pruning (construct → score → prune → extract against the masked network)."""
+and through Taylor pruning (construct → score → prune → extract against the masked network); and,
+counted apart, the timm networks torch.fx cannot trace whole, whose untraceable submodules graph
+capture keeps whole, as float layers."""
 
 from __future__ import annotations
 
 import pytest
 
-from dlqnb.bench.reach import check_pruning, check_quantization, classification_models
+from dlqnb.bench.reach import CAPTURE_FALLBACK_MODELS, check_pruning, check_quantization, classification_models
 
 MODELS = classification_models()
 
@@ -26,6 +28,26 @@ def test_the_zoo_is_the_one_the_readme_counts():
 @pytest.mark.parametrize("name", MODELS)
 def test_calibrate_quantize_export_onnxruntime(name, target, tmp_path):
     row = check_quantization(name, target, tmp_path)
+    assert row["captured_whole"] == [], row  # torch.fx traces every torchvision classifier whole
+    _assert_deployment_agrees(row)
+
+
+#: The submodules graph capture keeps whole (MobileViT blocks: their forward resizes on the input's
+#: height and width), by model.
+CAPTURED_WHOLE = {"mobilevit_xxs": ["stages_2_1", "stages_3_1", "stages_4_1"]}
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+@pytest.mark.parametrize("name", CAPTURE_FALLBACK_MODELS)
+def test_capture_fallback_calibrate_quantize_export_onnxruntime(name, target, tmp_path):
+    pytest.importorskip("timm", reason="the capture fallback networks come from timm (the test extra installs it)")
+    row = check_quantization(name, target, tmp_path)
+    assert row["captured_whole"] == CAPTURED_WHOLE[name], row
+    assert row["float_layers"] >= len(CAPTURED_WHOLE[name])
+    _assert_deployment_agrees(row)
+
+
+def _assert_deployment_agrees(row):
     assert row["error"] == "", row.get("traceback", row["error"])
     assert row["quantized"] and row["exported"]  # export succeeds whenever quantize does
     assert row["quantized_layers"] > 0
@@ -35,6 +57,15 @@ def test_calibrate_quantize_export_onnxruntime(name, target, tmp_path):
         # every op is one ONNX Runtime runs in integers: the emulation (rounding ties to even where it
         # quantizes, as ONNX Runtime and TensorRT do) is exact
         assert row["bit_exact"], row
+
+
+@pytest.mark.parametrize("name", CAPTURE_FALLBACK_MODELS)
+def test_capture_fallback_taylor_pruning_constructs(name):
+    pytest.importorskip("timm", reason="the capture fallback networks come from timm (the test extra installs it)")
+    row = check_pruning(name)
+    assert row["error"] == "", row["error"]
+    if row["prunable_layers"]:
+        assert row["max_difference"] < 1e-5, row
 
 
 #: Networks whose every convolution is tied to others (depthwise convolutions then permutes and

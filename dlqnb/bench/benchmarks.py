@@ -147,7 +147,8 @@ def _openvino_call(path: str) -> Callable[[Any], Any]:
 
 def _deploy_runtimes(net: torch.nn.Module, paths: dict[str, str], gpu: bool) -> dict[str, Callable[[], Callable[[Any], Any]]]:
     """Each runtime of the deploy benchmark as a factory: it loads the runtime and returns its call."""
-    from dlqnb.deploy.runners import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner, load_int8
+    from dlqnb.deploy.load import load_int8
+    from dlqnb.deploy.runners import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner
 
     def eager() -> Callable[[Any], Any]:
         def call(x: Any) -> Any:
@@ -364,19 +365,30 @@ def _pruning_verdict(row: dict[str, Any]) -> str:
 
 def bench_zoo(models: list[str] | None = None) -> dict[str, Any]:
     """Every torchvision classifier up to about 30 M parameters through calibrate → quantize → export →
-    ONNX Runtime on both targets, and through Taylor pruning (:mod:`dlqnb.bench.reach`); a table is printed
-    as it goes, and the rows are returned.
+    ONNX Runtime on both targets, and through Taylor pruning (:mod:`dlqnb.bench.reach`); then, counted
+    apart, the networks that need graph capture's fallback (:func:`~dlqnb.bench.reach.capture_fallback_models`:
+    submodules torch.fx cannot trace kept whole, in float). A table is printed as it goes, and the rows
+    are returned.
 
     ONNX Runtime is compared with the emulation that rounds ties to even, as ONNX Runtime and
     TensorRT do where they quantize ("exact": bit for bit); "rule diff" is the largest difference,
     relative to the largest score, from the emulation that rounds as the target's rule (MATLAB's
     cuDNN target rounds ties away from zero; on "cpu" the rule is ties to even, so it is the same).
+
+    Returns:
+        The torchvision zoo's counts (``models``, ``passed_export_and_onnxruntime`` per target,
+        ``pruning_passed``, ``pruning_nothing_to_prune``), ``capture_fallback`` with the same counts for
+        the fallback networks, ``failures`` and ``rows`` (both groups).
+
+    Example:
+        $ python -m dlqnb.bench zoo mobilevit_xxs
     """
     from tqdm.auto import tqdm
 
-    from dlqnb.bench.reach import check_pruning, check_quantization, classification_models
+    from dlqnb.bench.reach import capture_fallback_models, check_pruning, check_quantization, classification_models
 
-    names = models or classification_models()
+    fallback = capture_fallback_models()
+    names = models or classification_models() + fallback
     rows: list[dict[str, Any]] = []
     header = f"{'model':22s} {'params':>7s} | {'target':6s} {'int8':>4s} {'float':>5s} {'export':>6s} {'top-1':>6s} {'max diff':>8s} {'exact':>5s} {'rule diff':>9s} | {'prune':>5s}"
     print(header, file=sys.stderr)
@@ -397,14 +409,25 @@ def bench_zoo(models: list[str] | None = None) -> dict[str, Any]:
                 f"{'yes' if row['bit_exact'] else 'no':>5s} {rule:>9s} | {prune:>5s} {row['error'] or pruning['error']}"
             )
             tqdm.write(line, file=sys.stderr)
+    # the fallback networks are counted apart, so that the torchvision zoo's count stays its own
+    zoo_rows = [row for row in rows if row["model"] not in fallback]
+    return {
+        **_zoo_counts(zoo_rows),
+        "capture_fallback": _zoo_counts([row for row in rows if row["model"] in fallback]),
+        "failures": [{"model": r["model"], "target": r["target"], "error": r["error"]} for r in rows if r["error"]],
+        "rows": rows,
+    }
+
+
+def _zoo_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Models, export-and-ONNX-Runtime passes per target and pruning verdicts of zoo rows (two a model:
+    "gpu" then "cpu")."""
     passed = {target: sum(1 for r in rows if r["target"] == target and r["exported"] and r["top1_agreement"] is not None) for target in ("gpu", "cpu")}
     return {
-        "models": len(names),
+        "models": len(rows) // 2,
         "passed_export_and_onnxruntime": passed,
         "pruning_passed": sum(1 for r in rows[::2] if _pruning_verdict(r["pruning"]) != "FAIL"),
         "pruning_nothing_to_prune": [r["model"] for r in rows[::2] if _pruning_verdict(r["pruning"]) == "none"],
-        "failures": [{"model": r["model"], "target": r["target"], "error": r["error"]} for r in rows if r["error"]],
-        "rows": rows,
     }
 
 
@@ -424,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--runs", type=int, default=7, help="timed runs per block (after 3 warm-ups)")
     prune = sub.add_parser("prune", help="Taylor scoring vs a training step; pruned vs original inference")
     prune.add_argument("--repeats", type=int, default=15)
-    zoo = sub.add_parser("zoo", help="torchvision's classifiers: calibrate, quantize, export, ONNX Runtime, pruning")
+    zoo = sub.add_parser("zoo", help="torchvision's classifiers (and networks that need the capture fallback): calibrate, quantize, export, ONNX Runtime, pruning")
     zoo.add_argument("models", nargs="*", help="model names (default: every classifier up to about 30 M parameters)")
     args = parser.parse_args(argv)
     if args.benchmark == "zoo":

@@ -1,6 +1,7 @@
-"""The standing check that dlqnb handles the networks users bring: torchvision's classification zoo.
+"""The standing check that dlqnb handles the networks users bring: torchvision's classification zoo,
+and networks torch.fx cannot trace whole (:func:`capture_fallback_models`, from timm).
 
-:func:`check_quantization` takes one torchvision classifier (random weights, small inputs) through
+:func:`check_quantization` takes one classifier (random weights, small inputs) through
 calibrate → quantize → export → ONNX Runtime on one target and compares ONNX Runtime's scores with
 the emulation's; :func:`check_pruning` constructs a :class:`~dlqnb.TaylorPrunableNetwork`, scores,
 prunes and extracts it, and compares the extracted network with the masked one. The test suite runs
@@ -25,7 +26,16 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["INPUT_SIZES", "MAX_PARAMETERS", "check_network", "check_pruning", "check_quantization", "classification_models", "make_model"]
+__all__ = [
+    "INPUT_SIZES",
+    "MAX_PARAMETERS",
+    "capture_fallback_models",
+    "check_network",
+    "check_pruning",
+    "check_quantization",
+    "classification_models",
+    "make_model",
+]
 
 #: "Up to about 30 M parameters": every torchvision classifier up to EfficientNet-B5's 30.4 M.
 MAX_PARAMETERS = 30_500_000
@@ -33,6 +43,9 @@ MAX_PARAMETERS = 30_500_000
 INPUT_SIZES = {"inception_v3": 75}
 DEFAULT_SIZE = 64
 CALIBRATION_IMAGES = 8
+#: timm classifiers whose forward torch.fx cannot trace whole (control flow on tensor sizes in a
+#: submodule): dlqnb captures those submodules whole, as float layers (:mod:`dlqnb.core.capture`).
+CAPTURE_FALLBACK_MODELS = ("mobilevit_xxs",)
 
 
 def classification_models(max_parameters: int = MAX_PARAMETERS) -> list[str]:
@@ -46,12 +59,33 @@ def classification_models(max_parameters: int = MAX_PARAMETERS) -> list[str]:
     return names
 
 
+def capture_fallback_models() -> list[str]:
+    """The timm classifiers that need graph capture's fallback (some submodules kept whole), by name;
+    empty where timm is not installed.
+
+    Example:
+        >>> set(capture_fallback_models()) <= set(CAPTURE_FALLBACK_MODELS)
+        True
+    """
+    try:
+        import timm  # noqa: F401  (an optional dependency: the test extra installs it)
+    except ImportError:
+        return []
+    return list(CAPTURE_FALLBACK_MODELS)
+
+
 def make_model(name: str, num_classes: int = 10, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """A torchvision classifier with random weights (random BatchNorm statistics too, so that folding
-    is exercised) and calibration images of a size it takes."""
+    """A torchvision classifier, or a timm one of :data:`CAPTURE_FALLBACK_MODELS`, with random weights
+    (random BatchNorm statistics too, so that folding is exercised) and calibration images of a size
+    it takes."""
     torch.manual_seed(seed)
-    extra = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra).eval()
+    if name in CAPTURE_FALLBACK_MODELS:
+        import timm
+
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes).eval()
+    else:
+        extra = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in net.modules():
@@ -64,7 +98,7 @@ def make_model(name: str, num_classes: int = 10, seed: int = 0) -> tuple[nn.Modu
 
 
 def check_quantization(name: str, target: str, folder: str | Path | None = None) -> dict[str, Any]:
-    """calibrate → quantize → export → ONNX Runtime for one torchvision model on one target (see
+    """calibrate → quantize → export → ONNX Runtime for one model of :func:`make_model` on one target (see
     :func:`check_network`)."""
     try:
         net, images = make_model(name)
@@ -80,19 +114,22 @@ def check_network(net: nn.Module, images: torch.Tensor, target: str, folder: str
         A row: ``model``, ``target``, ``parameters``, ``quantized_layers``, ``float_layers``,
         ``quantized`` / ``exported`` (bool), ``top1_agreement``, ``max_difference`` and
         ``relative_difference`` (to the largest score) of ONNX Runtime against the emulation,
-        ``bit_exact``, ``target_rule_difference`` (relative, against the emulation that rounds ties
+        ``bit_exact``, ``captured_whole`` (the layers graph capture kept whole, computed in float:
+        :mod:`dlqnb.core.capture`), ``target_rule_difference`` (relative, against the emulation that rounds ties
         as the target's MATLAB rule does: away from zero on ``"gpu"``), ``top1_agreement_decided`` (over the ``decided_samples`` whose top-1 margin
         exceeds twice the largest difference), ``seconds``, and ``error`` (the stage and message where
         it stopped, else "").
     """
-    from dlqnb.quantizer import DLQuantizer
+    from dlqnb.core.capture import float_reason
+    from dlqnb.core.graph import layer_name
     from dlqnb.deploy.export import export_qdq_onnx
-    from dlqnb.deploy.runners import load_int8
+    from dlqnb.quantizer import DLQuantizer
+    from dlqnb.deploy import load_int8
 
     start = time.perf_counter()
     row: dict[str, Any] = {"model": name or type(net).__name__, "target": target, "parameters": None, "quantized_layers": None, "float_layers": None,
                            "quantized": False, "exported": False, "top1_agreement": None, "max_difference": None, "relative_difference": None,
-                           "bit_exact": None, "target_rule_difference": None, "decided_samples": None, "top1_agreement_decided": None,
+                           "bit_exact": None, "captured_whole": None, "target_rule_difference": None, "decided_samples": None, "top1_agreement_decided": None,
                            "seconds": None, "error": ""}
     stage = "calibrate"
     try:
@@ -107,6 +144,7 @@ def check_network(net: nn.Module, images: torch.Tensor, target: str, folder: str
         plan = quantizer.plan()
         row["quantized_layers"], row["float_layers"] = len(plan.layers), len(plan.float_layers())
         row["quantized"] = True
+        row["captured_whole"] = [layer_name(node) for node in quantizer.optimized.nodes() if float_reason(node)]
         stage = "export"
         with tempfile.TemporaryDirectory(dir=folder) as where:
             path = export_qdq_onnx(quantizer, Path(where) / f"model_{target}.onnx")

@@ -2,10 +2,14 @@
 
 One safetensors file (no pickle anywhere): the tensors hold every observed tensor's range and its 256
 MSB counts; the header's metadata holds a JSON document with the format version, dlqnb's version,
-the target, the exponent scheme, the excluded layers, the number of calibration samples, the shape of
-one input channels first ((C, H, W) for images, (C, L) for 1-D signals: what export takes as the
-model's input), the chosen type of every row, and a fingerprint of the network it was calibrated on (graph and weights). A
+the target, the exponent scheme, the excluded layers, the per-channel flag, the number of calibration
+samples, the shape of one input channels first ((C, H, W) for images, (C, L) for 1-D signals: what export
+takes as the model's input), and a fingerprint of the network it was calibrated on (graph and weights). A
 SHA-256 checksum over the JSON and the tensor bytes detects edits; files are written atomically.
+
+The types are not stored: they follow from the statistics and the settings (:mod:`dlqnb.plan.types`),
+for whichever target the file is loaded for. Files written by earlier versions hold a ``types`` entry
+(one 8-bit fraction length per calibration row); it is covered by their checksum and otherwise ignored.
 
 Loading checks, in order: the file is a readable safetensors file, it is a dlqnb calibration file,
 its version is not newer than this dlqnb reads, the checksum matches, and the network given has the
@@ -101,8 +105,8 @@ def write_calibration(path: str | os.PathLike[str], state: CalibrationState, set
     Args:
         path: The file to write.
         state: What calibration recorded.
-        settings: The quantizer's settings (target, exponent scheme, exclusions, network fingerprint,
-            chosen types), stored in the JSON header.
+        settings: The quantizer's settings (target, exponent scheme, exclusions, per-channel flag,
+            network fingerprint), stored in the JSON header.
     """
     from dlqnb.core.version import __version__
 

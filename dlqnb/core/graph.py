@@ -42,11 +42,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from dlqnb.core.ops import fusable_activation, op_traits, tensor_args
+from dlqnb.core.capture import capture_network
+from dlqnb.core.ops import QUANTIZABLE_TYPES, activation_kind, called_module, fusable_activation, is_batchnorm, layer_kind, op_traits, tensor_args, unsupported_reason
 from dlqnb.errors import NetworkGraphError
 
 __all__ = [
@@ -61,26 +61,6 @@ __all__ = [
     "optimize_network",
     "trace_network",
 ]
-
-QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Layers with learnables or state that dlqnb has no int8 model for, and says so.
-_UNSUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
-    nn.RNNBase,
-    nn.MultiheadAttention,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Embedding,
-    nn.EmbeddingBag,
-)
-_UNSUPPORTED_REASONS = {
-    nn.RNNBase: "recurrent layers are not supported",
-    nn.MultiheadAttention: "attention layers are not supported",
-    nn.Embedding: "embedding layers are not supported",
-    nn.EmbeddingBag: "embedding layers are not supported",
-}
-
 
 def layer_name(node: fx.Node) -> str:
     """The name users see for a network layer: its module's own name, hyphens and capitals kept.
@@ -183,46 +163,18 @@ class OptimizedNetwork:
         return module
 
 
-class _Tracer(fx.Tracer):
-    """fx's tracer, keeping modules that declare ``dlqnb_leaf = True`` (the input layer) as one layer."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return bool(getattr(m, "dlqnb_leaf", False)) or super().is_leaf_module(m, module_qualified_name)
-
-
 def trace_network(net: nn.Module) -> fx.GraphModule:
-    """Trace a network with torch.fx (dlqnb's input layer kept whole).
+    """Trace a network with torch.fx (dlqnb's input layer kept whole; a submodule fx cannot trace kept
+    whole too, with a warning: :func:`dlqnb.core.capture.capture_network`).
 
     Raises:
-        NetworkGraphError: If fx cannot trace it; the message says why.
+        NetworkGraphError: If fx cannot trace the network's own forward; the message says why.
     """
     return _trace(net)
 
 
 def _trace(net: nn.Module) -> fx.GraphModule:
-    try:
-        tracer = _Tracer()
-        graph = tracer.trace(net)
-        return fx.GraphModule(tracer.root, graph, type(net).__name__)
-    except Exception as error:  # fx raises many types; all mean the same thing to the user
-        raise NetworkGraphError(
-            f"torch.fx cannot trace {type(net).__name__}: {error}. dlqnb needs a network whose forward has no "
-            "data-dependent control flow (see torch.fx's limitations)."
-        ) from error
-
-
-def _called_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def _activation_kind(activation: nn.Module | None) -> str | None:
-    if activation is None:
-        return None
-    if isinstance(activation, nn.ReLU6):
-        return "relu6"
-    if isinstance(activation, nn.LeakyReLU):
-        return "leaky_relu"
-    return "relu"
+    return capture_network(net)
 
 
 def _sole_user(node: fx.Node) -> fx.Node | None:
@@ -236,7 +188,7 @@ def _fold_batchnorm(layer: nn.Module, bn: nn.Module, bn_name: str) -> nn.Module:
             f"BatchNorm layer '{bn_name}' has no running statistics (track_running_stats=False); "
             "dlqnb folds BatchNorm into the preceding layer with its running statistics"
         )
-    if isinstance(layer, nn.Linear):
+    if layer_kind(layer) == "linear":
         return fuse_linear_bn_eval(layer, bn)
     return fuse_conv_bn_eval(layer, bn)
 
@@ -250,12 +202,9 @@ def _with_bias(layer: nn.Module) -> nn.Module:
 
 def _check_supported(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
-        module = _called_module(gm, node)
-        if module is not None and isinstance(module, _UNSUPPORTED_TYPES):
-            reason = next(
-                (text for kind, text in _UNSUPPORTED_REASONS.items() if isinstance(module, kind)),
-                "transposed convolutions are not supported",
-            )
+        module = called_module(gm, node)
+        reason = unsupported_reason(module)
+        if reason is not None:
             raise NetworkGraphError(f"layer '{layer_name(node)}' ({type(module).__name__}): {reason} by dlqnb quantization")
 
 
@@ -314,13 +263,14 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
     layers: dict[str, OptimizedLayer] = {}
     members_of: dict[fx.Node, list[fx.Node]] = {}
     for node in gm.graph.nodes:
-        if not isinstance(_called_module(gm, node), QUANTIZABLE_TYPES):
+        module = called_module(gm, node)
+        if not isinstance(module, QUANTIZABLE_TYPES):
             continue
-        layer = copy.deepcopy(gm.get_submodule(node.target))
+        layer = copy.deepcopy(module)
         members = [node]
         follower = _sole_user(node)
-        bn = _called_module(gm, follower) if follower is not None else None
-        if isinstance(bn, _BATCHNORM_TYPES) and follower.args and follower.args[0] is node:
+        bn = called_module(gm, follower)
+        if is_batchnorm(bn) and follower.args and follower.args[0] is node:
             layer = _fold_batchnorm(layer, bn, layer_name(follower))
             members.append(follower)
         follower = _sole_user(members[-1])
@@ -334,8 +284,8 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
             name=name,
             members=tuple(layer_name(member) for member in members),
             module_path=str(node.target),
-            kind="linear" if isinstance(layer, nn.Linear) else "conv",
-            activation=_activation_kind(activation),
+            kind=layer_kind(layer),
+            activation=activation_kind(activation),
         )
     return OptimizedNetwork(module=_rebuild(gm, members_of), layers=layers)
 
@@ -419,7 +369,7 @@ def network_summary(net: nn.Module) -> NetworkSummary:
     gm = _trace(net)
 
     def is_input_layer(node: fx.Node) -> bool:
-        return node.op == "call_module" and getattr(gm.get_submodule(node.target), "dlqnb_op", None) == "input"
+        return getattr(called_module(gm, node), "dlqnb_op", None) == "input"
 
     def is_layer(node: fx.Node) -> bool:
         if node.op == "placeholder":

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +39,8 @@ from torch import Tensor
 
 __all__ = [
     "ZERO_BIN",
+    "FixedPointType",
+    "bias_type",
     "bit_table",
     "describe_quantization",
     "ExponentScheme",
@@ -52,6 +55,7 @@ __all__ = [
     "quantize_to_integer",
     "representable_bits",
     "representable_range",
+    "round_and_saturate",
 ]
 
 Rounding = Literal["half_away", "half_even"]
@@ -157,6 +161,19 @@ def representable_range(fraction_length: int, word_length: int = 8, signed: bool
     return math.ldexp(low, -fraction_length), math.ldexp(high, -fraction_length)
 
 
+def round_and_saturate(scaled: Tensor, bounds: tuple[int, int], rounding: Rounding = "half_away") -> Tensor:
+    """Values already scaled to codes, rounded to whole numbers and saturated to ``bounds`` (in place
+    where the rounding made a new tensor).
+
+    Example:
+        >>> round_and_saturate(torch.tensor([2.5, -2.5, 300.0]), (-128, 127)).tolist()
+        [3.0, -3.0, 127.0]
+        >>> round_and_saturate(torch.tensor([2.5, -2.5]), (0, 255), "half_even").tolist()
+        [2.0, 0.0]
+    """
+    return _round(scaled, rounding).clamp_(*bounds)
+
+
 def _round(scaled: Tensor, rounding: Rounding) -> Tensor:
     if rounding == "half_even":
         return torch.round(scaled)
@@ -212,7 +229,7 @@ def quantize_to_integer(
         scaled = x * math.ldexp(1.0, fraction_length)  # a power of two: exact
     else:
         raise TypeError(f"fraction_length must be an int or an integer tensor, got {type(fraction_length).__name__}")
-    return _round(scaled, rounding).clamp_(low, high)
+    return round_and_saturate(scaled, (low, high), rounding)
 
 
 def quantize_fixed(
@@ -240,6 +257,131 @@ def quantize_fixed(
     """
     codes = quantize_to_integer(x, fraction_length, word_length, rounding, signed)
     return codes * math.ldexp(1.0, -fraction_length)
+
+
+@dataclass(frozen=True)
+class FixedPointType:
+    """A scaled integer type: the code ``q`` stands for ``q * 2**-fraction_length``.
+
+    One fraction length for the whole tensor (``axis=None``), or one per slice along ``axis`` (per-channel
+    weights: one per output channel, ``axis=0``). Activations are 8-bit, signed (int8) or unsigned
+    (uint8, zero point 0); the accumulator and the bias codes of a quantized layer are signed 32-bit
+    (:func:`bias_type`).
+
+    Args:
+        fraction_lengths: The fraction length(s); an int is taken as one.
+        axis: The axis the fraction lengths run along, or None for one per tensor.
+        signed: Signed or unsigned codes.
+        word_length: Bits in the word, sign included when ``signed``.
+
+    Raises:
+        ValueError: No fraction length, several without an axis, or a word length out of range.
+
+    Example:
+        >>> t = FixedPointType(3)
+        >>> t.fraction_length, t.scale, t.bounds
+        (3, 0.125, (-128, 127))
+        >>> codes = t.quantize(torch.tensor([0.03125, 2.1, 16.25]))
+        >>> codes.tolist(), t.dequantize(codes).tolist()
+        ([0.0, 17.0, 127.0], [0.0, 2.125, 15.875])
+        >>> FixedPointType((1, 3), axis=0).quantize(torch.tensor([[0.5, 0.25], [0.5, 0.25]])).tolist()
+        [[1.0, 1.0], [4.0, 2.0]]
+    """
+
+    fraction_lengths: tuple[int, ...]
+    axis: int | None = None
+    signed: bool = True
+    word_length: int = 8
+
+    def __post_init__(self) -> None:
+        values = self.fraction_lengths
+        fractions = tuple(operator.index(f) for f in values) if isinstance(values, (tuple, list)) else (operator.index(values),)
+        if not fractions or (self.axis is None and len(fractions) != 1):
+            raise ValueError(f"a fixed-point type needs one fraction length, or one per slice along an axis; got {values!r} with axis={self.axis}")
+        _check_word_length(self.word_length)
+        object.__setattr__(self, "fraction_lengths", fractions)
+        object.__setattr__(self, "signed", bool(self.signed))
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether the fraction lengths run along an axis (one per channel)."""
+        return self.axis is not None
+
+    @property
+    def fraction_length(self) -> int:
+        """The one fraction length of a per-tensor type.
+
+        Raises:
+            ValueError: For a per-channel type (use :attr:`fraction_lengths`).
+        """
+        if self.per_channel:
+            raise ValueError(f"a per-channel type has {len(self.fraction_lengths)} fraction lengths: read fraction_lengths")
+        return self.fraction_lengths[0]
+
+    @property
+    def scale(self) -> float:
+        """The power-of-two scale ``2**-fraction_length`` of a per-tensor type (see :meth:`scales`)."""
+        return math.ldexp(1.0, -self.fraction_length)
+
+    def scales(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The scale(s) as a tensor: a scalar for a per-tensor type, one per channel otherwise (the
+        shapes ONNX QuantizeLinear/DequantizeLinear take)."""
+        exponents = -torch.tensor(self.fraction_lengths if self.per_channel else self.fraction_lengths[0], dtype=torch.int32)
+        return torch.ldexp(torch.ones(exponents.shape, dtype=torch.float64), exponents).to(dtype)  # powers of two: exact
+
+    def zero_points(self) -> Tensor:
+        """The zero point(s), all 0, in the code dtype and the shape of :meth:`scales`."""
+        dtype = {8: torch.int8 if self.signed else torch.uint8, 32: torch.int32}.get(self.word_length)
+        if dtype is None:
+            raise ValueError(f"ONNX has no {self.word_length}-bit {'signed' if self.signed else 'unsigned'} code type")
+        return torch.zeros(self.scales().shape, dtype=dtype)
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """Smallest and largest code."""
+        return integer_range(self.word_length, self.signed)
+
+    def _fractions(self) -> int | Tensor:
+        return torch.tensor(self.fraction_lengths) if self.per_channel else self.fraction_lengths[0]
+
+    def quantize(self, x: Tensor, rounding: Rounding = "half_away", axis: int | None = None) -> Tensor:
+        """The codes of ``x`` (whole numbers in ``x``'s floating dtype): scale, round, saturate.
+
+        Args:
+            x: Values to quantize.
+            rounding: ``"half_away"`` or ``"half_even"``.
+            axis: Where the channels of a per-channel type run in ``x`` when not on :attr:`axis`
+                (an accumulator's channels are on axis 1 of a convolution's output).
+        """
+        return quantize_to_integer(x, self._fractions(), self.word_length, rounding, self.signed, self._axis(axis))
+
+    def dequantize(self, codes: Tensor, axis: int | None = None) -> Tensor:
+        """The values codes stand for, in the codes' dtype (exact: the scales are powers of two)."""
+        if not self.per_channel:
+            return codes * self.scale
+        shape = [1] * codes.dim()
+        shape[self._axis(axis)] = -1
+        return codes * self.scales(codes.dtype).view(shape)
+
+    def quantize_dequantize(self, x: Tensor, rounding: Rounding = "half_away") -> Tensor:
+        """The value ``x`` takes in the type: what a quantization point computes."""
+        return self.dequantize(self.quantize(x, rounding))
+
+    def _axis(self, axis: int | None) -> int:
+        return axis if axis is not None else (self.axis or 0)
+
+
+def bias_type(input_type: FixedPointType, weight_type: FixedPointType) -> FixedPointType:
+    """The signed 32-bit type of a layer's accumulator and integer bias: fraction length input +
+    weight, per channel where the weights are (what ONNX Runtime's QLinearConv adds its bias codes in).
+
+    Example:
+        >>> t = bias_type(FixedPointType(5, signed=False), FixedPointType((7, 8), axis=0))
+        >>> t.fraction_lengths, t.axis, t.word_length, t.bounds
+        ((12, 13), 0, 32, (-2147483648, 2147483647))
+    """
+    fractions = tuple(input_type.fraction_length + f for f in weight_type.fraction_lengths)
+    return FixedPointType(fractions, axis=weight_type.axis, signed=True, word_length=32)
 
 
 def msb_bin(x: Tensor) -> Tensor:

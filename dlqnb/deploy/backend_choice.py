@@ -44,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from dlqnb.core.cache import bytes_key, cache_dir, discard_entry, read_entry, write_entry
+from dlqnb.core.targets import CPU_LIBRARIES, DEPLOYMENT_LIBRARIES
 from dlqnb.deploy.host import compare_speed, cpu_key, cpu_summary, file_name_safe, installed_version
+from dlqnb.deploy.model_file import finite_number, known_input_shape, model_info
+from dlqnb.deploy.runners import OnnxRuntimeRunner, OpenVINORunner, Runner
 
 __all__ = [
     "AGREEMENT_INPUTS",
@@ -67,7 +69,8 @@ __all__ = [
     "score_differences",
 ]
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
+#: What ``backend=`` takes: the deployment libraries, ``"auto"`` first.
+BACKENDS = ("auto", *(name for name in DEPLOYMENT_LIBRARIES if name != "auto"))
 #: The batch sizes of the trial: one image (latency) and a batch of 32 (throughput).
 TRIAL_BATCHES = (1, 32)
 #: Where a split choice hands over from the batch-1 winner to the batch-32 winner (their geometric mean).
@@ -104,8 +107,8 @@ def cpu_backends(target: str | None) -> tuple[list[str], list[str]]:
         ``(["onnxruntime"], ["OpenVINO is not installed (pip install 'dlqnb[openvino]')"])``.
     """
     if installed_version("openvino") is None:
-        return ["onnxruntime"], [f"OpenVINO is not installed ({_INSTALL['openvino']})"]
-    return ["onnxruntime", "openvino"], []
+        return [REFERENCE], [f"OpenVINO is not installed ({_INSTALL['openvino']})"]
+    return list(CPU_LIBRARIES), []
 
 
 def allowed_difference(target: str | None, largest_score: float) -> float:
@@ -122,11 +125,8 @@ def allowed_difference(target: str | None, largest_score: float) -> float:
     return FLOAT_RELATIVE * largest_score + FLOAT_ABSOLUTE
 
 
-def _runner(backend: str, path: str) -> Any:
-    from dlqnb.deploy.runners import OnnxRuntimeRunner, OpenVINORunner
-
-    # The trial compares scores itself: the OpenVINO runner's own check (and its warning) is not wanted.
-    return OnnxRuntimeRunner(path) if backend == "onnxruntime" else OpenVINORunner(path, check_scores=False)
+def _runner(backend: str, path: str) -> Runner:
+    return OnnxRuntimeRunner(path) if backend == "onnxruntime" else OpenVINORunner(path)
 
 
 def model_input(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -136,18 +136,14 @@ def model_input(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], tuple[in
     Raises:
         UnknownInputSize: The input size is neither fixed in the file nor recorded in its metadata.
     """
-    from dlqnb.deploy.runners import model_info
-
     path = os.fspath(path)
-    preprocessing = model_info(path).get("preprocessing") or {}
-    dims = [d.dim_value for d in onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
-    size = list(preprocessing.get("input_size") or [None] * max(len(dims) - 2, 2))
-    known = [preprocessing.get("channels"), *size]
-    shape = [dim if dim > 0 else known[index] for index, dim in enumerate(dims[1:])] if len(dims) in (3, 4, 5) else []
-    if len(shape) != len(dims) - 1 or len(shape) < 2 or not all(shape):
+    info = model_info(path)
+    dims = info["input_dims"]
+    shape = known_input_shape(dims, info["preprocessing"]) if len(dims) in (3, 4, 5) else [None]  # N×C×L to N×C×D×H×W
+    if None in shape:
         raise UnknownInputSize(f"{path}: the input size is neither fixed nor recorded; export with input_size=(H, W) to measure")
     batches = (dims[0],) if dims[0] > 0 else TRIAL_BATCHES
-    return tuple(int(d) for d in shape), batches
+    return tuple(int(d) for d in shape if d is not None), batches
 
 
 def measure_backends(path: str | os.PathLike[str], backends: list[str], rounds: int = 2) -> dict[str, dict[int, float]]:
@@ -200,14 +196,10 @@ def _read_json_entry(path: Path, problem: Callable[[Any], str | None]) -> dict[s
     return saved
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _agreement_problem(saved: Any) -> str | None:
-    if not isinstance(saved, dict) or not isinstance(saved.get("differences"), dict) or not _is_number(saved.get("largest_score")):
+    if not isinstance(saved, dict) or not isinstance(saved.get("differences"), dict) or not finite_number(saved.get("largest_score")):
         return "does not hold measured score differences"
-    if not all(isinstance(name, str) and _is_number(value) for name, value in saved["differences"].items()):
+    if not all(isinstance(name, str) and finite_number(value) for name, value in saved["differences"].items()):
         return "does not hold measured score differences"
     return None
 
@@ -358,7 +350,7 @@ def _check_backend(backend: Any) -> list[str]:
         ValueError: Anything but a backend name or a split of the two CPU runtimes.
     """
     parts = backend.split("/") if isinstance(backend, str) else []
-    if not isinstance(backend, str) or (backend not in BACKENDS and not (len(parts) == 2 and set(parts) == {"onnxruntime", "openvino"})):
+    if not isinstance(backend, str) or (backend not in BACKENDS and not (len(parts) == 2 and set(parts) == set(CPU_LIBRARIES))):
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))} or a split of two CPU runtimes "
             f"such as 'onnxruntime/openvino', got {backend!r}"
@@ -367,7 +359,7 @@ def _check_backend(backend: Any) -> list[str]:
 
 
 def choose_backend(path: str | os.PathLike[str], backend: str = "auto") -> tuple[str, str]:
-    """The backend :func:`~dlqnb.deploy.runners.load_int8` uses for a model file, and why.
+    """The backend :func:`~dlqnb.deploy.load.load_int8` uses for a model file, and why.
 
     A backend name is taken as asked; so is a split ``"small/large"`` of the two CPU runtimes (what
     ``"auto"`` may choose, given again to load a float baseline the same way).
@@ -384,12 +376,10 @@ def choose_backend(path: str | os.PathLike[str], backend: str = "auto") -> tuple
         >>> choose_backend("model.onnx", "onnxruntime")
         ('onnxruntime', 'asked for')
     """
-    from dlqnb.deploy.runners import model_info
-
     parts = _check_backend(backend)
     if "openvino" in parts and installed_version("openvino") is None:
         raise RuntimeError(f"backend={backend!r} needs the openvino package: {_INSTALL['openvino']}")
-    if backend in ("onnxruntime", "openvino") or len(parts) == 2:
+    if backend in CPU_LIBRARIES or len(parts) == 2:
         return backend, "asked for"
     has_tensorrt = installed_version("tensorrt") is not None
     has_gpu = torch.cuda.is_available()

@@ -57,6 +57,11 @@ import numpy as np
 from torch import nn
 
 from dlqnb.core.cache import atomic_write_bytes, atomic_write_text
+from dlqnb.core.targets import CPU_LIBRARIES, DEPLOYMENT_LIBRARIES, deployment_library, environment_of
+from dlqnb.deploy import backend_choice
+from dlqnb.deploy.host import installed_version
+from dlqnb.deploy.model_file import model_info
+from dlqnb.deploy.runners import check_threads
 
 __all__ = [
     "CPU_LIBRARIES",
@@ -70,11 +75,8 @@ __all__ = [
     "run_entry_point",
 ]
 
-#: The execution environment (quantization target) each target library deploys.
-TARGET_LIBRARIES = {"tensorrt": "gpu", "onnxruntime": "cpu", "openvino": "cpu", "auto": "cpu"}
-
-#: The libraries ``"auto"`` chooses between, by the trial of :func:`dlqnb.deploy.backend_choice.choose_backend`.
-CPU_LIBRARIES = ("onnxruntime", "openvino")
+#: The execution environment (quantization target) each target library deploys (:mod:`dlqnb.core.targets`).
+TARGET_LIBRARIES = {name: environment_of(name) for name in DEPLOYMENT_LIBRARIES}
 
 #: The file codegen writes into its output folder: which files it wrote there (with their SHA-256), so
 #: that running it again replaces those and nothing else.
@@ -140,19 +142,19 @@ class DeploymentConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.target_library not in TARGET_LIBRARIES:
-            raise ValueError(f"target_library must be one of {sorted(TARGET_LIBRARIES)}, got {self.target_library!r}")
+        environment = deployment_library(self.target_library).environment
         if self.data_type != "int8":
             raise ValueError(f"data_type must be 'int8' (the float network needs no calibration file), got {self.data_type!r}")
         if self.hardware_compatible and self.target_library != "tensorrt":
             raise ValueError(f"hardware_compatible is a TensorRT setting; target_library is {self.target_library!r}")
-        if self.threads is not None and (self.target_library == "tensorrt" or isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive int and is a CPU library setting; got threads={self.threads!r} for {self.target_library!r}")
+        if self.threads is not None and environment != "cpu":
+            raise ValueError(f"threads must be None: it is a CPU library setting; got threads={self.threads!r} for {self.target_library!r}")
+        check_threads(self.threads)
 
     @property
     def execution_environment(self) -> str:
         """The quantization target the library runs: ``"gpu"`` or ``"cpu"``."""
-        return TARGET_LIBRARIES[self.target_library]
+        return environment_of(self.target_library)
 
 
 def codegen(
@@ -233,9 +235,8 @@ def _resolve_library(cfg: DeploymentConfig, model_file: Path) -> tuple[Deploymen
         return cfg, ""
     from dataclasses import replace
 
-    from dlqnb.deploy.backend_choice import choose_backend
-
-    chosen, reason = choose_backend(model_file, "auto")
+    # through the module, so that a stand-in for the trial (tests) is seen
+    chosen, reason = backend_choice.choose_backend(model_file, "auto")
     library = chosen.split("/")[0]
     if library not in CPU_LIBRARIES:  # the "cpu" flavour never goes to TensorRT; keep the generated code on the CPU
         library = "onnxruntime"
@@ -399,13 +400,10 @@ def library_available(target_library: str) -> bool:
     TensorRT execution provider is installed; OpenVINO: the openvino package is)."""
     import onnxruntime
 
-    if target_library not in TARGET_LIBRARIES:
-        raise ValueError(f"target_library must be one of {sorted(TARGET_LIBRARIES)}, got {target_library!r}")
+    deployment_library(target_library)
     if target_library in ("onnxruntime", "auto"):
         return True
     if target_library == "openvino":
-        from dlqnb.deploy.host import installed_version
-
         return installed_version("openvino") is not None
     return "TensorrtExecutionProvider" in onnxruntime.get_available_providers()
 
@@ -437,8 +435,6 @@ def run_entry_point(folder: str | os.PathLike[str], image: np.ndarray, entry_poi
 
 def _model_facts(path: Path) -> dict[str, Any]:
     """Input name, size and channels, class names and target from the model's metadata."""
-    from dlqnb.deploy.runners import model_info
-
     info = model_info(path)
     preprocessing = info["preprocessing"]
     if len(preprocessing["input_size"]) != 2:

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from dlqnb.core.cache import atomic_write_bytes
+from dlqnb.core.ops import called_module, is_convolution
 from dlqnb.evaluation.validation import OutputChoice, scored_output
 from dlqnb.errors import ExportError
 
@@ -174,8 +175,8 @@ def _first_convolution_channels(quantizer: DLQuantizer) -> int | None:
         if node.op != "placeholder":
             continue
         for user in node.users:
-            layer = getattr(module.get_submodule(user.target), "layer", None) if user.op == "call_module" else None
-            if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            layer = getattr(called_module(module, user), "layer", None)
+            if is_convolution(layer):
                 return int(layer.in_channels)
     return None
 

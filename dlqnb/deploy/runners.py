@@ -1,17 +1,17 @@
-"""Running an int8 ONNX model: ONNX Runtime or OpenVINO on a CPU, a TensorRT engine on an NVIDIA GPU.
+"""The runners of an int8 ONNX model: ONNX Runtime or OpenVINO on a CPU, a TensorRT engine on an NVIDIA GPU.
 
-:func:`load_int8` returns a runner with ``.backend``, ``.reason`` and ``.predict(x)``: ``"tensorrt"``
-builds (and caches on disk) a strongly typed TensorRT engine from the ``"gpu"`` flavour and runs it
-on CUDA; ``"onnxruntime"`` runs a CPU session; ``"openvino"`` compiles (and caches) the model for
-OpenVINO's CPU plugin; ``"auto"`` picks TensorRT when it imports, a CUDA device is present and the
-model is of the ``"gpu"`` flavour, and otherwise the CPU runtime a short trial measured fastest for
-this model on this CPU, among those measured to compute its scores exactly (:mod:`dlqnb.deploy.backend_choice`),
-saying why. Compiled models and engines are cached as verified entries (:mod:`dlqnb.core.cache`): a damaged
-one is compiled again with one warning, and an unwritable cache means compiling on every load.
-:func:`predict_int8` is the ``predict_int8`` entry point of MATLAB's *INT8 Code Generation for Deep
-Learning Networks*: it loads a runner once per file content and reuses it (a few files' runners at a
-time), and accepts one H×W×3 uint8 image or float NCHW batches (NCL for a 1-D signal model).
-:func:`model_info` reads and checks a file's dlqnb metadata, naming the field that is wrong.
+Every runner is a :class:`Runner`: ``.backend``, ``.reason``, ``.info`` (what :func:`model_info` read
+of the file) and ``.predict(x)``, which checks and preprocesses ``x`` (:meth:`Runner.prepare_input`,
+one H×W×3 uint8 image or float NCHW batches; NCL for a 1-D signal model) and scores it
+(:meth:`Runner.run`). :class:`OnnxRuntimeRunner` runs a CPU session; :class:`OpenVINORunner` compiles
+(and caches) the model for OpenVINO's CPU plugin; :class:`TensorRTRunner` builds (and caches on disk) a
+strongly typed TensorRT engine from the ``"gpu"`` flavour and runs it on CUDA; :class:`BatchSplitRunner`
+sends each call to one of two CPU runners by its batch size. Compiled models and engines are cached as
+verified entries (:mod:`dlqnb.core.cache`): a damaged one is compiled again with one warning, and an
+unwritable cache means compiling on every load.
+
+The runners make no decisions: which one runs a file is :mod:`dlqnb.deploy.backend_choice`'s, and
+:func:`dlqnb.deploy.load.load_int8` builds the one chosen.
 
 Example:
     >>> import tempfile, torch, torchvision
@@ -20,7 +20,7 @@ Example:
     >>> q = DLQuantizer(torchvision.models.squeezenet1_1(num_classes=5), execution_environment="cpu")
     >>> _ = q.calibrate(torch.rand(4, 3, 64, 64), progress=False)
     >>> path = export_qdq_onnx(q, tempfile.mkdtemp() + "/model_int8.onnx")
-    >>> runner = load_int8(path, backend="onnxruntime")
+    >>> runner = OnnxRuntimeRunner(path, threads=1)
     >>> runner.backend, runner.predict(torch.rand(2, 3, 64, 64)).shape
     ('onnxruntime', (2, 5))
 """
@@ -28,13 +28,9 @@ Example:
 from __future__ import annotations
 
 import io
-import json
-import logging
 import os
 import threading
-import time
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -43,127 +39,30 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from dlqnb.deploy.backend_choice import choose_backend
+from dlqnb.core.batches import scaled_pixels
 from dlqnb.core.cache import bytes_key, cache_dir, discard_entry, read_entry, write_entry
-from dlqnb.deploy.host import file_name_safe
-from dlqnb.errors import ModelFileError
+from dlqnb.deploy.host import cpu_key, file_name_safe
+from dlqnb.deploy.model_file import LAYOUTS, ModelFileError, known_input_shape, model_info
 
 __all__ = [
     "BatchSplitRunner",
+    "HINTS",
     "ModelFileError",
     "OnnxRuntimeRunner",
     "OpenVINORunner",
+    "Runner",
     "TensorRTRunner",
     "check_settings",
-    "choose_backend",
+    "check_threads",
     "convolution_precisions",
     "engine_cache_path",
-    "load_int8",
     "model_info",
     "onnxruntime_ops",
     "openvino_cache_path",
     "openvino_config",
     "openvino_ops",
-    "predict_int8",
     "prepare_input",
 ]
-
-_log = logging.getLogger(__name__)
-
-
-
-#: The flavours a dlqnb model file may record in ``dlqnb_target``.
-TARGETS = ("cpu", "gpu", "float")
-
-
-def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What a dlqnb model file says of itself: ``target``, ``class_names``, ``preprocessing`` (input
-    size, channels) and ``input_name``; the one reader of its metadata, which it checks.
-
-    ``preprocessing["input_size"]`` is ``[H, W]`` for an image model (input N×C×H×W), ``[L]`` for a
-    1-D signal model (input N×C×L) and ``[D, H, W]`` for a volume model (input N×C×D×H×W).
-
-    Raises:
-        ModelFileError: The file is not a readable ONNX model, or its dlqnb metadata is malformed or
-            disagrees with the graph (the message names the file and the field).
-
-    Example:
-        (for a file :func:`~dlqnb.deploy.export.export_qdq_onnx` wrote; the module example makes one)::
-
-            model_info("model_int8.onnx")["preprocessing"]
-            # {'input_size': [227, 227], 'pixel_range': [0.0, 1.0], 'channels': 3, 'mean_std': 'applied inside the model'}
-    """
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as error:  # protobuf raises DecodeError and others on a foreign or damaged file
-        raise ModelFileError(f"{os.fspath(path)!r} is not a readable ONNX model (truncated, damaged or another format): {error}") from error
-    if not model.graph.node or not model.graph.input:
-        raise ModelFileError(f"{os.fspath(path)!r} is not a readable ONNX model: it holds no graph (empty, truncated or another format)")
-    props = {p.key: p.value for p in model.metadata_props}
-    if "dlqnb_target" not in props:
-        warnings.warn(f"{os.fspath(path)!r} carries no dlqnb metadata: no class names or preprocessing; inputs are used as given", stacklevel=3)
-        return {"target": None, "class_names": None, "preprocessing": {}, "input_name": model.graph.input[0].name}
-    name = os.fspath(path)
-    if props["dlqnb_target"] not in TARGETS:
-        raise ModelFileError(f"{name!r}: metadata field dlqnb_target is {props['dlqnb_target']!r}; expected one of {', '.join(map(repr, TARGETS))}")
-    class_names = _metadata_json(name, props, "dlqnb_class_names", "null")
-    if class_names is not None and not (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)):
-        raise ModelFileError(f"{name!r}: metadata field dlqnb_class_names must be a JSON list of class names (or null), got {class_names!r}")
-    preprocessing = _metadata_json(name, props, "dlqnb_preprocessing", "{}")
-    if not isinstance(preprocessing, dict):
-        raise ModelFileError(f"{name!r}: metadata field dlqnb_preprocessing must be a JSON object (input_size, channels, ...), got {preprocessing!r}")
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    _check_preprocessing(name, preprocessing, dims)
-    return {"input_name": model.graph.input[0].name, "target": props["dlqnb_target"], "class_names": class_names, "preprocessing": preprocessing}
-
-
-def _metadata_json(path: str, props: dict[str, str], field: str, default: str) -> Any:
-    try:
-        return json.loads(props.get(field, default))
-    except ValueError as error:
-        raise ModelFileError(f"{path!r}: metadata field {field} is not valid JSON ({error})") from error
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _check_preprocessing(path: str, preprocessing: dict[str, Any], dims: list[int]) -> None:
-    """Raise :class:`ModelFileError` where the recorded input size or channels are malformed or
-    disagree with the graph's input (dims: N, C, then H, W or L; 0 where dynamic)."""
-    size, channels = preprocessing.get("input_size"), preprocessing.get("channels")
-    field = "metadata field dlqnb_preprocessing"
-    if size is not None and not (isinstance(size, list) and len(size) in _LAYOUTS and all(map(_positive_int, size))):
-        raise ModelFileError(
-            f"{path!r}: {field}: input_size must be [H, W] (images), [L] (1-D signals) or [D, H, W] (volumes) of positive whole numbers, got {size!r}"
-        )
-    if channels is not None and not _positive_int(channels):
-        raise ModelFileError(f"{path!r}: {field}: channels must be a positive whole number, got {channels!r}")
-    pixel_range = preprocessing.get("pixel_range")
-    if pixel_range is not None and not _number_pair(pixel_range):
-        raise ModelFileError(f"{path!r}: {field}: pixel_range must be [low, high], two finite numbers with low < high, got {pixel_range!r}")
-    if not dims:  # the graph does not give its input's shape
-        return
-    if size is not None and len(dims) != 2 + len(size):
-        raise ModelFileError(
-            f"{path!r}: {field}: input_size {size} is for a {2 + len(size)}-D input, but the graph's input has {len(dims)} dimensions"
-        )
-    recorded_dims = [(channels, dims[1] if len(dims) > 1 else 0, "channels")]
-    recorded_dims += [(recorded, dim, "input_size") for recorded, dim in zip(size or [], dims[2:])]
-    for recorded, dim, what in recorded_dims:
-        if recorded is not None and dim > 0 and recorded != dim:
-            shape = "×".join(str(d) if d > 0 else "?" for d in dims)
-            raise ModelFileError(f"{path!r}: {field}: {what} records {recorded} where the graph's input is {shape} (N×C first)")
-
-
-def _number_pair(value: Any) -> bool:
-    numbers = isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    return numbers and all(np.isfinite(value)) and value[0] < value[1]
-
-
-#: The float batch layout and the size's name for each length of ``input_size``.
-_LAYOUTS = {1: ("N×C×L signals", "signals of length {}"), 2: ("N×C×H×W images", "images of {}×{}"), 3: ("N×C×D×H×W volumes", "volumes of {}×{}×{}")}
-
 
 def prepare_input(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     """Check and preprocess runner input: one H×W×3 uint8 (or 16-bit uint16) image, or float N×C×H×W batches in [0, 1];
@@ -186,9 +85,9 @@ def prepare_input(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     channels = preprocessing.get("channels")
     size = preprocessing.get("input_size")
     spatial = len(size) if size else 2
-    if spatial not in _LAYOUTS:
+    if spatial not in LAYOUTS:
         raise ValueError(f"preprocessing['input_size'] must be [H, W], [L] or [D, H, W], got {size!r}")
-    layout, size_name = _LAYOUTS[spatial]
+    layout, size_name = LAYOUTS[spatial]
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
@@ -217,8 +116,7 @@ def prepare_input(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
 def _prepare_image(x: np.ndarray, channels: int | None, size: list[int] | None) -> np.ndarray:
     if x.ndim != 3 or (channels and x.shape[2] != channels):
         raise ValueError(f"a {x.dtype} image must be H×W×{channels or 'C'}, got shape {x.shape}")
-    top = float(np.iinfo(x.dtype).max)  # 255 or 65535: scale by the image's bit depth
-    image = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None] / top
+    image = torch.from_numpy(scaled_pixels(x)).permute(2, 0, 1)[None]  # by the image's bit depth, as the datastores
     if size and tuple(image.shape[-2:]) != tuple(size):
         image = F.interpolate(image, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
     return image.numpy()
@@ -236,12 +134,28 @@ def _warn_beyond_pixel_range(x: np.ndarray, pixel_range: Any) -> None:
             f"the float images reach {largest:.4g}, far beyond the pixel range [{low:g}, {high:g}] the model expects; "
             f"scores are computed as given. Divide 0–255 images by 255 (or pass one uint8 H×W×3 image)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # past this, prepare_input and a runner's prepare_input and predict: the caller's images
         )
 
 
-#: OpenVINO's performance hints, as :func:`load_int8` takes them.
+#: OpenVINO's performance hints, as :func:`~dlqnb.deploy.load.load_int8` takes them.
 HINTS = ("latency", "throughput")
+
+
+def check_threads(threads: Any) -> None:
+    """Refuse a thread count the CPU runtimes would reject with their own errors (None: every core).
+
+    Raises:
+        ValueError: ``threads`` not None or a positive whole number.
+
+    Example:
+        >>> check_threads(2.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: threads must be a positive whole number of CPU threads (or None for all cores), got 2.5
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive whole number of CPU threads (or None for all cores), got {threads!r}")
 
 
 def check_settings(threads: Any = None, hint: Any = "latency") -> None:
@@ -251,18 +165,59 @@ def check_settings(threads: Any = None, hint: Any = "latency") -> None:
         ValueError: ``threads`` not None or a positive whole number; ``hint`` not one of :data:`HINTS`.
 
     Example:
-        >>> check_settings(threads=2.5)
+        >>> check_settings(hint="fast")
         Traceback (most recent call last):
         ...
-        ValueError: threads must be a positive whole number of CPU threads (or None for all cores), got 2.5
+        ValueError: hint must be 'latency' or 'throughput', got 'fast'
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise ValueError(f"threads must be a positive whole number of CPU threads (or None for all cores), got {threads!r}")
+    check_threads(threads)
     if hint not in HINTS:
         raise ValueError(f"hint must be 'latency' or 'throughput', got {hint!r}")
 
 
-class OnnxRuntimeRunner:
+class Runner:
+    """What every runner is: the model file's ``path`` and ``info`` (:func:`model_info`), its
+    ``backend`` name, the ``reason`` it was chosen (set by :func:`~dlqnb.deploy.load.load_int8`; "" when
+    built directly), and ``predict`` = :meth:`prepare_input` then :meth:`run`.
+
+    Args:
+        path: The ONNX file.
+
+    Raises:
+        ModelFileError: The file is not a readable ONNX model, or its metadata is malformed.
+
+    Example:
+        >>> class Doubling(Runner):
+        ...     backend = "doubling"
+        ...     def __init__(self):
+        ...         self.path, self.info, self.reason = "none.onnx", {"preprocessing": {"channels": 1, "input_size": [2]}}, ""
+        ...     def run(self, batch):
+        ...         return 2 * batch.reshape(len(batch), -1)
+        >>> Doubling().predict(np.ones((1, 2), np.float32)).tolist()
+        [[2.0, 2.0]]
+    """
+
+    backend = ""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.info: dict[str, Any] = model_info(path)
+        self.reason = ""
+
+    def prepare_input(self, x: Any) -> np.ndarray:
+        """``x`` checked and preprocessed as the model's metadata says (see :func:`prepare_input`)."""
+        return prepare_input(x, self.info["preprocessing"])
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
+        return self.run(self.prepare_input(x))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores N×C (float32) of a batch :meth:`prepare_input` has checked."""
+        raise NotImplementedError(f"{type(self).__name__} runs no model")
+
+
+class OnnxRuntimeRunner(Runner):
     """Runs a (QDQ) ONNX model with ONNX Runtime on the CPU.
 
     Worker threads sleep between runs (no spinning), so several runners in one process do not slow
@@ -279,9 +234,8 @@ class OnnxRuntimeRunner:
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None, optimized_model_path: str | None = None) -> None:
         import onnxruntime as ort
 
-        check_settings(threads)
-        self.path = os.fspath(path)
-        self.info = model_info(path)
+        check_threads(threads)
+        super().__init__(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         options.inter_op_num_threads = 1
@@ -298,11 +252,6 @@ class OnnxRuntimeRunner:
         )
         self.input_name = self.session.get_inputs()[0].name
         self.input_dtype = np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
-        self.reason = ""
-
-    def predict(self, x: Any) -> np.ndarray:
-        """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
-        return self.run(prepare_input(x, self.info["preprocessing"]))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Scores of a batch :func:`prepare_input` has checked."""
@@ -339,15 +288,15 @@ def openvino_config(threads: int, hint: str = "latency") -> dict[str, Any]:
     return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32"}
 
 
-class OpenVINORunner:
+class OpenVINORunner(Runner):
     """Runs a (QDQ) ONNX model with OpenVINO's CPU plugin (oneDNN's int8 kernels on x86).
 
     OpenVINO reads the QuantizeLinear/DequantizeLinear pairs as its own FakeQuantize and runs the
     convolutions between them in int8. On the ``"cpu"`` flavour it computes what the emulation
     computes, bit for bit (tested). On the ``"gpu"`` flavour (TensorRT's: float biases, int8 after
-    ReLU) whether its scores equal ONNX Runtime's (and so the emulation's) depends on the CPU: loading
-    one compares them once per file and CPU (:func:`~dlqnb.deploy.backend_choice.score_differences`, cached)
-    and warns with the difference measured where they differ. The compiled model is cached on disk
+    ReLU) whether its scores equal ONNX Runtime's (and so the emulation's) depends on the CPU:
+    :func:`~dlqnb.deploy.load.load_int8` compares them once per file and CPU and warns with the
+    difference measured where they differ. The compiled model is cached on disk
     (:func:`openvino_cache_path`, verified when read), so a second load skips compilation.
 
     Args:
@@ -355,20 +304,15 @@ class OpenVINORunner:
         threads: Inference threads (default: all cores).
         hint: ``"latency"`` (one request at a time, all cores on it) or ``"throughput"`` (OpenVINO
             splits the cores into parallel streams; pays off with many requests in flight).
-        check_scores: Compare a ``"gpu"``-flavour model's scores with ONNX Runtime's and warn where they
-            differ (``backend="auto"``'s trial, which makes that comparison itself, turns it off).
     """
 
     backend = "openvino"
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, hint: str = "latency", check_scores: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, hint: str = "latency") -> None:
         import openvino as ov
 
         check_settings(threads, hint)
-        from dlqnb.deploy.host import cpu_key
-
-        self.path = os.fspath(path)
-        self.info = model_info(path)
+        super().__init__(path)
         self.threads = int(threads or os.cpu_count() or 1)
         self.hint = hint
         config = openvino_config(self.threads, hint)
@@ -388,9 +332,6 @@ class OpenVINORunner:
         self.request = self.compiled.create_infer_request()
         self.input_dtype = np.float16 if self.compiled.input(0).get_element_type() == ov.Type.f16 else np.float32
         self._lock = threading.Lock()  # an infer request runs one call at a time
-        self.reason = ""
-        if check_scores and self.info.get("target") == "gpu":
-            self._warn_where_scores_differ()
 
     def _cached(self, core: Any, config: dict[str, Any]) -> Any:
         """The compiled model from the cache, or None (absent, damaged or from another build: compile again)."""
@@ -402,30 +343,6 @@ class OpenVINORunner:
         except RuntimeError as error:  # intact, but written by a build this one cannot read
             discard_entry(self.cache_path, f"cannot be imported by this OpenVINO ({error})")
             return None
-
-    def _warn_where_scores_differ(self) -> None:
-        """Warn when this CPU's OpenVINO scores the model differently from ONNX Runtime (and so from the
-        emulation), with the largest difference measured (once per file, CPU and versions; cached)."""
-        from dlqnb.deploy.backend_choice import UnknownInputSize, score_differences
-
-        try:
-            measured = score_differences(self.path, ["openvino"], runners={"openvino": self})
-        except UnknownInputSize:
-            warnings.warn(f"{self.path}: OpenVINO's scores on the 'gpu' flavour were not compared with the emulation's "
-                          "(the input size is not recorded); on some CPUs they differ", stacklevel=3)
-            return
-        difference = measured["differences"]["openvino"]
-        if difference > 0:
-            warnings.warn(
-                f"{self.path}: on this CPU OpenVINO's scores on the 'gpu' flavour differ from ONNX Runtime's (the emulation's "
-                f"wherever every layer runs in integers) by up to {difference:.3g} (largest score {measured['largest_score']:.3g}, measured on "
-                f"{measured['inputs']} test inputs); export with execution_environment='cpu' for OpenVINO, or run this file on ONNX Runtime",
-                stacklevel=3,
-            )
-
-    def predict(self, x: Any) -> np.ndarray:
-        """Scores N×C (float32) for the input (see :func:`prepare_input`)."""
-        return self.run(prepare_input(x, self.info["preprocessing"]))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Scores of a batch :func:`prepare_input` has checked."""
@@ -442,7 +359,7 @@ def engine_cache_path(onnx_bytes: bytes, tensorrt_version: str, gpu_name: str) -
     return cache_dir() / "tensorrt" / f"{digest}-trt{file_name_safe(tensorrt_version)}-{file_name_safe(gpu_name, keep='')}.engine"
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """Builds a strongly typed TensorRT engine from a ``"gpu"``-flavour QDQ model and runs it on CUDA.
 
     TensorRT 10/11 takes its precision from the Q/DQ types of a strongly typed network (no INT8 or
@@ -459,9 +376,8 @@ class TensorRTRunner:
     def __init__(self, path: str | os.PathLike[str], max_batch: int = 32) -> None:
         import tensorrt as trt
 
+        super().__init__(path)
         self.trt = trt
-        self.path = os.fspath(path)
-        self.info = model_info(path)
         with open(self.path, "rb") as stream:
             onnx_bytes = stream.read()
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
@@ -482,7 +398,6 @@ class TensorRTRunner:
         if len(inputs) != 1 or len(outputs) != 1:
             raise RuntimeError(f"{self.path}: dlqnb runs models with one input and one output; the engine has inputs {inputs} and outputs {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self.reason = ""
 
     def _build(self, onnx_bytes: bytes, max_batch: int) -> bytes:
         trt = self.trt
@@ -503,16 +418,16 @@ class TensorRTRunner:
             raise RuntimeError(f"TensorRT could not build an engine from {self.path}")
         return bytes(serialized)
 
-    def predict(self, x: Any) -> np.ndarray:
-        """Scores N×C for the input (see :func:`prepare_input`), computed on the GPU."""
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores N×C of a batch :meth:`prepare_input` has checked, computed on the GPU."""
         input_name, output_name = self.input_name, self.output_name
         half = self.trt.DataType.HALF
         input_dtype = torch.float16 if self.engine.get_tensor_dtype(input_name) == half else torch.float32
         output_dtype = torch.float16 if self.engine.get_tensor_dtype(output_name) == half else torch.float32
-        batch = torch.from_numpy(prepare_input(x, self.info["preprocessing"])).to("cuda", input_dtype)
-        self.context.set_input_shape(input_name, tuple(batch.shape))
+        device_batch = torch.from_numpy(batch).to("cuda", input_dtype)
+        self.context.set_input_shape(input_name, tuple(device_batch.shape))
         output = torch.empty(tuple(self.context.get_tensor_shape(output_name)), dtype=output_dtype, device="cuda")
-        self.context.set_tensor_address(input_name, batch.data_ptr())
+        self.context.set_tensor_address(input_name, device_batch.data_ptr())
         self.context.set_tensor_address(output_name, output.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
@@ -521,21 +436,42 @@ class TensorRTRunner:
         return output.float().cpu().numpy()
 
 
-class BatchSplitRunner:
+def _profile_dims(dims: list[int], preprocessing: dict[str, Any], path: str) -> list[int]:
+    """C, H, W (C, L for a 1-D signal model; C, D, H, W for a volume) of a TensorRT optimization profile: the model's, with
+    dynamic sizes taken from the recorded input size.
+
+    Raises:
+        RuntimeError: A dynamic dimension the model's metadata does not give.
+    """
+    shape = known_input_shape(dims, preprocessing)
+    if None in shape:
+        raise RuntimeError(
+            f"{path}: input dimension {shape.index(None) + 1} is dynamic and the model records no input size; "
+            "export it with export_qdq_onnx(..., input_size=(H, W)) (or (L,) for a 1-D signal model)"
+        )
+    return [int(dim) for dim in shape if dim is not None]
+
+
+class BatchSplitRunner(Runner):
     """Two CPU runners of one model: calls with fewer than ``split_batch`` images go to ``small``, the
     others to ``large`` (what ``backend="auto"`` builds when one runtime wins single images and the
     other wins batches on this CPU). Both compute the emulation's numbers, so the split changes speed only.
+
+    Args:
+        small: The runner of batches below ``split_batch``.
+        large: The runner of the others.
+        split_batch: The first batch size ``large`` runs.
     """
 
-    def __init__(self, small: Any, large: Any, split_batch: int) -> None:
+    def __init__(self, small: Runner, large: Runner, split_batch: int) -> None:
+        # the two runners read the same file: its info is theirs, not read a third time
         self.small, self.large, self.split_batch = small, large, split_batch
         self.backend = f"{small.backend}/{large.backend}"
         self.path, self.info = small.path, small.info
         self.reason = ""
 
-    def predict(self, x: Any) -> np.ndarray:
-        """Scores N×C (float32) for the input (see :func:`prepare_input`), from the runner for its batch size."""
-        batch = prepare_input(x, self.info["preprocessing"])
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores N×C (float32) of a checked batch, from the runner for its batch size."""
         return (self.small if len(batch) < self.split_batch else self.large).run(batch)
 
 
@@ -573,127 +509,4 @@ def convolution_precisions(runner: Any) -> dict[str, dict[str, int]]:
             result[part.backend] = {"int8": int8, "float": sum(n for key, n in ops.items() if key.startswith("Convolution ")) - int8}
         else:
             raise ValueError(f"convolution_precisions takes a CPU runner (ONNX Runtime or OpenVINO), got {part.backend!r}")
-    return result
-
-
-def load_int8(
-    path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None, hint: str = "latency"
-) -> OnnxRuntimeRunner | OpenVINORunner | TensorRTRunner | BatchSplitRunner:
-    """A runner for an int8 ONNX model: ``.backend``, ``.reason`` and ``.predict(x)``.
-
-    Args:
-        path: A QDQ ONNX model written by :func:`export_qdq_onnx` (others load with a warning).
-        backend: ``"auto"`` (TensorRT on an NVIDIA GPU, else the CPU runtime measured fastest here:
-            see :func:`~dlqnb.deploy.backend_choice.choose_backend`), ``"tensorrt"``, ``"onnxruntime"`` or
-            ``"openvino"``.
-        threads: CPU threads for ONNX Runtime and OpenVINO (default: all cores).
-        hint: OpenVINO's performance hint, ``"latency"`` or ``"throughput"``.
-
-    Raises:
-        FileNotFoundError: No file at ``path``.
-        ModelFileError: The file is not a readable ONNX model, or its metadata is malformed.
-        ValueError: An unknown backend or hint, or ``threads`` not a positive whole number.
-    """
-    check_settings(threads, hint)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"ONNX model {os.fspath(path)!r} does not exist")
-    chosen, reason = choose_backend(path, backend)
-    def cpu_runner(name: str) -> OnnxRuntimeRunner | OpenVINORunner:
-        return OpenVINORunner(path, threads, hint) if name == "openvino" else OnnxRuntimeRunner(path, threads)
-
-    runner: OnnxRuntimeRunner | OpenVINORunner | TensorRTRunner | BatchSplitRunner
-    if chosen == "tensorrt":
-        runner = TensorRTRunner(path)
-    elif "/" in chosen:
-        from dlqnb.deploy.backend_choice import SPLIT_BATCH
-
-        small, large = chosen.split("/")
-        runner = BatchSplitRunner(cpu_runner(small), cpu_runner(large), SPLIT_BATCH)
-    else:
-        runner = cpu_runner(chosen)
-    runner.reason = reason
-    _log.info("dlqnb: running %s with %s (%s)", path, chosen, reason)
-    return runner
-
-
-#: How many runners :func:`predict_int8` keeps (the most recently used files').
-RUNNERS_KEPT = 4
-#: A file's status (size, times, inode) is trusted to tell it unchanged only once its last change is
-#: this far in the past: a rewrite within the file system's timestamp granularity of the previous
-#: change (``cp -p``, unzip) leaves them all as they were, so until then the bytes are hashed again.
-SETTLED_NANOSECONDS = 2_000_000_000
-_runners: OrderedDict[str, tuple[str, Any]] = OrderedDict()  # absolute path → (content hash, runner)
-_settled: dict[str, tuple[tuple[int, ...], str]] = {}  # absolute path → (status, content hash)
-_runners_lock = threading.Lock()
-
-
-def _content_hash(path: str) -> str:
-    """The hash of a file's bytes, read again unless its status proves it unchanged since last hashed."""
-    status = os.stat(path)
-    signature = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-    known = _settled.get(path)
-    if known is not None and known[0] == signature:
-        return known[1]
-    with open(path, "rb") as stream:
-        digest = bytes_key(stream.read())
-    if time.time_ns() - max(status.st_mtime_ns, status.st_ctime_ns) > SETTLED_NANOSECONDS:
-        _settled[path] = (signature, digest)
-    else:
-        _settled.pop(path, None)
-    return digest
-
-
-def predict_int8(path: str | os.PathLike[str], x: Any) -> np.ndarray:
-    """The ``predict_int8`` entry point: scores of ``x`` from the int8 model at ``path``.
-
-    The runner is loaded on the first call for a file and reused afterwards (like MATLAB's
-    persistent ``mynet``) while the file's content is the same: a file replaced since, even with the
-    same modification time, is loaded again and its old runner dropped. Runners of the
-    :data:`RUNNERS_KEPT` most recently used files are kept.
-
-    Args:
-        path: The int8 ONNX model.
-        x: One H×W×3 uint8 image (resized as the model expects) or float N×C×H×W images in [0, 1]
-            (float N×C×L for a 1-D signal model).
-
-    Example:
-        (for a file :func:`~dlqnb.deploy.export.export_qdq_onnx` wrote; the module example makes one)::
-
-            predict_int8("model_int8.onnx", np.zeros((227, 227, 3), np.uint8)).shape  # (1, 5)
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"ONNX model {os.fspath(path)!r} does not exist")
-    key = os.path.abspath(path)
-    with _runners_lock:
-        digest = _content_hash(key)
-        held = _runners.get(key)
-        if held is None or held[0] != digest:
-            _runners[key] = (digest, load_int8(path))
-        _runners.move_to_end(key)
-        while len(_runners) > RUNNERS_KEPT:
-            dropped, _ = _runners.popitem(last=False)
-            _settled.pop(dropped, None)
-        runner = _runners[key][1]
-    return runner.predict(x)
-
-
-def _profile_dims(dims: list[int], preprocessing: dict[str, Any], path: str) -> list[int]:
-    """C, H, W (C, L for a 1-D signal model; C, D, H, W for a volume) of a TensorRT optimization profile: the model's, with
-    dynamic sizes taken from the recorded input size.
-
-    Raises:
-        RuntimeError: A dynamic dimension the model's metadata does not give.
-    """
-    channels_size = [preprocessing.get("channels")] + list(preprocessing.get("input_size") or [])
-    result = []
-    for index, dim in enumerate(dims[1:]):
-        if int(dim) > 0:
-            result.append(int(dim))
-        elif index < len(channels_size) and channels_size[index]:
-            result.append(int(channels_size[index]))
-        else:
-            raise RuntimeError(
-                f"{path}: input dimension {index + 1} is dynamic and the model records no input size; "
-                "export it with export_qdq_onnx(..., input_size=(H, W)) (or (L,) for a 1-D signal model)"
-            )
     return result

@@ -1,6 +1,7 @@
 """Exact emulation of an int8 target: the network ``DLQuantizer.quantize()`` returns.
 
-The emulated network is made from the quantization plan (:mod:`dlqnb.plan.builder`) and computes, in float
+The emulated network is made from the quantization plan (:mod:`dlqnb.plan.builder`), and from nothing
+else: every type, code, rounding rule and accumulator precision is the plan's. It computes, in float
 tensors, exactly what the int8 target computes ("scale, saturate and round single data to behave like
 int8", as MATLAB's *Emulate Quantized Network Behavior for GPU Target* puts it); it is not smaller
 than the original. It is also what :func:`dlqnb.deploy.export_qdq_onnx` exports: each quantization
@@ -9,8 +10,8 @@ arithmetic and whose ``symbolic`` writes the ONNX QuantizeLinear/DequantizeLinea
 float op is exported by torch's own exporter. Emulation and deployment cannot drift apart.
 
 **Quantized conv/linear layers** (BatchNorm folded, activation fused): the input, already on its
-int8 grid, is turned into codes; the int8 × int8 products are accumulated exactly (in float32 where
-every possible sum stays below 2**24, in float64 otherwise). On ``"cpu"`` the int32 bias codes are
+int8 grid, is turned into codes; the int8 × int8 products are accumulated exactly (in the precision
+the plan chose: float32 where every possible sum stays below 2**24, float64 otherwise). On ``"cpu"`` the int32 bias codes are
 added to the accumulator, as ONNX Runtime's QLinearConv does; on ``"gpu"`` the accumulator is scaled
 and the float32 bias added, as TensorRT does with a float bias. Then the fused activation, then the
 layer's output quantization point.
@@ -21,7 +22,7 @@ calibrated minimum is ≥ 0. TensorRT's QuantizeLinear also rounds ties to even:
 deployment of the ``"gpu"`` flavour can differ from the MATLAB-rule emulation by one step.
 
 **Global average pooling** on ``"cpu"`` is computed as ONNX Runtime's QLinearGlobalAveragePool computes
-it (int32 sums scaled in float32), so that the emulation stays exact.
+it (int32 sums scaled in float32, rounded by the target's rule), so that the emulation stays exact.
 
 Example:
     >>> import torch, torchvision
@@ -36,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -47,48 +47,51 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlqnb.core.graph import FusedLayer, layer_name
-from dlqnb.core.numerics import Rounding, quantize_fixed, quantize_to_integer
-from dlqnb.core.ops import global_average_pool, op_traits
-from dlqnb.plan.builder import LayerPlan, QuantizationPlan, TensorType
+from dlqnb.core.numerics import FixedPointType, Rounding, round_and_saturate
+from dlqnb.core.ops import called_module, layer_kind, op_traits
+from dlqnb.plan.builder import LayerPlan, PoolPlan, QuantizationPlan
 
 __all__ = ["EmulatedLayer", "FakeQuantize", "QuantizationDetails", "QuantizedGlobalAveragePool", "build_emulated_network", "quantization_details"]
 
-_EXACT_FLOAT32 = 2**24
+
+def _scale_and_zero_point(g: Any, tensor_type: FixedPointType) -> tuple[Any, Any]:
+    """ONNX constants of a type's scale(s) and zero point(s): scalars, or 1-D per channel."""
+    return g.op("Constant", value_t=tensor_type.scales(torch.float32)), g.op("Constant", value_t=tensor_type.zero_points())
 
 
-def _constant(g: Any, values: list[float] | list[int] | float | int, dtype: torch.dtype) -> Any:
-    """An ONNX constant: a scalar, or a 1-D tensor for a list (per-channel scales)."""
-    return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
+def _dequantize(g: Any, codes: Any, tensor_type: FixedPointType) -> Any:
+    scale, zero_point = _scale_and_zero_point(g, tensor_type)
+    axis = {"axis_i": tensor_type.axis} if tensor_type.per_channel else {}
+    return g.op("DequantizeLinear", codes, scale, zero_point, **axis)
 
 
-def _quantize_dequantize(g: Any, x: Any, scale: float, signed: bool) -> Any:
-    scale_value = _constant(g, scale, torch.float32)
-    zero_point = _constant(g, 0, torch.int8 if signed else torch.uint8)
-    return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale_value, zero_point), scale_value, zero_point)
+def _quantize_dequantize(g: Any, x: Any, tensor_type: FixedPointType) -> Any:
+    scale, zero_point = _scale_and_zero_point(g, tensor_type)
+    return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zero_point), scale, zero_point)
 
 
 class _QuantizeFunction(torch.autograd.Function):
     """Round and saturate to a scaled 8-bit type; exports as QuantizeLinear → DequantizeLinear."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, fraction_length: int, signed: bool, rounding: str) -> Tensor:
-        return quantize_fixed(x, fraction_length, rounding=rounding, signed=signed)  # type: ignore[arg-type]
+    def forward(ctx: Any, x: Tensor, tensor_type: FixedPointType, rounding: Rounding) -> Tensor:
+        return tensor_type.quantize_dequantize(x, rounding)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, fraction_length: int, signed: bool, rounding: str) -> Any:
-        return _quantize_dequantize(g, x, 2.0**-fraction_length, signed)
+    def symbolic(g: Any, x: Any, tensor_type: FixedPointType, rounding: Rounding) -> Any:
+        return _quantize_dequantize(g, x, tensor_type)
 
 
 class FakeQuantize(nn.Module):
     """A quantization point: a tensor quantized to a scaled 8-bit type and back."""
 
-    def __init__(self, tensor_type: TensorType, rounding: Rounding) -> None:
+    def __init__(self, tensor_type: FixedPointType, rounding: Rounding) -> None:
         super().__init__()
         self.tensor_type = tensor_type
         self.rounding = rounding
 
     def forward(self, x: Tensor) -> Tensor:
-        return _QuantizeFunction.apply(x, self.tensor_type.fraction_length, self.tensor_type.signed, self.rounding)
+        return _QuantizeFunction.apply(x, self.tensor_type, self.rounding)
 
     def extra_repr(self) -> str:
         kind = "int8" if self.tensor_type.signed else "uint8"
@@ -96,8 +99,8 @@ class FakeQuantize(nn.Module):
 
 
 class _LayerSpec(NamedTuple):
-    """Everything the int8 arithmetic of one layer needs besides its tensors: plain values, as
-    ``autograd.Function`` arguments must be for torch's exporter."""
+    """Everything the int8 arithmetic of one layer needs besides its tensors: values that are not
+    tensors, as the ``autograd.Function`` arguments torch's exporter hands to ``symbolic``."""
 
     kind: str  # "conv" or "linear"
     dims: int
@@ -106,13 +109,12 @@ class _LayerSpec(NamedTuple):
     dilation: tuple[int, ...]
     groups: int
     kernel: tuple[int, ...]
-    input_fraction: int
-    input_signed: bool
-    weight_fractions: tuple[int, ...]  # one, or one per output channel
-    per_channel: bool
+    input_type: FixedPointType
+    weight_type: FixedPointType
+    accumulator_type: FixedPointType
     integer_bias: bool  # int32 bias codes ("cpu") or a float32 bias ("gpu")
-    rounding: str
-    accumulate_float64: bool
+    rounding: Rounding
+    accumulator_dtype: torch.dtype
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -132,9 +134,14 @@ def _channel_shape(spec: _LayerSpec) -> tuple[int, ...]:
     return (1, -1) + (1,) * spec.dims if spec.kind == "conv" else (-1,)
 
 
+def _channel_axis(spec: _LayerSpec) -> int:
+    """The axis of a layer's output that holds its channels."""
+    return 1 if spec.kind == "conv" else -1
+
+
 def _accumulate(spec: _LayerSpec, x: Tensor, weight_codes: Tensor, bias: Tensor) -> Tensor:
-    dtype = torch.float64 if spec.accumulate_float64 else torch.float32
-    codes = quantize_to_integer(x.to(dtype), spec.input_fraction, rounding=spec.rounding, signed=spec.input_signed)  # type: ignore[arg-type]
+    dtype = spec.accumulator_dtype
+    codes = spec.input_type.quantize(x.to(dtype), spec.rounding)
     if spec.kind == "linear":
         acc = F.linear(codes, weight_codes.to(dtype))
     else:
@@ -148,27 +155,17 @@ def _accumulate(spec: _LayerSpec, x: Tensor, weight_codes: Tensor, bias: Tensor)
 def _layer_compute(spec: _LayerSpec, x: Tensor, weight_codes: Tensor, bias: Tensor) -> Tensor:
     """The layer's output before its activation, in float32 as the target produces it."""
     acc = _accumulate(spec, x, weight_codes, bias)
-    shape = _channel_shape(spec)
-    fractions = torch.tensor([spec.input_fraction + f for f in spec.weight_fractions], dtype=torch.int32)
-    scale = torch.ldexp(torch.ones(len(fractions), dtype=torch.float64), -fractions)
-    real = (acc.double() * scale.view(shape)).float()  # powers of two: exact up to float32
+    real = spec.accumulator_type.dequantize(acc.double(), axis=_channel_axis(spec)).float()  # powers of two: exact up to float32
     if not spec.integer_bias:
-        real = real + bias.view(shape)
+        real = real + bias.view(_channel_shape(spec))
     return real.to(x.dtype)
 
 
 def _layer_onnx(spec: _LayerSpec, g: Any, x: Any, weight_codes: Any, bias: Any) -> Any:
     """The ONNX form of :func:`_layer_compute` (for ``torch.onnx.export``)."""
-    scales = [2.0**-f for f in spec.weight_fractions]
-    axis = {"axis_i": 0} if spec.per_channel else {}
-    weight_scale = _constant(g, scales if spec.per_channel else scales[0], torch.float32)
-    weight_zero = _constant(g, [0] * len(scales) if spec.per_channel else 0, torch.int8)
-    weight = g.op("DequantizeLinear", weight_codes, weight_scale, weight_zero, **axis)
+    weight = _dequantize(g, weight_codes, spec.weight_type)
     if spec.integer_bias:
-        bias_scales = [2.0 ** -(spec.input_fraction + f) for f in spec.weight_fractions]
-        bias_scale = _constant(g, bias_scales if spec.per_channel else bias_scales[0], torch.float32)
-        bias_zero = _constant(g, [0] * len(bias_scales) if spec.per_channel else 0, torch.int32)
-        bias = g.op("DequantizeLinear", bias, bias_scale, bias_zero, **axis)
+        bias = _dequantize(g, bias, spec.accumulator_type)
     if spec.kind == "linear":
         rank = x.type().dim() if hasattr(x.type(), "dim") else None
         if rank == 2:
@@ -195,19 +192,15 @@ class EmulatedLayer(nn.Module):
         bias_codes: int32 bias codes (``"cpu"``), or the float32 bias (``"gpu"``).
     """
 
-    def __init__(self, fused: FusedLayer, plan: LayerPlan, rounding: Rounding) -> None:
+    def __init__(self, fused: FusedLayer, plan: LayerPlan) -> None:
         super().__init__()
         layer = fused.layer
-        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        kind = layer_kind(layer)
         dims = layer.weight.dim() - 2
         self.plan = plan
         self.activation = copy.deepcopy(fused.activation)
         self.register_buffer("weight_codes", plan.weight_codes.clone())
         self.register_buffer("bias_codes", plan.bias_codes.clone() if plan.bias_codes is not None else plan.bias.clone())
-        fan_in = plan.weight_codes[0].numel()
-        largest_input = 2**8 if not plan.input_type.signed else 2**7
-        largest_bias = int(plan.bias_codes.abs().max()) if plan.bias_codes is not None else 0
-        per_channel = isinstance(plan.weight_fraction, list)
         conv = layer if kind == "conv" else None
         self.spec = _LayerSpec(
             kind=kind,
@@ -217,19 +210,18 @@ class EmulatedLayer(nn.Module):
             dilation=_tuple(conv.dilation, dims) if conv is not None else (),
             groups=int(conv.groups) if conv is not None else 1,
             kernel=tuple(plan.weight_codes.shape[2:]),
-            input_fraction=plan.input_type.fraction_length,
-            input_signed=plan.input_type.signed,
-            weight_fractions=tuple(plan.weight_fraction) if per_channel else (plan.weight_fraction,),  # type: ignore[arg-type]
-            per_channel=per_channel,
-            integer_bias=plan.bias_codes is not None,
-            rounding=rounding,
-            accumulate_float64=fan_in * largest_input * 128 + largest_bias >= _EXACT_FLOAT32,
+            input_type=plan.input_type,
+            weight_type=plan.weight_type,
+            accumulator_type=plan.accumulator_type,
+            integer_bias=plan.integer_bias,
+            rounding=plan.rounding,
+            accumulator_dtype=plan.accumulator_dtype,
         )
 
     @property
     def accumulate_dtype(self) -> torch.dtype:
-        """float32 where every possible accumulator is a whole number below 2**24, else float64."""
-        return torch.float64 if self.spec.accumulate_float64 else torch.float32
+        """float32 where every possible accumulator is a whole number below 2**24, else float64 (the plan's choice)."""
+        return self.spec.accumulator_dtype
 
     def accumulate(self, x: Tensor) -> Tensor:
         """The int32 accumulator (as a float tensor of whole numbers) for a float input, bias codes
@@ -241,10 +233,10 @@ class EmulatedLayer(nn.Module):
         return self.activation(y) if self.activation is not None else y
 
     def extra_repr(self) -> str:
-        weights = "per channel" if self.spec.per_channel else f"2^-{self.spec.weight_fractions[0]}"
+        weights = "per channel" if self.spec.weight_type.per_channel else f"2^-{self.spec.weight_type.fraction_length}"
         bias = "int32" if self.spec.integer_bias else "float32"
         return (
-            f"{self.spec.kind}, weights int8 {weights}, bias {bias}, input 2^-{self.spec.input_fraction}, "
+            f"{self.spec.kind}, weights int8 {weights}, bias {bias}, input 2^-{self.spec.input_type.fraction_length}, "
             f"accumulate {str(self.accumulate_dtype).split('.')[-1]}"
         )
 
@@ -266,26 +258,25 @@ def _pads(padding: Any, kernel: list[int], dilations: list[int]) -> list[int]:
 
 class _GlobalAveragePoolFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, types: tuple[int, bool, int, bool], keepdim: bool) -> Tensor:
-        return _global_average_pool(x, TensorType(*types[:2]), TensorType(*types[2:]), keepdim)
+    def forward(ctx: Any, x: Tensor, pool: PoolPlan) -> Tensor:
+        return _global_average_pool(x, pool)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, types: tuple[int, bool, int, bool], keepdim: bool) -> Any:
-        output_type = TensorType(*types[2:])
-        pooled = _quantize_dequantize(g, g.op("GlobalAveragePool", x), output_type.scale, output_type.signed)
-        return pooled if keepdim else g.op("Flatten", pooled, axis_i=1)
+    def symbolic(g: Any, x: Any, pool: PoolPlan) -> Any:
+        pooled = _quantize_dequantize(g, g.op("GlobalAveragePool", x), pool.output_type)
+        return pooled if pool.keepdim else g.op("Flatten", pooled, axis_i=1)
 
 
-def _global_average_pool(x: Tensor, input_type: TensorType, output_type: TensorType, keepdim: bool) -> Tensor:
-    codes = quantize_to_integer(x.float(), input_type.fraction_length, rounding="half_even", signed=input_type.signed)
+def _global_average_pool(x: Tensor, pool: PoolPlan) -> Tensor:
+    input_type, output_type = pool.input_type, pool.output_type
+    codes = input_type.quantize(x.float(), pool.rounding)  # the input is on its grid already: exact
     sums = codes.sum(dim=(-2, -1), keepdim=True)  # whole numbers below 2**24: exact in float32
     pixels = x.shape[-2] * x.shape[-1]
-    ratio = torch.tensor(math.ldexp(1.0, output_type.fraction_length - input_type.fraction_length), dtype=torch.float32)
+    ratio = torch.tensor(input_type.scale / output_type.scale, dtype=torch.float32)  # a power of two: exact
     scale = ratio / torch.tensor(float(pixels), dtype=torch.float32)  # float32 division, as ONNX Runtime
-    low, high = (-128, 127) if output_type.signed else (0, 255)
-    out_codes = torch.round(sums * scale).clamp_(low, high)
-    out = (out_codes * math.ldexp(1.0, -output_type.fraction_length)).to(x.dtype)
-    return out if keepdim else out.flatten(1)
+    out_codes = round_and_saturate(sums * scale, output_type.bounds, pool.rounding)
+    out = output_type.dequantize(out_codes).to(x.dtype)
+    return out if pool.keepdim else out.flatten(1)
 
 
 class QuantizedGlobalAveragePool(nn.Module):
@@ -295,17 +286,17 @@ class QuantizedGlobalAveragePool(nn.Module):
     ``float32(input_scale / (output_scale * pixels))``, rounded to nearest even and saturated: the
     same float32 operations in the same order, so the emulation is exact. Its output is already
     quantized (no quantization point follows it).
+
+    Attributes:
+        pool: Its plan: input and output types, whether it keeps the pooled dimensions, its rounding.
     """
 
-    def __init__(self, input_type: TensorType, output_type: TensorType, keepdim: bool) -> None:
+    def __init__(self, pool: PoolPlan) -> None:
         super().__init__()
-        self.input_type = input_type
-        self.output_type = output_type
-        self.keepdim = keepdim
+        self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
-        types = (self.input_type.fraction_length, self.input_type.signed, self.output_type.fraction_length, self.output_type.signed)
-        return _GlobalAveragePoolFunction.apply(x, types, self.keepdim)
+        return _GlobalAveragePoolFunction.apply(x, self.pool)
 
 
 @dataclass
@@ -392,18 +383,17 @@ def quantization_details(module: nn.Module) -> QuantizationDetails:
     return QuantizationDetails()
 
 
-def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, metadata: dict[str, Any], rounding: Rounding | None = None) -> fx.GraphModule:
+def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, metadata: dict[str, Any]) -> fx.GraphModule:
     """The emulated network of a plan: quantized layers replaced, quantization points inserted.
 
     Args:
         optimized: The optimized graph (it is copied, not changed).
-        plan: The quantization plan.
+        plan: The quantization plan (its rounding is how activations are rounded).
         metadata: Class names and the like, carried by the result.
-        rounding: How activations are rounded (the plan's target rule by default).
     """
     gm = copy.deepcopy(optimized)
     graph = gm.graph
-    rounding = rounding or plan.rounding
+    rounding = plan.rounding
     quantized_names: list[str] = []
     kinds: dict[str, str] = {}
     learnables = []
@@ -416,18 +406,16 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
             continue
         layer = plan.layers.get(name)
         if layer is not None:
-            fused = gm.get_submodule(node.target)
-            setattr(gm, node.target, EmulatedLayer(fused, layer, rounding))
+            fused = called_module(gm, node)
+            setattr(gm, node.target, EmulatedLayer(fused, layer))
             quantized_names.extend(layer.members)
             kinds.update(_member_kinds(layer.members, fused))
             learnables.append((layer.members[0], "Weights", layer.weight_codes.clone()))
             learnables.append((layer.members[0], "Bias", layer.bias.clone()))
-        elif node_plan.kind == "global_avg_pool" and global_average_pool(gm, node):
-            source = node.args[0]
-            keepdim = node.op == "call_module" or node.target is F.adaptive_avg_pool2d or bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-            gm.add_submodule(f"{name}_int8", QuantizedGlobalAveragePool(plan.tensor_type(layer_name(source)), plan.tensor_type(name), keepdim))
+        elif name in plan.pools:
+            gm.add_submodule(f"{name}_int8", QuantizedGlobalAveragePool(plan.pools[name]))
             with graph.inserting_after(node):
-                pooled = graph.call_module(f"{name}_int8", args=(source,))
+                pooled = graph.call_module(f"{name}_int8", args=(node.args[0],))
             node.replace_all_uses_with(pooled)
             graph.erase_node(node)
             self_quantized.add(name)
@@ -461,14 +449,14 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
 
 def _member_kinds(members: list[str], fused: FusedLayer) -> dict[str, str]:
     """Kinds of a fused layer's members: the conv/linear, then BatchNorm, then the activation."""
-    kinds = {members[0]: "linear" if isinstance(fused.layer, nn.Linear) else "conv"}
+    kinds = {members[0]: layer_kind(fused.layer)}
     for index, member in enumerate(members[1:], 1):
         is_activation = fused.activation is not None and index == len(members) - 1
         kinds[member] = f"fused {type(fused.activation).__name__.lower()}" if is_activation else "fused batch_norm"
     return kinds
 
 
-def _insert_quantization(gm: fx.GraphModule, node: fx.Node, tensor_type: TensorType, rounding: Rounding, reads_it: Any) -> None:
+def _insert_quantization(gm: fx.GraphModule, node: fx.Node, tensor_type: FixedPointType, rounding: Rounding, reads_it: Any) -> None:
     """Insert a quantization point after ``node``, read by the users for which ``reads_it`` is true."""
     name = f"{node.name}_quantize"
     gm.add_submodule(name, FakeQuantize(tensor_type, rounding))

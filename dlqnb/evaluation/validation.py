@@ -209,14 +209,15 @@ class ValidationResult:
 def learnable_memory(network: nn.Module, plan: QuantizationPlan) -> tuple[int, int]:
     """Learnable parameter memory in bytes: (float network as given, quantized network).
 
-    The float network counts 4 bytes per parameter; the quantized network 1 byte per int8 weight of
-    a quantized layer, 4 per bias (int32 or single) and 4 per parameter left in float. Folding
-    BatchNorm removes its parameters from the quantized network, as MATLAB's optimized network does.
+    The float network counts 4 bytes per parameter; the quantized network, from the plan, the bytes of
+    its weight type per weight of a quantized layer (1 for int8), 4 per bias (int32 or single) and 4 per
+    parameter left in float. Folding BatchNorm removes its parameters from the quantized network, as
+    MATLAB's optimized network does.
     """
     float_bytes = 4 * sum(p.numel() for p in network.parameters())
     quantized_weights = sum(layer.weight_codes.numel() for layer in plan.layers.values())
-    optimized_parameters = plan.optimized_parameters
-    return float_bytes, quantized_weights + 4 * (optimized_parameters - quantized_weights)
+    weight_bytes = sum(layer.weight_codes.numel() * layer.weight_type.word_length // 8 for layer in plan.layers.values())
+    return float_bytes, weight_bytes + 4 * (plan.optimized_parameters - quantized_weights)
 
 
 def run_both(

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torchvision
 from torch import nn
 
 from dlqnb.core.cache import atomic_write_bytes
@@ -307,6 +306,8 @@ def squeezenet(num_classes: int | None = None, weights: str | None = "shapes") -
         RuntimeError: If ImageNet weights are asked for and can be neither found nor downloaded.
     """
     if weights == "imagenet":
+        import torchvision  # only here: importing it costs about a second that ``import dlqnb`` need not pay
+
         num_classes = num_classes or 1000
         net = SqueezeNet(num_classes, IMAGENET_MEAN, IMAGENET_STD)
         try:

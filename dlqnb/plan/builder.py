@@ -1,17 +1,21 @@
 """The quantization plan: what happens to every node of the optimized network on the chosen target.
 
-Built once from a calibrated :class:`~dlqnb.DLQuantizer` (:meth:`~dlqnb.DLQuantizer.plan`), it is the
-only place that decides what runs in int8 and that computes the int8 codes; both the emulated network
-(:meth:`~dlqnb.DLQuantizer.quantize`) and the QDQ ONNX file (:func:`dlqnb.deploy.export_qdq_onnx`)
-are made from it, so that they compute the same thing.
+:func:`build_plan` is a pure function of values: the optimized network, the calibrated statistics of
+every calibration row and the :class:`~dlqnb.plan.types.PlanOptions` (target, exclusions, exponent
+scheme, per-channel weights, rounding). It is the only place that decides what runs in int8 and that
+computes the int8 codes; both the emulated network (:meth:`~dlqnb.DLQuantizer.quantize`) and the QDQ
+ONNX file (:func:`dlqnb.deploy.export_qdq_onnx`) are made from it, so that they compute the same thing.
+:meth:`~dlqnb.DLQuantizer.plan` builds it and keeps it.
 
 For every node it records one of:
 
 * a **quantized layer** (an optimized conv/linear layer): its int8 weight codes with their power-of-two
-  scale(s), its bias (int32 codes at input scale × weight scale on ``"cpu"``; float32 on ``"gpu"``, as
-  TensorRT takes biases and as MATLAB's cuDNN target keeps them), its input and output types;
+  scale(s), its accumulator type (int32 at input scale × weight scale), its bias (int32 codes in the
+  accumulator type on ``"cpu"``; float32 on ``"gpu"``, as TensorRT takes biases and as MATLAB's cuDNN
+  target keeps them), its input and output types, the precision that accumulates it exactly and the
+  rounding of its input;
 * an **int8 op** (max pooling, concatenation, addition, ReLU, reshapes, dropout; global average pooling
-  on ``"cpu"``; see :mod:`dlqnb.core.ops`) and the type of its output;
+  on ``"cpu"``, with its own plan; see :mod:`dlqnb.core.ops`) and the type of its output;
 * a **float op**, with the reason it is not quantized.
 
 Quantization points (QuantizeLinear → DequantizeLinear pairs, fake quantization in the emulation) go
@@ -26,80 +30,105 @@ Example:
     >>> q = DLQuantizer(torchvision.models.resnet18(num_classes=3), execution_environment="cpu")
     >>> _ = q.calibrate(torch.rand(2, 3, 32, 32), progress=False)
     >>> plan = q.plan()
-    >>> len(plan.layers), plan.node("maxpool").run, plan.node("avgpool").run
-    (21, 'int8', 'int8')
+    >>> len(plan.layers), plan.node("maxpool").run, plan.node("avgpool").run, plan.pools["avgpool"].keepdim
+    (21, 'int8', 'int8', True)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlqnb.core.graph import layer_name
-from dlqnb.core.numerics import Rounding, quantize_to_integer
-from dlqnb.core.ops import op_traits, tensor_args
+from dlqnb.calibration.observers import RangeStats
+from dlqnb.calibration.rows import CalibrationRow
+from dlqnb.core.capture import float_reason
+from dlqnb.core.graph import OptimizedLayer, OptimizedNetwork, layer_name
+from dlqnb.core.numerics import FixedPointType, Rounding, bias_type
+from dlqnb.core.ops import fused_activation_name, fused_activation_runs_int8, global_average_pool, op_traits, tensor_args
+from dlqnb.core.targets import plan_library
+from dlqnb.plan.types import PlanOptions, TypeChoice, choose_types
 
-if TYPE_CHECKING:
-    from dlqnb.quantizer import DLQuantizer
+__all__ = ["LayerPlan", "NodePlan", "PoolPlan", "QuantizationPlan", "TensorType", "build_plan"]
 
-__all__ = ["LayerPlan", "NodePlan", "QuantizationPlan", "ROUNDING", "TARGET_LIBRARY", "TensorType", "build_plan"]
+#: The type of a quantized tensor (the name earlier versions used).
+TensorType = FixedPointType
 
-TARGET_LIBRARY = {"gpu": "cudnn", "cpu": "onnxruntime"}
-ROUNDING: dict[str, Rounding] = {"gpu": "half_away", "cpu": "half_even"}
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """A scaled 8-bit type: value = code × 2**-fraction_length, codes signed (int8) or unsigned (uint8)."""
-
-    fraction_length: int
-    signed: bool = True
-
-    @property
-    def scale(self) -> float:
-        """The power-of-two scale ``2**-fraction_length``."""
-        return 2.0**-self.fraction_length
+#: Accumulators whose every possible value is a whole number below this are exact in float32.
+_EXACT_FLOAT32 = 2**24
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """A quantized conv/linear layer: its codes and types.
+    """A quantized conv/linear layer: its codes, its types and how the target computes it.
 
     Attributes:
         name: Optimized layer name.
         members: Network layers folded into it (conv/linear, BatchNorm, activation).
         input_type: Type of the tensor it reads.
         output_type: Type of its output (after the fused activation).
-        weight_fraction: Fraction length of the int8 weights (a list: one per output channel).
+        weight_type: Type of the int8 weights (per channel along axis 0 with per-channel weights).
+        accumulator_type: The int32 type of the accumulator, ``bias_type(input_type, weight_type)``:
+            its scale turns the accumulator into the layer's output.
         weight_codes: int8 weight codes.
-        bias_codes: int32 bias codes at ``2**-(input_fraction + weight_fraction)`` (``"cpu"``), else None.
+        bias_codes: int32 bias codes in ``accumulator_type`` (``"cpu"``), else None.
         bias: The float32 bias the target adds (``"gpu"``), or the value of the int32 codes (``"cpu"``).
+        accumulator_dtype: ``torch.float32`` where every possible accumulator is a whole number below
+            2**24 (exact in float32), else ``torch.float64``: what the emulation accumulates in.
+        rounding: How the layer's input is rounded to codes (the plan's activation rounding).
     """
 
     name: str
     members: tuple[str, ...]
-    input_type: TensorType
-    output_type: TensorType
-    weight_fraction: int | list[int]
+    input_type: FixedPointType
+    output_type: FixedPointType
+    weight_type: FixedPointType
+    accumulator_type: FixedPointType
     weight_codes: Tensor = field(repr=False)
     bias_codes: Tensor | None = field(repr=False)
     bias: Tensor = field(repr=False)
+    accumulator_dtype: torch.dtype = torch.float32
+    rounding: Rounding = "half_away"
 
     @property
-    def weight_scales(self) -> list[float]:
-        """One scale per output channel (per-channel weights) or one for the layer."""
-        fractions = self.weight_fraction if isinstance(self.weight_fraction, list) else [self.weight_fraction]
-        return [2.0**-f for f in fractions]
+    def per_channel(self) -> bool:
+        """Whether the weights have one scale per output channel."""
+        return self.weight_type.per_channel
 
     @property
-    def bias_fractions(self) -> list[int]:
-        """Fraction lengths of the int32 bias codes (input fraction + weight fraction)."""
-        fractions = self.weight_fraction if isinstance(self.weight_fraction, list) else [self.weight_fraction]
-        return [self.input_type.fraction_length + f for f in fractions]
+    def integer_bias(self) -> bool:
+        """Whether the bias is added as int32 codes to the accumulator (``"cpu"``) rather than in float."""
+        return self.bias_codes is not None
+
+    @property
+    def bias_type(self) -> FixedPointType | None:
+        """The type of the int32 bias codes (the accumulator's), or None for a float32 bias."""
+        return self.accumulator_type if self.integer_bias else None
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """Global average pooling computed in int8 (``"cpu"``: ONNX Runtime's QLinearGlobalAveragePool).
+
+    Attributes:
+        name: The pooling node.
+        input_type: Type of the tensor it pools.
+        output_type: Type of its output (already quantized: no quantization point follows it).
+        keepdim: Whether the output keeps the pooled dimensions (N×C×1×1) or is N×C.
+        rounding: How the pooled sums are rounded: the target's own rule, which a rounding override
+            of the quantization points does not change (the target's kernel rounds, not a QuantizeLinear).
+    """
+
+    name: str
+    input_type: FixedPointType
+    output_type: FixedPointType
+    keepdim: bool
+    rounding: Rounding
 
 
 @dataclass(frozen=True)
@@ -117,7 +146,7 @@ class NodePlan:
     name: str
     kind: str
     run: Literal["int8", "float", "none"]
-    output_type: TensorType | None = None
+    output_type: FixedPointType | None = None
     reason: str = ""
 
 
@@ -126,30 +155,40 @@ class QuantizationPlan:
     """What every node does on the target; read by emulation and export alike.
 
     Attributes:
-        target: ``"gpu"`` or ``"cpu"``.
+        options: What the plan was built for (target, exclusions, exponent scheme, per-channel
+            weights, rounding).
         nodes: Every node's plan, in network order.
         layers: The quantized conv/linear layers, by optimized layer name.
-        quantize_after: Int8 nodes whose output is quantized where it is produced, with its type.
+        quantize_after: Int8 nodes whose output is quantized where it is produced, with its type, in
+            network order.
         quantize_for: Float nodes whose output is quantized for their int8 consumers only, with its type.
+        pools: Global average pooling nodes computed in int8, by node name.
         optimized_parameters: Parameters of the optimized network (BatchNorm folded).
     """
 
-    target: str
+    options: PlanOptions
     nodes: dict[str, NodePlan]
     layers: dict[str, LayerPlan]
-    quantize_after: dict[str, TensorType]
-    quantize_for: dict[str, TensorType]
+    quantize_after: dict[str, FixedPointType]
+    quantize_for: dict[str, FixedPointType]
+    pools: dict[str, PoolPlan] = field(default_factory=dict)
     optimized_parameters: int = 0
 
     @property
+    def target(self) -> str:
+        """``"gpu"`` or ``"cpu"``."""
+        return self.options.target
+
+    @property
     def rounding(self) -> Rounding:
-        """How the target rounds ties (away from zero on ``"gpu"``, to even on ``"cpu"``)."""
-        return ROUNDING[self.target]
+        """How activations are rounded where they are quantized (by default the target's rule: ties
+        away from zero on ``"gpu"``, to even on ``"cpu"``)."""
+        return self.options.activation_rounding
 
     @property
     def target_library(self) -> str:
-        """``"cudnn"`` (GPU target) or ``"onnxruntime"`` (CPU target)."""
-        return TARGET_LIBRARY[self.target]
+        """The library the plan follows: ``"cudnn"`` (GPU target) or ``"onnxruntime"`` (CPU target)."""
+        return plan_library(self.target)
 
     def node(self, name: str) -> NodePlan:
         """The plan of one node.
@@ -161,7 +200,7 @@ class QuantizationPlan:
             raise KeyError(f"no node named {name!r} in the plan; nodes look like {list(self.nodes)[:6]}")
         return self.nodes[name]
 
-    def tensor_type(self, name: str) -> TensorType:
+    def tensor_type(self, name: str) -> FixedPointType:
         """The type a node's output is quantized to (where it is produced, or for its int8 consumers)."""
         return self.quantize_after[name] if name in self.quantize_after else self.quantize_for[name]
 
@@ -170,105 +209,144 @@ class QuantizationPlan:
         return [(name, node.reason) for name, node in self.nodes.items() if node.reason]
 
 
-def build_plan(quantizer: DLQuantizer) -> QuantizationPlan:
-    """The plan of a calibrated quantizer (use :meth:`DLQuantizer.plan`, which caches it)."""
-    target = quantizer.execution_environment
-    library = TARGET_LIBRARY[target]
-    rounding = ROUNDING[target]
-    optimized = quantizer.optimized
+def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, RangeStats], options: PlanOptions) -> QuantizationPlan:
+    """The plan of a calibrated network (:meth:`DLQuantizer.plan` builds it once per calibration and options).
+
+    Args:
+        optimized: The optimized network (BatchNorm folded, activations fused).
+        statistics: The calibrated statistics of every calibration row (:mod:`dlqnb.calibration.rows`).
+        options: Target, exclusions, exponent scheme, per-channel weights and rounding.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from dlqnb.calibration.file import CalibrationState
+        >>> from dlqnb.calibration.observers import RangeStats
+        >>> from dlqnb.calibration.rows import calibration_rows, row_statistics
+        >>> from dlqnb.core.graph import optimize_network
+        >>> optimized = optimize_network(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
+        >>> state = CalibrationState({"input_1": RangeStats.of(torch.tensor([0.0, 1.0])),
+        ...     "0_1": RangeStats.of(torch.tensor([0.0, 2.0]))}, {"input_1", "0_1"}, 1)
+        >>> rows = calibration_rows(optimized, state.tensor_nodes)
+        >>> plan = build_plan(optimized, row_statistics(optimized, state, {}, rows), PlanOptions("cpu"))
+        >>> layer = plan.layers["0_1"]
+        >>> layer.input_type.signed, layer.accumulator_type.fraction_length - layer.weight_type.fraction_length, layer.integer_bias
+        (False, 6, True)
+    """
+    types = choose_types(optimized, statistics, options)
+    library = plan_library(options.target)
     gm = optimized.module
-    types = quantizer.tensor_types()
-    weight_fractions = quantizer.weight_fraction_lengths()
-    excluded = set(quantizer.excluded_layers)
+    activation_types = types.activations
     nodes: dict[str, NodePlan] = {}
     layers: dict[str, LayerPlan] = {}
-    produced_int8: set[str] = set()
-    quantize_for: dict[str, TensorType] = {}
+    pools: dict[str, PoolPlan] = {}
+    produced_int8: dict[str, None] = {}  # an ordered set: quantization points follow network order
+    quantize_for: dict[str, FixedPointType] = {}
 
     def float_node(name: str, kind: str, reason: str) -> None:
         nodes[name] = NodePlan(name, kind, "float", reason=reason)
+
+    def int8_node(name: str, kind: str) -> None:
+        nodes[name] = NodePlan(name, kind, "int8", activation_types[name])
+        produced_int8[name] = None
 
     for node in gm.graph.nodes:
         traits = op_traits(gm, node)
         name = layer_name(node)
         inputs = [layer_name(s) for s in tensor_args(node)]
-        sources = [source for source in inputs if source in types]
+        sources = [source for source in inputs if source in activation_types]
         if not traits.is_layer or node.op == "placeholder":
-            nodes[name] = NodePlan(name, traits.kind, "none", types.get(name) if node.op == "placeholder" else None)
+            nodes[name] = NodePlan(name, traits.kind, "none", activation_types.get(name) if node.op == "placeholder" else None)
             continue
         layer = optimized.layers.get(name)
         if layer is not None:
-            reason = _layer_float_reason(layer, gm.get_submodule(name).layer, target, library, excluded)
+            reason = _layer_float_reason(layer, gm.get_submodule(name).layer, options, library)
             source = layer_name(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-            if not reason and (source is None or source not in types or name not in types):
+            if not reason and (source is None or source not in activation_types or name not in activation_types):
                 reason = "its input has no calibrated type: computed in float"
             if reason:
                 float_node(name, traits.kind, reason)
                 continue
             assert source is not None
-            layers[name] = _layer_plan(name, layer.members, gm.get_submodule(name).layer, types[source], types[name], weight_fractions[name], target, rounding)
-            nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
-            produced_int8.add(name)
+            layers[name] = _layer_plan(layer, gm.get_submodule(name).layer, activation_types[source], activation_types[name], types, options)
+            int8_node(name, traits.kind)
             if source not in produced_int8:
-                quantize_for[source] = types[source]
+                quantize_for[source] = activation_types[source]
             continue
-        if target in traits.int8_on and name in types:
+        if options.target in traits.int8_on and name in activation_types:
             if traits.values == "moves":
                 if sources and all(source in produced_int8 for source in sources):
-                    nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
-                    produced_int8.add(name)
+                    int8_node(name, traits.kind)
                 else:
                     nodes[name] = NodePlan(name, traits.kind, "float")
                 continue
             if sources and len(sources) == len(inputs):
-                nodes[name] = NodePlan(name, traits.kind, "int8", types[name])
-                produced_int8.add(name)
+                int8_node(name, traits.kind)
                 for source in sources:
                     if source not in produced_int8:
-                        quantize_for[source] = types[source]
+                        quantize_for[source] = activation_types[source]
+                if traits.kind == "global_avg_pool" and global_average_pool(gm, node):
+                    input_type = activation_types[layer_name(node.args[0])]
+                    pools[name] = PoolPlan(name, input_type, activation_types[name], _keeps_pooled_dims(node), options.code_rounding)
                 continue
         if traits.values == "moves":
             nodes[name] = NodePlan(name, traits.kind, "float")  # a float tensor rearranged: nothing to report
-        elif traits.kind == "global_avg_pool" and target == "gpu":
+        elif traits.kind == "global_avg_pool" and options.target == "gpu":
             float_node(name, traits.kind, f"global average pooling is not an int8 layer for {library}: computed in float")
         else:
-            float_node(name, traits.kind, f"{traits.kind} has no int8 implementation for {library}: computed in float")
-    quantize_after = {name: types[name] for name in produced_int8}
-    return QuantizationPlan(target, nodes, layers, quantize_after, quantize_for, sum(p.numel() for p in gm.parameters()))
+            float_node(name, traits.kind, float_reason(node) or f"{traits.kind} has no int8 implementation for {library}: computed in float")
+    quantize_after = {name: activation_types[name] for name in produced_int8}
+    return QuantizationPlan(options, nodes, layers, quantize_after, quantize_for, pools, sum(p.numel() for p in gm.parameters()))
 
 
-def _layer_float_reason(layer: object, module: nn.Module, target: str, library: str, excluded: set[str]) -> str:
-    name = layer.name  # type: ignore[attr-defined]
-    activation = layer.activation  # type: ignore[attr-defined]
-    if name in excluded:
+def _keeps_pooled_dims(node: fx.Node) -> bool:
+    """Whether a global average pooling node keeps N×C×1×1: ``AdaptiveAvgPool2d`` (module or function)
+    always does; ``mean`` only with ``keepdim=True``."""
+    if node.op == "call_module" or node.target is F.adaptive_avg_pool2d:
+        return True
+    return bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+
+
+def _layer_float_reason(layer: OptimizedLayer, module: nn.Module, options: PlanOptions, library: str) -> str:
+    if layer.name in options.excluded_layers:
         return "excluded by the user: computed in float"
-    if target == "gpu" and activation in ("leaky_relu", "relu6"):
-        kind = "leaky ReLU" if activation == "leaky_relu" else "clipped ReLU (ReLU6)"
-        return f"fused with a {kind}, which is not an int8 layer for {library}: computed in float"
+    if not fused_activation_runs_int8(layer.activation, options.target):
+        return f"fused with a {fused_activation_name(layer.activation)}, which is not an int8 layer for {library}: computed in float"  # type: ignore[arg-type]
     if getattr(module, "padding_mode", "zeros") != "zeros":
         return f"padding mode {module.padding_mode!r} has no int8 form: computed in float"
     return ""
 
 
+def _code_magnitude_bound(tensor_type: FixedPointType) -> int:
+    """The smallest power of two that no code's magnitude exceeds (128 for int8, 256 for uint8)."""
+    return 2 ** (tensor_type.word_length - 1 if tensor_type.signed else tensor_type.word_length)
+
+
 def _layer_plan(
-    name: str,
-    members: tuple[str, ...],
-    module: nn.Module,
-    input_type: TensorType,
-    output_type: TensorType,
-    weight_fraction: int | list[int],
-    target: str,
-    rounding: Rounding,
+    layer: OptimizedLayer, module: nn.Module, input_type: FixedPointType, output_type: FixedPointType, types: TypeChoice, options: PlanOptions
 ) -> LayerPlan:
     """The codes of one quantized layer: the one place where weight and bias codes are computed."""
-    weight = module.weight.detach().double()
+    weight_type = types.weights[layer.name]
+    accumulator_type = bias_type(input_type, weight_type)
+    rounding = options.code_rounding
+    weight_codes = weight_type.quantize(module.weight.detach().double(), rounding).to(torch.int8)
     bias = module.bias.detach().double()
-    fractions = torch.tensor(weight_fraction) if isinstance(weight_fraction, list) else weight_fraction
-    weight_codes = quantize_to_integer(weight, fractions, rounding=rounding).to(torch.int8)
-    if target == "gpu":
-        return LayerPlan(name, members, input_type, output_type, weight_fraction, weight_codes, None, bias.float())
-    accumulator_fraction = input_type.fraction_length + fractions
-    bias_codes = quantize_to_integer(bias, accumulator_fraction, 32, rounding).to(torch.int32)
-    exponent = -torch.as_tensor(accumulator_fraction, dtype=torch.int32).expand(bias.shape[0])
-    bias_value = (bias_codes.double() * torch.ldexp(torch.ones(bias.shape[0], dtype=torch.float64), exponent)).float()
-    return LayerPlan(name, members, input_type, output_type, weight_fraction, weight_codes, bias_codes, bias_value)
+    if options.target == "gpu":  # TensorRT takes float biases; MATLAB's cuDNN target keeps them in single
+        bias_codes, bias_value = None, bias.float()
+    else:  # ONNX Runtime's QLinearConv adds int32 bias codes to the accumulator
+        bias_codes = accumulator_type.quantize(bias, rounding).to(torch.int32)
+        bias_value = accumulator_type.dequantize(bias_codes.double()).float()
+    largest_bias = int(bias_codes.abs().max()) if bias_codes is not None else 0
+    largest_accumulator = weight_codes[0].numel() * _code_magnitude_bound(input_type) * _code_magnitude_bound(weight_type) + largest_bias
+    return LayerPlan(
+        name=layer.name,
+        members=layer.members,
+        input_type=input_type,
+        output_type=output_type,
+        weight_type=weight_type,
+        accumulator_type=accumulator_type,
+        weight_codes=weight_codes,
+        bias_codes=bias_codes,
+        bias=bias_value,
+        accumulator_dtype=torch.float64 if largest_accumulator >= _EXACT_FLOAT32 else torch.float32,
+        rounding=options.activation_rounding,
+    )

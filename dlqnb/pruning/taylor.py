@@ -24,7 +24,10 @@ scales compete fairly.
 **Physical surgery** (:meth:`~TaylorPrunableNetwork.to_module`) is an fx pass of dlqnb's own rather than
 Torch-Pruning's dependency graph: dlqnb already traces every network with fx, the channel bookkeeping
 needed here (concatenation offsets, flatten blocks) is a single forward pass over that graph, and it
-needs no extra dependency; masked and extracted networks compute the same outputs (tested).
+needs no extra dependency; masked and extracted networks compute the same outputs (tested). Which ops
+carry, absorb or stop removed channels, and how each shrinks, is :mod:`dlqnb.pruning.handlers`, one
+handler per ``OpTraits.channels`` of :mod:`dlqnb.core.ops`; 1-D, 2-D and 3-D convolutions all have
+prunable filters.
 
 Example:
     >>> import torch
@@ -48,10 +51,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from dlqnb.core.graph import layer_name, trace_network
-from dlqnb.core.ops import SHIFTS_ZERO, op_traits, tensor_args
+from dlqnb.core.ops import QUANTIZABLE_TYPES, called_module, is_convolution
+from dlqnb.pruning.handlers import prunable_filters, remove_channels
 
 __all__ = ["MIN_KEEP_FRACTION", "TaylorPrunableNetwork", "conv_layer_table", "count_flops"]
 
@@ -91,57 +94,14 @@ class TaylorPrunableNetwork:
         output = next(n for n in self.graph_module.graph.nodes if n.op == "output")
         self.output_names = [layer_name(a) for a in fx.node.map_arg(output.args, lambda n: n) if isinstance(a, fx.Node)] or [str(output.args[0])]
         self.layers: dict[str, _Layer] = {}
-        for node in self.graph_module.graph.nodes:
-            module = self._module(node)
-            if isinstance(module, nn.Conv2d) and module.groups == 1 and self._channels_propagate(node):
-                mask_node = node
-                users = list(node.users)
-                if len(users) == 1 and isinstance(self._module(users[0]), nn.BatchNorm2d):
-                    mask_node = users[0]
-                filters = module.out_channels
-                self.layers[layer_name(node)] = _Layer(layer_name(node), layer_name(mask_node), filters, math.ceil(MIN_KEEP_FRACTION * filters), torch.ones(filters, dtype=torch.bool))
-        if not self.layers and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            raise ValueError(f"{type(net).__name__} has no prunable convolution filters: it has no Conv2d layer")
+        for node, mask_node in prunable_filters(self.graph_module).items():
+            filters = called_module(self.graph_module, node).out_channels
+            self.layers[layer_name(node)] = _Layer(layer_name(node), layer_name(mask_node), filters, math.ceil(MIN_KEEP_FRACTION * filters), torch.ones(filters, dtype=torch.bool))
+        if not self.layers and not any(is_convolution(m) for m in model.modules()):
+            raise ValueError(f"{type(net).__name__} has no prunable convolution filters: it has no Conv2d, Conv1d or Conv3d layer")
         self._score_sum = {name: torch.zeros(layer.filters, dtype=torch.float64) for name, layer in self.layers.items()}
         self._score_count = 0
         self._input_shape: tuple[int, ...] | None = None
-
-    # ------------------------------------------------------------------------------ analysis
-    def _module(self, node: fx.Node | None) -> nn.Module | None:
-        if node is None or node.op != "call_module":
-            return None
-        return self.graph_module.get_submodule(node.target)
-
-    def _channels_propagate(self, start: fx.Node) -> bool:
-        """Whether every path from a conv's output ends in a channel consumer (a conv, or a linear
-        layer after a flatten), through ops that keep or join channels (:mod:`dlqnb.core.ops`)."""
-        pending = [start]
-        seen = set()
-        while pending:
-            node = pending.pop()
-            for user in node.users:
-                if user in seen:
-                    continue
-                seen.add(user)
-                module = self._module(user)
-                traits = op_traits(self.graph_module, user)
-                if isinstance(module, nn.Conv2d):
-                    if module.groups != 1 or user.args[0] is not node:
-                        return False  # depthwise and grouped convolutions tie channels: left whole
-                    continue  # its input channels follow
-                own_batchnorm = node is start and traits.kind == "batch_norm" and len(start.users) == 1
-                if traits.kind in SHIFTS_ZERO and not own_batchnorm:
-                    return False  # a masked channel would not stay zero through it (masked ≠ extracted)
-                if traits.channels == "keeps" and traits.values != "shape" and user.args and user.args[0] is node:
-                    pending.append(user)
-                elif traits.channels == "joins" and _cat_dim(user) == 1:
-                    pending.append(user)
-                elif traits.channels == "flattens" and _is_flatten(self, user):
-                    if not all(isinstance(self._module(u), nn.Linear) for u in user.users):
-                        return False
-                else:
-                    return False  # addition, multiplication, output, reshape, shape queries, ...: not propagated
-        return True
 
     # ------------------------------------------------------------------------------ MATLAB views
     @property
@@ -203,7 +163,8 @@ class TaylorPrunableNetwork:
         updated = copy.copy(self)
         updated._score_sum = dict(self._score_sum)
         for (name, layer), activation, gradient in zip(self.layers.items(), pruning_activations, pruning_gradients):
-            taylor = (activation.detach() * gradient.detach()).mean(dim=(2, 3)).abs().mean(dim=0)
+            positions = tuple(range(2, activation.dim()))  # the spatial dimensions of a 1-D, 2-D or 3-D conv
+            taylor = (activation.detach() * gradient.detach()).mean(dim=positions).abs().mean(dim=0)
             updated._score_sum[name] = self._score_sum[name] + taylor.double().cpu()
         updated._score_count = self._score_count + 1
         return updated
@@ -254,50 +215,9 @@ class TaylorPrunableNetwork:
         Its outputs equal the masked network's (:meth:`forward`).
         """
         gm = copy.deepcopy(self.graph_module)
-        example = torch.zeros((1, *self._example_shape()))
-        ShapeProp(gm).propagate(example)
-        keep: dict[str, Tensor] = {}
-        channels = lambda n: n.meta["tensor_meta"].shape[1] if "tensor_meta" in n.meta and len(n.meta["tensor_meta"].shape) > 1 else None  # noqa: E731
-        masks = {layer.conv: layer.mask for layer in self.layers.values()}
-        for node in gm.graph.nodes:
-            module = gm.get_submodule(node.target) if node.op == "call_module" else None
-            source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            incoming = keep.get(layer_name(source)) if source is not None else None
-            if isinstance(module, nn.Conv2d):
-                if incoming is not None:
-                    module.weight = nn.Parameter(module.weight.detach()[:, incoming].clone())
-                    module.in_channels = len(incoming)
-                if layer_name(node) in masks:
-                    kept = torch.nonzero(masks[layer_name(node)]).flatten()
-                    module.weight = nn.Parameter(module.weight.detach()[kept].clone())
-                    if module.bias is not None:
-                        module.bias = nn.Parameter(module.bias.detach()[kept].clone())
-                    module.out_channels = len(kept)
-                    keep[layer_name(node)] = kept
-            elif isinstance(module, nn.BatchNorm2d) and incoming is not None:
-                for name in ("weight", "bias"):
-                    setattr(module, name, nn.Parameter(getattr(module, name).detach()[incoming].clone()))
-                module.running_mean = module.running_mean[incoming].clone()
-                module.running_var = module.running_var[incoming].clone()
-                module.num_features = len(incoming)
-                keep[layer_name(node)] = incoming
-            elif isinstance(module, nn.Linear) and incoming is not None:
-                module.weight = nn.Parameter(module.weight.detach()[:, incoming].clone())
-                module.in_features = len(incoming)
-            elif op_traits(gm, node).kind == "concat" and any(layer_name(a) in keep for a in tensor_args(node)):
-                parts, offset = [], 0
-                for arg in tensor_args(node):
-                    size = channels(arg)
-                    parts.append(keep.get(layer_name(arg), torch.arange(size)) + offset)
-                    offset += size
-                keep[layer_name(node)] = torch.cat(parts)
-            elif _is_flatten(self, node) and incoming is not None:
-                shape = source.meta["tensor_meta"].shape
-                block = math.prod(shape[2:])
-                keep[layer_name(node)] = (incoming[:, None] * block + torch.arange(block)[None, :]).flatten()
-            elif incoming is not None and node.op in ("call_module", "call_function", "call_method"):
-                keep[layer_name(node)] = incoming  # channel-preserving layers
-        gm.recompile()
+        by_name = {layer_name(node): node for node in gm.graph.nodes}
+        filters = {by_name[layer.conv]: torch.nonzero(layer.mask).flatten() for layer in self.layers.values()}
+        remove_channels(gm, filters, torch.zeros((1, *self._example_shape())))
         for key, value in self.metadata.items():
             setattr(gm, key, value)
         return gm.eval()
@@ -306,25 +226,10 @@ class TaylorPrunableNetwork:
         if self._input_shape is not None:
             return self._input_shape
         size = self.metadata.get("input_size")
-        first = next(m for m in self.graph_module.modules() if isinstance(m, nn.Conv2d))
+        first = next(m for m in self.graph_module.modules() if is_convolution(m))
         if size is None:
             raise ValueError("call forward once (or record the network's input_size) before to_module")
         return (first.in_channels, *size)
-
-
-def _cat_dim(node: fx.Node) -> int:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    return int(dim)
-
-
-def _is_flatten(prunable: TaylorPrunableNetwork, node: fx.Node) -> bool:
-    module = prunable._module(node)
-    if isinstance(module, nn.Flatten):
-        return True
-    if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return int(start) == 1
-    return node.op == "call_method" and node.target == "flatten"
 
 
 class _MaskedRunner(fx.Interpreter):
@@ -356,12 +261,12 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
 
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
         nonlocal flops
-        if isinstance(module, nn.Conv2d):
+        if is_convolution(module):
             flops += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        elif isinstance(module, nn.Linear):
+        else:
             flops += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, QUANTIZABLE_TYPES)]
     try:
         with torch.no_grad():
             net(torch.zeros((1, *input_shape)))
@@ -376,7 +281,7 @@ def conv_layer_table(net: nn.Module) -> pd.DataFrame:
     channels, stride and padding."""
     rows = []
     for name, module in net.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if is_convolution(module):
             rows.append(
                 {
                     "Name": name,

@@ -77,6 +77,7 @@ __all__ = [
     "render_thumbnail",
     "run_report",
     "run_reports",
+    "runs_alone",
     "write_index",
 ]
 
@@ -614,33 +615,72 @@ def _stop_requests() -> Iterator[_StopRequest]:
             signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
+def runs_alone(notebook: Path) -> bool:
+    """Whether a notebook asks to run with no other notebook beside it.
+
+    A notebook that times runtimes says so in its metadata (``"dlqnb": {"runs_alone": true}``): with
+    another notebook computing on the same cores its speed figures would measure the load, not the runtimes.
+
+    Example:
+        >>> runs_alone(REPO_ROOT / "notebooks" / "04_int8_deployment.ipynb")
+        True
+    """
+    try:
+        settings = json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {}).get("dlqnb", {})
+    except (OSError, ValueError, AttributeError):  # an unreadable notebook fails in its own report, with the reason
+        return False
+    return bool(isinstance(settings, dict) and settings.get("runs_alone"))
+
+
 def _run_local(jobs: list[ReportJob], out_dir: Path, show_code: bool, jobs_at_once: int, stop: _StopRequest) -> list[ReportResult]:
-    """Run the jobs in a local pool with a progress bar: notebooks done, and the cell each running one is on."""
+    """Run the jobs in a local pool with a progress bar: notebooks done, and the cell each running one is on.
+
+    Jobs start in order, as workers come free; a notebook that :func:`runs_alone` starts once the others
+    running have finished, and no other starts until it has finished.
+    """
     from tqdm.auto import tqdm
 
     workers = jobs_at_once if jobs_at_once > 1 and len(jobs) > 1 else 1
-    print(f"Running {len(jobs)} notebook{'s' * (len(jobs) != 1)} ({workers} at a time) into {out_dir}", flush=True)
+    alone = {i for i, job in enumerate(jobs) if runs_alone(job.notebook)}
+    print(f"Running {len(jobs)} notebook{'s' * (len(jobs) != 1)} ({workers} at a time"
+          f"{f'; {len(alone)} timing alone' if alone and workers > 1 else ''}) into {out_dir}", flush=True)
     # Every notebook runs in a worker process, even one at a time: a stop can then end a notebook and its
     # kernel without ending this process, which writes the index. The main thread keeps the bar moving.
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
     started = time.time()
     results: dict[int, ReportResult] = {}
+    waiting = list(range(len(jobs)))
+    futures: dict[Future[ReportResult], int] = {}
+    pending: set[Future[ReportResult]] = set()
+
+    def start_ready() -> None:
+        while waiting and len(pending) < workers:
+            if pending and (waiting[0] in alone or any(futures[future] in alone for future in pending)):
+                return
+            i = waiting.pop(0)
+            future = pool.submit(run_report, jobs[i], out_dir, show_code)
+            futures[future] = i
+            pending.add(future)
+
     try:
         with tqdm(total=len(jobs), desc="notebooks", unit="nb", dynamic_ncols=True) as bar:
-            futures: dict[Future[ReportResult], int] = {pool.submit(run_report, job, out_dir, show_code): i for i, job in enumerate(jobs)}
-            pending = set(futures)
+            start_ready()
             while pending and stop.signum is None:
-                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                done, still_running = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                pending.intersection_update(still_running)
                 for future in done:
                     results[futures[future]] = result = _outcome(future, jobs[futures[future]])
                     bar.update(1)
                     tqdm.write(_result_line(result))
+                start_ready()
                 bar.set_postfix_str(_running_cells([jobs[futures[f]] for f in pending], out_dir), refresh=True)
-            if stop.signum is not None and pending:
+            if stop.signum is not None and (pending or waiting):
                 tqdm.write(f"{_signal_name(stop.signum)}: stopping the running notebooks and their kernels, then writing the index")
                 for i, result in _stop_pool(pool, {future: futures[future] for future in pending}, jobs, out_dir, stop.signum, started).items():
                     results[i] = result
                     tqdm.write(_result_line(result))
+                for i in waiting:
+                    results[i] = _not_started(jobs[i], time.time(), stop.signum)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [results[i] for i in range(len(jobs))]

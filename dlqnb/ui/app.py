@@ -39,6 +39,7 @@ from torch import nn
 
 from dlqnb.core.batches import count_batches, iter_batches
 from dlqnb.calibration.file import CalibrationState
+from dlqnb.calibration.rows import CalibrationRow
 from dlqnb.ui.plotting import calibration_heatmap, msb_sparkline, sensitivity_figure
 from dlqnb.quantizer import DLQuantizer
 from dlqnb.evaluation.sensitivity import sensitivity_analysis
@@ -183,7 +184,7 @@ class QuantizerApp:
         self.row_buttons = {}
         for row in types.itertuples(index=False):
             name, network_layer, kind, low_value, high_value = row[:5]
-            layer = name.rsplit("_", 1)[0]
+            layer = CalibrationRow.parse(name).layer
             button = widgets.Button(
                 description=name, tooltip=f"{name} (network layer {network_layer})", layout=name_layout, style=name_style, _dom_classes=("dlqnb-row-name",)
             )
@@ -201,7 +202,7 @@ class QuantizerApp:
         figure = calibration_heatmap(self.quantizer, layer)
         self.selected_layer = layer
         for name, button in self.row_buttons.items():
-            style = "info" if name.rsplit("_", 1)[0] == layer else ""
+            style = "info" if CalibrationRow.parse(name).layer == layer else ""
             if button.button_style != style:  # one message per changed row, not per row
                 button.button_style = style
         with self.heatmap.batch_update():

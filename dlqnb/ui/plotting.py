@@ -26,6 +26,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from dlqnb.calibration.rows import CalibrationRow
 from dlqnb.core.numerics import MSBHistogram, representable_bits
 
 if TYPE_CHECKING:
@@ -213,12 +214,11 @@ def msb_sparkline(
 def _rows_for(quantizer: DLQuantizer, rows: str | Sequence[str] | None) -> list[str]:
     names = list(quantizer.calibration_table["Optimized Layer Name"])
     if rows is None:
-        first = names[0].rsplit("_", 1)[0]
-        rows = first
+        rows = CalibrationRow.parse(names[0]).layer
     if isinstance(rows, str):
         if rows in names:
             return [rows]
-        grouped = [f"{rows}_{kind}" for kind in ("Weights", "Bias", "Activations") if f"{rows}_{kind}" in names]
+        grouped = [row.name for row in CalibrationRow.of_layer(rows) if row.name in names]
         if grouped:
             return grouped
         raise KeyError(f"no calibration row or optimized layer named {rows!r}")
@@ -249,7 +249,7 @@ def calibration_heatmap(quantizer: DLQuantizer, rows: str | Sequence[str] | None
     types = quantizer.quantization_types().set_index("Optimized Layer Name")
     histograms = {name: quantizer.range_stats(name).histogram for name in names}
     fractions = {name: int(types.loc[name, "FractionLength"]) for name in names}
-    return msb_heatmap(histograms, fractions, title=title or f"MSB counts: {', '.join(names) if len(names) < 2 else names[0].rsplit('_', 1)[0]}")
+    return msb_heatmap(histograms, fractions, title=title or f"MSB counts: {', '.join(names) if len(names) < 2 else CalibrationRow.parse(names[0]).layer}")
 
 
 def training_progress_figure(info: pd.DataFrame, widget: bool = False) -> go.Figure:
