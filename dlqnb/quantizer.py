@@ -50,7 +50,7 @@ from dlqnb.errors import CalibrationError, NotCalibratedError
 from dlqnb.core.graph import OptimizedNetwork, optimize_network
 from dlqnb.core.numerics import ExponentScheme, FixedPointType, Rounding, representable_bits
 from dlqnb.plan.builder import QuantizationPlan, build_plan
-from dlqnb.plan.types import PlanOptions, TypeChoice, choose_types, row_fraction_length
+from dlqnb.plan.types import PlanOptions, TypeChoice, row_fraction_length
 from dlqnb.evaluation.validation import (
     OutputChoice,
     QuantizationOptions,
@@ -339,7 +339,7 @@ class DLQuantizer:
             NotCalibratedError: Before :meth:`calibrate`.
         """
         self.check_calibrated("the types")
-        return choose_types(self.optimized, self._row_stats(), self.plan_options())
+        return self.plan().types  # the plan is built from this choice and cached: choose once
 
     def tensor_types(self) -> dict[str, FixedPointType]:
         """The 8-bit type of every tensor-producing node, by node name, for this target.

@@ -157,6 +157,7 @@ class QuantizationPlan:
     Attributes:
         options: What the plan was built for (target, exclusions, exponent scheme, per-channel
             weights, rounding).
+        types: The type choice the plan is made of (:func:`dlqnb.plan.types.choose_types`).
         nodes: Every node's plan, in network order.
         layers: The quantized conv/linear layers, by optimized layer name.
         quantize_after: Int8 nodes whose output is quantized where it is produced, with its type, in
@@ -167,6 +168,7 @@ class QuantizationPlan:
     """
 
     options: PlanOptions
+    types: TypeChoice
     nodes: dict[str, NodePlan]
     layers: dict[str, LayerPlan]
     quantize_after: dict[str, FixedPointType]
@@ -295,7 +297,7 @@ def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, 
         else:
             float_node(name, traits.kind, float_reason(node) or f"{traits.kind} has no int8 implementation for {library}: computed in float")
     quantize_after = {name: activation_types[name] for name in produced_int8}
-    return QuantizationPlan(options, nodes, layers, quantize_after, quantize_for, pools, sum(p.numel() for p in gm.parameters()))
+    return QuantizationPlan(options, types, nodes, layers, quantize_after, quantize_for, pools, sum(p.numel() for p in gm.parameters()))
 
 
 def _keeps_pooled_dims(node: fx.Node) -> bool:
