@@ -154,7 +154,7 @@ def test_training_runs_on_fixed_threads_deterministically_and_restores_the_calle
 
 def test_training_threads_option_is_checked():
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="threads must be a positive integer or None"):
+        with pytest.raises(ValueError, match=r"threads must be a positive whole number of CPU threads \(or None for all cores\), got "):
             training_options(threads=bad)
     assert training_options(threads=None).threads is None
 

@@ -61,7 +61,7 @@ from dlqnb.core.targets import CPU_LIBRARIES, DEPLOYMENT_LIBRARIES, deployment_l
 from dlqnb.deploy import backend_choice
 from dlqnb.deploy.host import installed_version
 from dlqnb.deploy.model_file import model_info
-from dlqnb.deploy.runners import check_threads
+from dlqnb.core.threads import check_threads
 
 __all__ = [
     "CPU_LIBRARIES",

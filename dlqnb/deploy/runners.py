@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from dlqnb.core.batches import scaled_pixels
 from dlqnb.core.cache import bytes_key, cache_dir, discard_entry, read_entry, write_entry
+from dlqnb.core.threads import check_threads
 from dlqnb.deploy.host import cpu_key, file_name_safe
 from dlqnb.deploy.model_file import LAYOUTS, ModelFileError, known_input_shape, model_info
 
@@ -53,7 +54,6 @@ __all__ = [
     "Runner",
     "TensorRTRunner",
     "check_settings",
-    "check_threads",
     "convolution_precisions",
     "engine_cache_path",
     "model_info",
@@ -140,22 +140,6 @@ def _warn_beyond_pixel_range(x: np.ndarray, pixel_range: Any) -> None:
 
 #: OpenVINO's performance hints, as :func:`~dlqnb.deploy.load.load_int8` takes them.
 HINTS = ("latency", "throughput")
-
-
-def check_threads(threads: Any) -> None:
-    """Refuse a thread count the CPU runtimes would reject with their own errors (None: every core).
-
-    Raises:
-        ValueError: ``threads`` not None or a positive whole number.
-
-    Example:
-        >>> check_threads(2.5)
-        Traceback (most recent call last):
-        ...
-        ValueError: threads must be a positive whole number of CPU threads (or None for all cores), got 2.5
-    """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise ValueError(f"threads must be a positive whole number of CPU threads (or None for all cores), got {threads!r}")
 
 
 def check_settings(threads: Any = None, hint: Any = "latency") -> None:

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dlqnb.core.batches import iter_batches
+from dlqnb.core.threads import check_threads
 
 __all__ = ["TRAINING_THREADS", "TrainingOptions", "evaluate", "reproducible", "train_network", "training_options"]
 
@@ -105,8 +106,7 @@ def training_options(solver: str = "sgdm", **options: Any) -> TrainingOptions:
             raise ValueError(f"{name} must be a positive integer, got {getattr(result, name)}")
     if result.initial_learn_rate <= 0:
         raise ValueError(f"initial_learn_rate must be positive, got {result.initial_learn_rate}")
-    if result.threads is not None and (isinstance(result.threads, bool) or not isinstance(result.threads, int) or result.threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {result.threads!r}")
+    check_threads(result.threads)
     return result
 
 
