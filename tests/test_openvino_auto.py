@@ -165,6 +165,16 @@ def test_compiled_model_is_cached_and_reloaded_without_compiling(files, monkeypa
 
 
 @needs_openvino
+def test_float_ops_run_in_float32_compiled_or_read_from_the_cache(files):
+    # OpenVINO would downcast float ops to bf16 on CPUs with AMX by default; dlqnb's runners ask for float32,
+    # and notebook 04 states the precision its float baseline ran in from this property
+    path, _ = files[1]["cpu"]
+    compiled = OpenVINORunner(path, threads=1)
+    cached = OpenVINORunner(path, threads=1)
+    assert compiled.float_precision == cached.float_precision == "float32"
+
+
+@needs_openvino
 @pytest.mark.parametrize("checksum", ["stale", "matching"])
 def test_a_damaged_or_foreign_cached_model_is_compiled_again(files, checksum):
     images, models = files

@@ -200,6 +200,11 @@ class Runner:
         """Scores N×C (float32) of a batch :meth:`prepare_input` has checked."""
         raise NotImplementedError(f"{type(self).__name__} runs no model")
 
+    @property
+    def float_precision(self) -> str:
+        """The precision the runtime computes the model's float ops in (``"float32"`` unless it downcasts)."""
+        return "float32"
+
 
 class OnnxRuntimeRunner(Runner):
     """Runs a (QDQ) ONNX model with ONNX Runtime on the CPU.
@@ -316,6 +321,13 @@ class OpenVINORunner(Runner):
         self.request = self.compiled.create_infer_request()
         self.input_dtype = np.float16 if self.compiled.input(0).get_element_type() == ov.Type.f16 else np.float32
         self._lock = threading.Lock()  # an infer request runs one call at a time
+
+    @property
+    def float_precision(self) -> str:
+        """What OpenVINO's CPU plugin computes float ops in, as compiled (it would pick bf16 on CPUs with
+        AMX or AVX-512 BF16 by default; dlqnb's runners ask for float32)."""
+        name = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(name, name)
 
     def _cached(self, core: Any, config: dict[str, Any]) -> Any:
         """The compiled model from the cache, or None (absent, damaged or from another build: compile again)."""
@@ -453,6 +465,12 @@ class BatchSplitRunner(Runner):
         self.backend = f"{small.backend}/{large.backend}"
         self.path, self.info = small.path, small.info
         self.reason = ""
+
+    @property
+    def float_precision(self) -> str:
+        """The float precision of each runner, one name where both agree."""
+        precisions = {self.small.float_precision, self.large.float_precision}
+        return precisions.pop() if len(precisions) == 1 else f"{self.small.float_precision}/{self.large.float_precision}"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Scores N×C (float32) of a checked batch, from the runner for its batch size."""
