@@ -6,5 +6,6 @@ target, how channels flow through it), :mod:`~dlqnb.core.capture` (torch.fx trac
 trace is kept whole and computed in float), :mod:`~dlqnb.core.graph` (fold BatchNorm, fuse activations),
 :mod:`~dlqnb.core.targets` (the one vocabulary of target libraries: cuDNN, TensorRT, ONNX Runtime, OpenVINO),
 :mod:`~dlqnb.core.batches` (every data form as checked batches), :mod:`~dlqnb.core.cache` (verified,
-atomically written cache entries) and :mod:`~dlqnb.core.version`. Nothing here imports another stage.
+atomically written cache entries), :mod:`~dlqnb.core.threads` (the one check of a CPU thread count) and
+:mod:`~dlqnb.core.version`. Nothing here imports another stage.
 """
