@@ -64,7 +64,12 @@ _LAZY_MODULES = {
     "deploy": "dlqnb.deploy",
     "pruning": "dlqnb.pruning",
 }
-_LAZY_NAMES = {"TaylorPrunableNetwork": "dlqnb.pruning"}
+_LAZY_NAMES = {
+    "TaylorPrunableNetwork": "dlqnb.pruning",
+    "equalize_layers": "dlqnb.preparation",
+    "prepare_network": "dlqnb.preparation",
+    "estimate_network_metrics": "dlqnb.evaluation.metrics",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -98,8 +103,11 @@ __all__ = [
     "ValidationError",
     "__version__",
     "classify",
+    "equalize_layers",
+    "estimate_network_metrics",
     "load_network",
     "network_summary",
+    "prepare_network",
     "quantization_details",
     "read_records",
     "record",
