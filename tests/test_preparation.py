@@ -146,6 +146,102 @@ def test_a_module_called_twice_or_a_batchnorm_without_gamma_is_not_rescaled():
     _same_output(equalized, no_gamma, torch.randn(1, 3, 8, 8))
 
 
+class _FanOut(nn.Module):
+    """conv1 → ReLU → (conv2, conv3) → add: conv1's output channels reach two layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        return self.conv2(y) + self.conv3(y)
+
+
+class _PreActivationAdd(nn.Module):
+    """conv1's output goes through ReLU to conv2 and, unactivated, to an add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        return self.conv2(torch.relu(y)) + y
+
+
+class _Residual(nn.Module):
+    """conv1 → ReLU → conv2, then + x: the rescaled channels stay between conv1 and conv2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x))) + x
+
+
+@pytest.mark.parametrize("net_type", [_FanOut, _PreActivationAdd], ids=["two_consumers", "output_to_an_add"])
+def test_a_layer_whose_output_goes_to_two_places_is_not_rescaled(net_type):
+    torch.manual_seed(6)
+    net = _randomized(net_type())
+    equalized, table = equalize_layers(net, report=True)
+    assert not (table.Change == "equalized").any()
+    assert all(torch.equal(a, b) for a, b in zip(equalized.state_dict().values(), net.state_dict().values()))
+    _same_output(equalized, net, torch.randn(2, net.conv1.in_channels, 8, 8))
+
+
+def test_a_residual_block_is_equalized_inside_and_computes_the_same():
+    torch.manual_seed(7)
+    net = _randomized(_Residual())
+    equalized, table = equalize_layers(net, report=True)
+    assert table.Change.tolist() == ["equalized"]
+    _same_output(equalized, net, torch.randn(2, 6, 8, 8))
+    assert _proportional(_out_ranges(_folded_weight(equalized.conv1, None)), _in_ranges(_folded_weight(equalized.conv2, None), 1))
+
+
+def test_dead_channels_keep_a_scale_of_one_and_give_no_nan():
+    torch.manual_seed(10)
+    net = _randomized(nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1)))
+    with torch.no_grad():
+        net[0].weight[1].zero_()  # output channel 1 of the first layer: range 0
+        net[2].weight[:, 4].zero_()  # input channel 4 of the second: range 0
+    equalized = equalize_layers(net)
+    assert all(torch.isfinite(p).all() for p in equalized.parameters())
+    for channel in (1, 4):
+        assert torch.equal(equalized[0].weight[channel], net[0].weight[channel]) and torch.equal(equalized[0].bias[channel], net[0].bias[channel])
+        assert torch.equal(equalized[2].weight[:, channel], net[2].weight[:, channel])
+    _same_output(equalized, net, torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "net, x",
+    [
+        (nn.Sequential(nn.Conv1d(4, 6, 3), nn.ReLU(), nn.Linear(6, 2)), torch.randn(2, 4, 8)),  # 6 channels, 6 features
+        (nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(6, 5)), torch.randn(2, 3, 8, 8)),  # 8 channels, 6 features
+    ],
+    ids=["same_count", "other_count"],
+)
+def test_a_convolution_feeding_a_fully_connected_layer_directly_is_not_rescaled(net, x):
+    # Linear reads the last dimension (the convolution's width), not its channels (dimension 1)
+    torch.manual_seed(8)
+    net = _randomized(net)
+    equalized, table = equalize_layers(net, report=True)
+    assert table.Change.tolist() == ["not equalized"] and "last dimension" in table.Detail[0]
+    assert all(torch.equal(a, b) for a, b in zip(equalized.state_dict().values(), net.state_dict().values()))
+    _same_output(equalized, net, x)
+
+
+def test_a_lone_batchnorm_of_a_double_network_becomes_a_double_convolution():
+    torch.manual_seed(9)
+    net = _randomized(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1))).double()
+    prepared, changes = prepare_network(net, report=True)
+    assert changes.Change.tolist()[0] == "replaced" and prepared.get_submodule("0").weight.dtype == torch.float64
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), net(x), rtol=1e-12, atol=1e-12)
+
+
 def _resnet18() -> nn.Module:
     torch.manual_seed(3)
     return _randomized(torchvision.models.resnet18(num_classes=5))

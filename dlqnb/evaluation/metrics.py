@@ -220,6 +220,7 @@ def estimate_network_metrics(net_or_quantizer: nn.Module | DLQuantizer, input_si
 
     Raises:
         NotCalibratedError: A quantizer that has not been calibrated.
+        NetworkGraphError: A network that torch.fx cannot trace.
         ValueError: No ``input_size`` to use, a malformed one, or one the network cannot take.
         TypeError: Neither a network nor a quantizer.
 

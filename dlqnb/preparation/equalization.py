@@ -26,6 +26,8 @@ and bias; the second layer's weights (grouped and depthwise convolutions include
 A pair is left as it is, and the report says why, where rescaling would change the float output:
 
 * through a clipped ReLU (ReLU6): ``relu6(x / s) * s`` clips at ``6 s``, not at 6;
+* a convolution feeding a fully connected layer, or the reverse: a convolution's channels are
+  dimension 1 of its output, a fully connected layer reads the last dimension;
 * a layer or BatchNorm module called more than once (its other call would change too);
 * a BatchNorm with no learnable gamma (``affine=False``).
 
@@ -63,6 +65,7 @@ __all__ = ["CHANGE_COLUMNS", "EqualizationPair", "equalization_pairs", "equalize
 CHANGE_COLUMNS = ["Layer", "Change", "Detail"]
 #: Activations through which rescaling is exact: f(x / s) = f(x) / s for every s > 0.
 _SCALE_INVARIANT = {None: "no activation", "relu": "ReLU", "leaky_relu": "leaky ReLU"}
+_KIND_NAMES = {"conv": "convolution", "linear": "fully connected layer"}
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def equalization_pairs(net: nn.Module, optimized: OptimizedNetwork | None = None
         pair = EqualizationPair(
             first.name, second.name, first.module_path, batchnorm_path, second.module_path, _SCALE_INVARIANT.get(first.activation, "")
         )
-        pairs.append(_with_reason(pair, first.activation, traced, calls))
+        pairs.append(_with_reason(pair, first.activation, (first.kind, second.kind), traced, calls))
     return pairs
 
 
@@ -202,9 +205,17 @@ def _only_consumer(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 and tensor_args(users[0]) == [node] else None
 
 
-def _with_reason(pair: EqualizationPair, activation: str | None, traced: fx.GraphModule, calls: dict[str, int]) -> EqualizationPair:
+def _with_reason(
+    pair: EqualizationPair, activation: str | None, kinds: tuple[str, str], traced: fx.GraphModule, calls: dict[str, int]
+) -> EqualizationPair:
     reason = ""
-    if activation not in _SCALE_INVARIANT:
+    if kinds[0] != kinds[1]:
+        # a conv's channels are dimension 1, a linear layer's inputs the last dimension: channel i of one is not input i of the other
+        reason = (
+            f"'{pair.first_path}' is a {_KIND_NAMES[kinds[0]]} and '{pair.second_path}' a {_KIND_NAMES[kinds[1]]}: a convolution's "
+            "channels are dimension 1, a fully connected layer's inputs the last dimension, so rescaling would change the float output"
+        )
+    elif activation not in _SCALE_INVARIANT:
         name = fused_activation_name(activation)  # type: ignore[arg-type]
         reason = f"through a {name}: relu6(x / s) * s clips at 6 s, not at 6, so rescaling would change the float output"
     else:

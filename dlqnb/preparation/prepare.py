@@ -94,7 +94,8 @@ def _replace_batchnorms(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
             changes.append((layer_name(node), "kept", f"computes in float: {why}"))
             continue
         channels = module.num_features
-        identity = conv_type(channels, channels, 1, groups=channels, bias=False).to(module.running_mean.device)
+        # the BatchNorm's dtype: fuse_conv_bn_eval gives the fused layer the convolution's
+        identity = conv_type(channels, channels, 1, groups=channels, bias=False).to(module.running_mean.device, module.running_mean.dtype)
         with torch.no_grad():
             identity.weight.fill_(1.0)
         depthwise = fuse_conv_bn_eval(identity.eval(), module.eval())
