@@ -18,6 +18,10 @@ Calling :meth:`~DLQuantizer.calibrate` again widens the ranges with the new data
 up); the weights and bias rows do not change. A calibration that fails (bad batch, non-finite
 activations) leaves the earlier state untouched.
 
+Recovery beyond MATLAB's workflow: :meth:`~DLQuantizer.correct_bias` (empirical bias correction),
+:meth:`~DLQuantizer.choose_float_layers` (the smallest set of float layers that keeps the accuracy) and
+:meth:`~DLQuantizer.quantization_error` (each tensor's error split into clipping and rounding).
+
 Example:
     >>> import torch, torchvision
     >>> net = torchvision.models.squeezenet1_1(num_classes=5)
@@ -33,7 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 import copy
-from typing import Any, Literal
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -41,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlqnb.core.batches import count_batches, iter_batches
-from dlqnb.calibration.file import CalibrationState, read_calibration, write_calibration
+from dlqnb.calibration.file import CalibrationState, read_calibration, stored_bias_corrections, write_calibration
 from dlqnb.calibration.observers import RangeStats
 from dlqnb.calibration.recorder import StatsRecorder, derivable_sources
 from dlqnb.calibration.rows import CALIBRATION_COLUMNS, CalibrationRow, calibration_rows, calibration_table, row_statistics
@@ -49,6 +54,7 @@ from dlqnb.emulation.network import build_emulated_network
 from dlqnb.errors import CalibrationError, NotCalibratedError
 from dlqnb.core.graph import OptimizedNetwork, optimize_network
 from dlqnb.core.numerics import ExponentScheme, FixedPointType, Rounding, representable_bits
+from dlqnb.evaluation.bias_correction import empirical_bias_corrections
 from dlqnb.plan.builder import QuantizationPlan, build_plan
 from dlqnb.plan.types import PlanOptions, TypeChoice, row_fraction_length
 from dlqnb.evaluation.validation import (
@@ -60,6 +66,9 @@ from dlqnb.evaluation.validation import (
     run_both,
     validation_table,
 )
+
+if TYPE_CHECKING:
+    from dlqnb.evaluation.sensitivity import FloatLayerChoice
 
 __all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibratedError"]
 
@@ -131,6 +140,7 @@ class DLQuantizer:
         self._state = CalibrationState.empty()
         self._row_stats_cache: dict[CalibrationRow, RangeStats] | None = None
         self._plans: dict[PlanOptions, QuantizationPlan] = {}
+        self._bias_corrections: dict[str, tuple[float, ...]] = {}
         self.excluded_layers: set[str] = set()
         self.exclude(*excluded_layers)
 
@@ -179,10 +189,22 @@ class DLQuantizer:
         return self._state
 
     def restore_calibration(self, state: CalibrationState) -> None:
-        """Set the recorded statistics (after :meth:`calibrate`, or from a calibration file)."""
+        """Set the recorded statistics (after :meth:`calibrate`, or from a calibration file).
+
+        Bias corrections are cleared, with a warning: they were measured with the types of the earlier
+        ranges (call :meth:`correct_bias` again).
+        """
         self._state = state
         self._row_stats_cache = None
         self._plans = {}
+        if self._bias_corrections:
+            self._bias_corrections = {}
+            warnings.warn(
+                "the calibration changed: the bias corrections measured with the earlier ranges were cleared; "
+                "call correct_bias(data) again",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @property
     def num_calibration_samples_(self) -> int:
@@ -242,14 +264,19 @@ class DLQuantizer:
             close = [name for name in names if row_name.split("_")[0] in name][:5]
             raise KeyError(f"no calibration row named {row_name!r}; rows look like {close or names[:5]}") from None
 
-    def quantization_types(self) -> pd.DataFrame:
+    def quantization_types(self, data: Any = None, mini_batch_size: int | None = None, progress: bool = True) -> pd.DataFrame:
         """The calibration table with the 8-bit type chosen for each row and what it costs.
 
         Adds ``FractionLength`` (scale ``2**-FractionLength``), ``MSB``/``LSB`` (the type's
         representable bits ``2**MSB … 2**LSB``), and counts from the MSB histogram: ``Overflow``
         (values whose MSB is above the type), ``Underflow`` (nonzero values that round to zero),
-        ``Zeros`` and ``Count``.
+        ``Zeros`` and ``Count``. With ``data``, also the columns of :meth:`quantization_error`
+        (``SQNR(dB)``, ``ClippingSQNR(dB)``, ``RoundingSQNR(dB)``, ``Dominant``; empty for Bias rows).
         """
+        if data is not None:
+            errors = self.quantization_error(data, mini_batch_size, progress)
+            merged = self.quantization_types().merge(errors, on="Optimized Layer Name", how="left")
+            return merged.fillna({"Dominant": ""})
         table = self.calibration_table  # reads the cached row statistics
         extra = []
         for row_stats in self._row_stats().values():  # in table order
@@ -286,16 +313,106 @@ class DLQuantizer:
         return self
 
     def with_excluded(self, names: Iterable[str]) -> DLQuantizer:
-        """A copy sharing this calibration that keeps exactly ``names`` in float."""
+        """A copy sharing this calibration (and bias corrections) that keeps exactly ``names`` in float."""
         variant = copy.copy(self)
         variant.excluded_layers = set(self._check_layer_names(names))
         variant._plans = {}
         return variant
 
+    def with_bias_corrections(self, corrections: dict[str, Iterable[float]]) -> DLQuantizer:
+        """A copy sharing this calibration and exclusions that carries exactly these bias corrections
+        (one value per output channel of each layer named; ``{}`` for none)."""
+        variant = copy.copy(self)
+        variant.excluded_layers = set(self.excluded_layers)
+        variant._set_bias_corrections(corrections)
+        return variant
+
+    def _set_bias_corrections(self, corrections: dict[str, Iterable[float]]) -> None:
+        self._check_layer_names(corrections)  # their lengths are checked where the plan is built
+        self._bias_corrections = {name: tuple(float(v) for v in values) for name, values in corrections.items()}
+        self._plans = {}
+
+    # ------------------------------------------------------------------ recovery beyond MATLAB
+    @property
+    def bias_corrections(self) -> dict[str, tuple[float, ...]]:
+        """The empirical bias corrections (:meth:`correct_bias`): per optimized layer, one value per
+        output channel subtracted from its bias; empty when none were measured."""
+        return dict(self._bias_corrections)
+
+    def correct_bias(self, data: Any, mini_batch_size: int | None = None, sequential: bool = True, progress: bool = True) -> DLQuantizer:
+        """Empirical bias correction: restore each quantized layer's float mean output per channel.
+
+        For every quantized conv/linear layer, the float and the emulated int8 networks run on ``data``;
+        the mean per output channel of (quantized − float) pre-activation output is subtracted from
+        the layer's bias (:mod:`dlqnb.evaluation.bias_correction`). Layers are corrected one at a time
+        in network order, each measured with the corrections of the layers before it
+        (``sequential=False``: all from one pass). The plan applies the corrections, so
+        :meth:`quantize`, :meth:`validate`, :meth:`save` and the ONNX export all use them: on
+        ``"cpu"`` the corrected bias is coded in int32 at input scale × weight scale, on ``"gpu"`` it
+        stays float.
+
+        The corrections stay with the quantizer when layers are excluded or included (a layer kept
+        in float ignores its own; call this again to measure for the new set); a new calibration
+        clears them.
+
+        Args:
+            data: Images in any form :meth:`calibrate` takes (labels are not needed).
+            mini_batch_size: Batch size for a tensor or Dataset.
+            sequential: Correct the layers one at a time in network order (one run per layer), or all
+                from one run.
+            progress: Show a progress bar.
+
+        Returns:
+            This quantizer (corrections in :attr:`bias_corrections`).
+
+        Raises:
+            NotCalibratedError: Before :meth:`calibrate`.
+            DataError: Empty data or a bad batch.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> q = DLQuantizer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1)).eval())
+            >>> x = torch.rand(4, 1, 8, 8)
+            >>> _ = q.calibrate(x, progress=False)
+            >>> sorted(q.correct_bias(x, progress=False).bias_corrections)
+            ['0_1', '2']
+        """
+        self._set_bias_corrections(empirical_bias_corrections(self, data, mini_batch_size, sequential, progress))
+        return self
+
+    def choose_float_layers(self, data: Any, max_accuracy_drop: float = 0.01, **options: Any) -> FloatLayerChoice:
+        """The smallest set of layers to keep in float so that the accuracy drops by at most
+        ``max_accuracy_drop`` (greedy over the sensitivity ranking, verified by re-validation; see
+        :func:`dlqnb.evaluation.sensitivity.choose_float_layers`, which takes the other ``options``).
+        Apply it with ``q.exclude(*choice.layers)``.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> q = DLQuantizer(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval())
+            >>> x = torch.rand(8, 4)
+            >>> _ = q.calibrate(x, progress=False)
+            >>> q.choose_float_layers([(x, q.network(x).argmax(1))], 0.5, progress=False).layers
+            ()
+        """
+        from dlqnb.evaluation.sensitivity import choose_float_layers
+
+        return choose_float_layers(self, data, max_accuracy_drop, **options)
+
+    def quantization_error(self, data: Any, mini_batch_size: int | None = None, progress: bool = True) -> pd.DataFrame:
+        """Each weights and activations row's quantization error split into clipping and rounding, as
+        SQNRs in dB (see :func:`dlqnb.evaluation.quantization_error.quantization_error`)."""
+        from dlqnb.evaluation.quantization_error import quantization_error
+
+        return quantization_error(self, data, mini_batch_size, progress)
+
     def plan_options(self, rounding: Rounding | None = None) -> PlanOptions:
-        """What a plan is built for: this quantizer's target, exclusions, exponent scheme and
-        per-channel flag, and the activation rounding (None: the target's rule)."""
-        return PlanOptions(self.execution_environment, frozenset(self.excluded_layers), self.exponent_scheme, self.per_channel_weights, rounding)
+        """What a plan is built for: this quantizer's target, exclusions, exponent scheme, per-channel
+        flag and bias corrections, and the activation rounding (None: the target's rule)."""
+        return PlanOptions(
+            self.execution_environment, frozenset(self.excluded_layers), self.exponent_scheme, self.per_channel_weights, rounding, self._bias_corrections
+        )
 
     def plan(self, rounding: Rounding | None = None) -> QuantizationPlan:
         """The quantization plan for the current calibration and options (see :mod:`dlqnb.plan.builder`):
@@ -419,6 +536,7 @@ class DLQuantizer:
                 "excluded_layers": sorted(self.excluded_layers),
                 "per_channel_weights": self.per_channel_weights,
                 "network_fingerprint": self.network_fingerprint(),
+                "bias_corrections": {name: list(values) for name, values in self._bias_corrections.items()},
             },
         )
 
@@ -453,6 +571,7 @@ class DLQuantizer:
                 f"the {type(net).__name__} given); calibrate this network instead"
             )
         quantizer.restore_calibration(state)
+        quantizer._set_bias_corrections(stored_bias_corrections(path, settings))
         return quantizer
 
     def __repr__(self) -> str:

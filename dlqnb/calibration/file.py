@@ -4,7 +4,9 @@ One safetensors file (no pickle anywhere): the tensors hold every observed tenso
 MSB counts; the header's metadata holds a JSON document with the format version, dlqnb's version,
 the target, the exponent scheme, the excluded layers, the per-channel flag, the number of calibration
 samples, the shape of one input channels first ((C, H, W) for images, (C, L) for 1-D signals: what export
-takes as the model's input), and a fingerprint of the network it was calibrated on (graph and weights). A
+takes as the model's input), the empirical bias corrections (``bias_corrections``: per optimized layer, one
+value per output channel; files written before dlqnb measured them have none, and read as none), and a
+fingerprint of the network it was calibrated on (graph and weights). A
 SHA-256 checksum over the JSON and the tensor bytes detects edits; files are written atomically.
 
 The types are not stored: they follow from the statistics and the settings (:mod:`dlqnb.plan.types`),
@@ -46,7 +48,16 @@ from dlqnb.core.numerics import MSBHistogram
 from dlqnb.calibration.observers import RangeStats
 from dlqnb.errors import CalibrationFileError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CalibrationFileError", "CalibrationState", "fingerprint", "read_calibration", "write_calibration"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CalibrationFileError",
+    "CalibrationState",
+    "fingerprint",
+    "read_calibration",
+    "stored_bias_corrections",
+    "write_calibration",
+]
 
 FORMAT = "dlqnb-calibration"
 FORMAT_VERSION = 1
@@ -154,6 +165,25 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch
     if metadata.get("checksum") != _checksum(document, tensors):
         raise CalibrationFileError(f"{where!r} fails its checksum: the file was edited or damaged after it was written")
     return document, tensors
+
+
+def stored_bias_corrections(path: str | os.PathLike[str], settings: dict[str, Any]) -> dict[str, tuple[float, ...]]:
+    """The bias corrections a calibration file's settings hold (none in files that predate them).
+
+    Raises:
+        CalibrationFileError: The entry is not a mapping of layer names to lists of numbers.
+
+    Example:
+        >>> stored_bias_corrections("q.safetensors", {"bias_corrections": {"conv1": [0.5, -0.25]}}), stored_bias_corrections("old.safetensors", {})
+        ({'conv1': (0.5, -0.25)}, {})
+    """
+    entry = settings.get("bias_corrections", {})
+    valid = isinstance(entry, dict) and all(
+        isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) for values in entry.values()
+    )
+    if not valid:
+        raise CalibrationFileError(f"{os.fspath(path)!r} has malformed bias_corrections: expected a mapping of layer names to lists of numbers")
+    return {str(name): tuple(float(v) for v in values) for name, values in entry.items()}
 
 
 def read_calibration(path: str | os.PathLike[str]) -> tuple[dict[str, Any], CalibrationState]:

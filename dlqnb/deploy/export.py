@@ -10,7 +10,9 @@ and quantized layers are ``autograd.Function`` s whose ONNX form is explicit Q/D
 * every quantized conv/linear layer: int8 weight initializer → DequantizeLinear (scale ``2**-fw``, one
   per channel with per-channel weights), and its bias: on ``"cpu"`` an int32 initializer →
   DequantizeLinear (scale ``2**-(fin + fw)``), on ``"gpu"`` a float initializer — TensorRT's ONNX parser
-  accepts DequantizeLinear only on int8 tensors and takes float biases;
+  accepts DequantizeLinear only on int8 tensors and takes float biases. With empirical bias correction
+  (:meth:`DLQuantizer.correct_bias`) these are the plan's corrected biases; the metadata entry
+  ``dlqnb_bias_corrected_layers`` lists the layers corrected;
 * global average pooling on ``"cpu"``: GlobalAveragePool between Q/DQ pairs (QLinearGlobalAveragePool
   in ONNX Runtime);
 * float layers between a DequantizeLinear and the next QuantizeLinear, as in the emulation.
@@ -272,6 +274,8 @@ def _export(
         "dlqnb_preprocessing": json.dumps(_preprocessing(channels, size)),
         "dlqnb_quantized_layers": json.dumps(sorted(plan.layers) if plan else []),
         "dlqnb_per_channel_weights": json.dumps(quantizer.per_channel_weights),
+        # the corrected biases are in the initializers already (the plan's); this says which were corrected
+        "dlqnb_bias_corrected_layers": json.dumps(sorted(set(plan.layers) & set(quantizer.bias_corrections)) if plan else []),
     }
     onnx.helper.set_model_props(model, info)
     onnx.checker.check_model(model)

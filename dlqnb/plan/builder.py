@@ -12,8 +12,9 @@ For every node it records one of:
 * a **quantized layer** (an optimized conv/linear layer): its int8 weight codes with their power-of-two
   scale(s), its accumulator type (int32 at input scale × weight scale), its bias (int32 codes in the
   accumulator type on ``"cpu"``; float32 on ``"gpu"``, as TensorRT takes biases and as MATLAB's cuDNN
-  target keeps them), its input and output types, the precision that accumulates it exactly and the
-  rounding of its input;
+  target keeps them; an empirical bias correction in the options is subtracted from the float bias
+  first, so emulation and export both add the corrected bias), its input and output types, the
+  precision that accumulates it exactly and the rounding of its input;
 * an **int8 op** (max pooling, concatenation, addition, ReLU, reshapes, dropout; global average pooling
   on ``"cpu"``, with its own plan; see :mod:`dlqnb.core.ops`) and the type of its output;
 * a **float op**, with the reason it is not quantized.
@@ -234,6 +235,7 @@ def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, 
         >>> layer.input_type.signed, layer.accumulator_type.fraction_length - layer.weight_type.fraction_length, layer.integer_bias
         (False, 6, True)
     """
+    _check_bias_corrections(optimized, options)
     types = choose_types(optimized, statistics, options)
     library = plan_library(options.target)
     gm = optimized.module
@@ -318,6 +320,17 @@ def _layer_float_reason(layer: OptimizedLayer, module: nn.Module, options: PlanO
     return ""
 
 
+def _check_bias_corrections(optimized: OptimizedNetwork, options: PlanOptions) -> None:
+    """Raise a ValueError naming the layer when a bias correction names no optimized layer or has
+    another number of values than the layer has output channels."""
+    for name, values in options.bias_corrections:
+        if name not in optimized.layers:
+            raise ValueError(f"bias_corrections name {name!r}, which is not an optimized layer; layers are {list(optimized.layers)[:6]}...")
+        channels = optimized.fused(name).layer.weight.shape[0]
+        if len(values) != channels:
+            raise ValueError(f"the bias correction of layer {name!r} has {len(values)} values; the layer has {channels} output channels")
+
+
 def _code_magnitude_bound(tensor_type: FixedPointType) -> int:
     """The smallest power of two that no code's magnitude exceeds (128 for int8, 256 for uint8)."""
     return 2 ** (tensor_type.word_length - 1 if tensor_type.signed else tensor_type.word_length)
@@ -332,6 +345,9 @@ def _layer_plan(
     rounding = options.code_rounding
     weight_codes = weight_type.quantize(module.weight.detach().double(), rounding).to(torch.int8)
     bias = module.bias.detach().double()
+    correction = options.bias_correction(layer.name)
+    if correction is not None:  # empirical bias correction: the float bias moves, then it is coded as always
+        bias = bias - torch.tensor(correction, dtype=torch.float64)
     if options.target == "gpu":  # TensorRT takes float biases; MATLAB's cuDNN target keeps them in single
         bias_codes, bias_value = None, bias.float()
     else:  # ONNX Runtime's QLinearConv adds int32 bias codes to the accumulator

@@ -29,7 +29,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dlqnb.calibration.observers import RangeStats
@@ -69,10 +70,16 @@ class PlanOptions:
         per_channel_weights: One weight fraction length per output channel.
         rounding: How activations are rounded where they are quantized; None for the target's rule
             (:data:`TARGET_ROUNDING`). Weight and bias codes always follow the target's rule.
+        bias_corrections: Empirical bias corrections (:meth:`DLQuantizer.correct_bias`): for an optimized
+            layer, one value per output channel subtracted from its float bias before the bias is
+            coded (a mapping is accepted and kept as sorted ``(layer, values)`` pairs, so that the
+            options stay hashable). A layer kept in float ignores its correction.
 
     Example:
         >>> PlanOptions("cpu", excluded_layers=["conv1"]).activation_rounding
         'half_even'
+        >>> PlanOptions("gpu", bias_corrections={"conv1": [0.5, -0.25]}).bias_correction("conv1")
+        (0.5, -0.25)
     """
 
     target: str
@@ -80,6 +87,7 @@ class PlanOptions:
     exponent_scheme: ExponentScheme = "minmax"
     per_channel_weights: bool = False
     rounding: Rounding | None = None
+    bias_corrections: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_ROUNDING:
@@ -87,6 +95,11 @@ class PlanOptions:
         if self.rounding not in (None, "half_away", "half_even"):
             raise ValueError(f"rounding must be 'half_away' or 'half_even' (or None for the target's rule), got {self.rounding!r}")
         object.__setattr__(self, "excluded_layers", frozenset(self.excluded_layers))
+        object.__setattr__(self, "bias_corrections", _frozen_corrections(self.bias_corrections))
+
+    def bias_correction(self, layer: str) -> tuple[float, ...] | None:
+        """The bias correction of one optimized layer (one value per output channel), or None."""
+        return dict(self.bias_corrections).get(layer)
 
     @property
     def code_rounding(self) -> Rounding:
@@ -97,6 +110,24 @@ class PlanOptions:
     def activation_rounding(self) -> Rounding:
         """How activations are rounded where they are quantized."""
         return self.rounding or self.code_rounding
+
+
+def _frozen_corrections(corrections: Mapping[str, Iterable[float]] | Iterable[tuple[str, Iterable[float]]]) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """Bias corrections as sorted ``(layer, values)`` pairs of finite floats.
+
+    Raises:
+        ValueError: A value that is not a finite number, or a layer named twice; the message names the layer.
+    """
+    pairs = list(corrections.items()) if isinstance(corrections, Mapping) else list(corrections)
+    result: dict[str, tuple[float, ...]] = {}
+    for layer, values in pairs:
+        if layer in result:
+            raise ValueError(f"bias_corrections names layer {layer!r} twice")
+        numbers = tuple(float(v) for v in values)
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"bias_corrections of layer {layer!r} must be finite numbers, got {numbers}")
+        result[str(layer)] = numbers
+    return tuple(sorted(result.items()))
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,17 @@ from dlqnb.calibration.rows import CalibrationRow
 from dlqnb.core.numerics import MSBHistogram, representable_bits
 
 if TYPE_CHECKING:
+    from dlqnb.evaluation.sensitivity import FloatLayerChoice
     from dlqnb.quantizer import DLQuantizer
 
 __all__ = [
     "calibration_heatmap",
+    "float_layer_tradeoff_figure",
     "msb_heatmap",
     "msb_sparkline",
     "prediction_comparison_figure",
     "pruning_progress_figure",
+    "quantization_error_figure",
     "score_agreement_figure",
     "sensitivity_figure",
     "style_bit_table",
@@ -408,3 +411,171 @@ def sensitivity_figure(table: pd.DataFrame, top: int = 15) -> go.Figure:
     figure.update_layout(title="Per-layer sensitivity (most harmful at the top)", xaxis_title="relative output error", height=120 + 24 * len(shown), margin={"l": 20})
     figure.update_yaxes(automargin=True)
     return figure
+
+
+def float_layer_tradeoff_figure(choice: FloatLayerChoice) -> go.Figure:
+    """Accuracy against learnable memory as layers are kept in float, from
+    :func:`dlqnb.evaluation.sensitivity.choose_float_layers`; the chosen point is marked, the
+    acceptable accuracy drawn as a dashed line.
+
+    Example:
+        >>> import pandas as pd
+        >>> from dlqnb.evaluation.sensitivity import FloatLayerChoice
+        >>> curve = pd.DataFrame({"num_float_layers": [0, 1], "float_layers": [(), ("conv1",)], "accuracy": [0.8, 0.95],
+        ...     "accuracy_drop": [0.15, 0.0], "learnable_memory_bytes": [1000, 1300], "memory_reduction": [0.75, 0.675],
+        ...     "meets_target": [False, True]})
+        >>> figure = float_layer_tradeoff_figure(FloatLayerChoice(("conv1",), 0.95, 0.95, 0.01, True, curve, pd.DataFrame()))
+        >>> list(figure.data[1].x), list(figure.data[1].y)
+        ([1300], [0.95])
+    """
+    curve = choice.trade_off
+    memory = list(curve["learnable_memory_bytes"])
+    labels = [", ".join(layers) or "(none)" for layers in curve["float_layers"]]
+    figure = go.Figure(
+        go.Scatter(
+            x=memory,
+            y=list(curve["accuracy"]),
+            mode="lines+markers+text",
+            text=[str(n) for n in curve["num_float_layers"]],
+            textposition="top center",
+            customdata=list(zip(labels, curve["memory_reduction"])),
+            hovertemplate="%{customdata[0]} in float<br>accuracy %{y:.4f}<br>%{x:,} bytes (%{customdata[1]:.1%} smaller)<extra></extra>",
+            name="layers in float",
+        )
+    )
+    chosen = choice.chosen
+    figure.add_trace(
+        go.Scatter(
+            x=[chosen["learnable_memory_bytes"]],
+            y=[chosen["accuracy"]],
+            mode="markers",
+            marker={"symbol": "star", "size": 16, "color": _BOX},
+            name=f"chosen: {len(choice.layers)} layer(s) in float",
+        )
+    )
+    figure.add_hline(y=choice.float_accuracy - choice.max_accuracy_drop, line_dash="dash", line_color="grey", annotation_text="acceptable")
+    figure.add_hline(y=choice.float_accuracy, line_dash="dot", line_color="green", annotation_text="float")
+    figure.update_layout(
+        title="Accuracy against learnable memory as layers are kept in float",
+        xaxis_title="learnable parameter memory (bytes)",
+        yaxis_title="accuracy",
+        height=420,
+    )
+    return figure
+
+
+def quantization_error_figure(table: pd.DataFrame) -> go.Figure:
+    """Grouped bars per row of :func:`dlqnb.evaluation.quantization_error.quantization_error`: total,
+    clipping and rounding SQNR in dB (higher is better; a component without noise has no bar).
+
+    Example:
+        >>> table = pd.DataFrame({"Optimized Layer Name": ["conv1_Activations"], "SQNR(dB)": [20.0],
+        ...     "ClippingSQNR(dB)": [21.0], "RoundingSQNR(dB)": [float("inf")], "Dominant": ["clipping"]})
+        >>> [trace.name for trace in quantization_error_figure(table).data], quantization_error_figure(table).data[2].y
+        (['total', 'clipping', 'rounding'], (None,))
+    """
+    names = list(table["Optimized Layer Name"])
+    figure = go.Figure()
+    for column, label in (("SQNR(dB)", "total"), ("ClippingSQNR(dB)", "clipping"), ("RoundingSQNR(dB)", "rounding")):
+        values = [float(v) if math.isfinite(v) else None for v in table[column]]
+        figure.add_trace(
+            go.Bar(
+                x=names,
+                y=values,
+                name=label,
+                customdata=list(table["Dominant"]),
+                hovertemplate="%{x}<br>" + label + " SQNR %{y:.1f} dB<br>dominant: %{customdata}<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        barmode="group",
+        title="Quantization error per tensor: clipping against rounding (SQNR, higher is better)",
+        yaxis_title="SQNR (dB)",
+        height=420,
+    )
+    figure.update_xaxes(tickangle=-45, automargin=True)
+    return figure
+
+
+def recipe_pareto_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Accuracy against learnable memory and against int8 latency, one marker per recipe, the Pareto
+    front joined by a line: the view of :func:`dlqnb.recipes.compare_recipes`' table.
+
+    Left: accuracy against learnable memory, coloured by latency (recipes with the same memory and
+    accuracy share one marker, its hover lists them all). Right, where latency was measured: accuracy
+    against latency. Recipes on the Pareto front (the table's ``pareto`` column) are drawn as diamonds
+    and joined in order of the panel's x; recipes that failed are left out and counted in the title.
+
+    Args:
+        table: A ``compare_recipes`` table (columns ``recipe``, ``accuracy``, ``memory_bytes``,
+            ``latency_ms``, ``pareto``; ``error`` optional).
+        title: The figure's title (default: how many recipes, and how many on the front).
+
+    Raises:
+        ValueError: A column is missing.
+
+    Example:
+        >>> import pandas as pd
+        >>> table = pd.DataFrame({"recipe": ["a", "b"], "accuracy": [0.9, 0.8], "memory_bytes": [400, 100],
+        ...                       "latency_ms": [3.0, 2.0], "pareto": [True, True]})
+        >>> [trace.name for trace in recipe_pareto_figure(table).data]
+        ['recipes', 'Pareto front', 'recipes', 'Pareto front']
+    """
+    from plotly.subplots import make_subplots
+
+    missing = [c for c in ("recipe", "accuracy", "memory_bytes", "latency_ms", "pareto") if c not in table.columns]
+    if missing:
+        raise ValueError(f"recipe_pareto_figure needs a compare_recipes table; the columns {missing} are missing")
+    failed = table["accuracy"].isna()
+    shown = table[~failed]
+    timed = shown["latency_ms"].notna().any()
+    figure = make_subplots(
+        rows=1, cols=2 if timed else 1, shared_yaxes=True, horizontal_spacing=0.06,
+        subplot_titles=("Accuracy vs learnable memory", "Accuracy vs int8 latency") if timed else ("Accuracy vs learnable memory",),
+    )
+
+    def latency_text(value: float) -> str:
+        return f"{value:.3g} ms" if value == value else "not measured"
+
+    # one marker per (memory, accuracy): recipes that quantize alike land on the same spot
+    groups = list(shown.groupby(["memory_bytes", "accuracy"], sort=False))
+    memory_mb = [memory / 1e6 for (memory, _), _ in groups]
+    accuracy = [100 * value for (_, value), _ in groups]
+    hover = [
+        "<br>".join(f"{r['recipe']}: {latency_text(r['latency_ms'])}" for _, r in group.iterrows())
+        + f"<br>accuracy {100 * value:.4g} %, memory {memory / 1e6:.4g} MB"
+        for (memory, value), group in groups
+    ]
+    on_front = [bool(group["pareto"].any()) for _, group in groups]
+    marker: dict[str, Any] = {"size": 13, "symbol": ["diamond" if front else "circle" for front in on_front], "line": {"width": 1, "color": "black"}}
+    if timed:
+        marker.update(color=[group["latency_ms"].min() for _, group in groups], colorscale="Viridis", reversescale=True, showscale=True,
+                      colorbar={"title": "latency (ms)", "x": 1.02})
+    figure.add_trace(go.Scatter(x=memory_mb, y=accuracy, mode="markers", name="recipes", marker=marker, text=hover,
+                                hovertemplate="%{text}<extra></extra>", showlegend=False), row=1, col=1)
+    front = shown[shown["pareto"].astype(bool)]
+    along_memory = front.sort_values(["memory_bytes", "accuracy"])
+    figure.add_trace(go.Scatter(x=list(along_memory["memory_bytes"] / 1e6), y=list(100 * along_memory["accuracy"]), mode="lines",
+                                name="Pareto front", line={"dash": "dash", "color": _BOX}, hoverinfo="skip"), row=1, col=1)
+    figure.update_xaxes(title="learnable memory (MB)", row=1, col=1)
+    if timed:
+        figure.add_trace(go.Scatter(
+            x=list(shown["latency_ms"]), y=list(100 * shown["accuracy"]), mode="markers", name="recipes", showlegend=False,
+            marker={"size": 11, "symbol": ["diamond" if p else "circle" for p in shown["pareto"]], "line": {"width": 1, "color": "black"}},
+            text=[f"{r['recipe']}<br>accuracy {100 * r['accuracy']:.4g} %, memory {r['memory_bytes'] / 1e6:.4g} MB, {latency_text(r['latency_ms'])}"
+                  for _, r in shown.iterrows()],
+            hovertemplate="%{text}<extra></extra>"), row=1, col=2)
+        along_latency = front.dropna(subset=["latency_ms"]).sort_values(["latency_ms", "accuracy"])
+        figure.add_trace(go.Scatter(x=list(along_latency["latency_ms"]), y=list(100 * along_latency["accuracy"]), mode="lines",
+                                    name="Pareto front", line={"dash": "dash", "color": _BOX}, hoverinfo="skip", showlegend=False), row=1, col=2)
+        figure.update_xaxes(title="int8 latency (ms per batch)", row=1, col=2)
+    figure.update_yaxes(title="accuracy (%)", row=1, col=1)
+    note = f"; {int(failed.sum())} failed" if failed.any() else ""
+    figure.update_layout(
+        title=title or f"Quantization recipes: {len(front)} of {len(shown)} on the Pareto front (diamonds){note}",
+        height=430, legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+__all__.append("recipe_pareto_figure")

@@ -1,0 +1,144 @@
+"""Empirical bias correction: restore each quantized layer's mean output per channel (AIMET's recipe).
+
+Rounding weights and activations to 8 bits shifts the mean of a layer's output when the rounding errors
+do not cancel (weights that all round the same way, inputs that are all positive). For every quantized
+conv/linear layer :func:`empirical_bias_corrections` runs the float network and the emulated int8
+network (:meth:`DLQuantizer.quantize`) on the same data and takes, per output channel, the mean of
+(quantized − float) of the layer's **pre-activation** output (before its fused ReLU), over the images
+and every spatial position. That mean is the correction: the plan subtracts it from the layer's float
+bias before coding it (:class:`dlqnb.plan.types.PlanOptions`), so the emulation and the exported model
+both add the corrected bias.
+
+**Order.** With ``sequential=True`` (the default) the layers are corrected one at a time in network
+order, and each layer is measured on the emulated network that already carries the corrections of the
+layers before it: a layer then only makes up for its own bias, not for one its inputs no longer have.
+This runs the emulated network once per quantized layer. With ``sequential=False`` every layer is
+measured in one pass over the uncorrected network (one run; later layers' corrections then also
+include the shift of earlier layers that their own corrections remove).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from dlqnb import DLQuantizer
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1)).eval()
+    >>> q = DLQuantizer(net)
+    >>> x = torch.rand(4, 1, 8, 8)
+    >>> _ = q.calibrate(x, progress=False)
+    >>> corrections = empirical_bias_corrections(q, x, progress=False)
+    >>> sorted(corrections), len(corrections["0_1"])
+    (['0_1', '2'], 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dlqnb.core.batches import iter_batches
+from dlqnb.emulation.network import EmulatedLayer
+
+if TYPE_CHECKING:
+    from dlqnb.quantizer import DLQuantizer
+
+__all__ = ["empirical_bias_corrections"]
+
+Corrections = dict[str, tuple[float, ...]]
+
+
+class _ChannelMeans:
+    """Streaming per-channel means of the pre-activation outputs of some layers, read by hooks."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.handles: list[Any] = []
+
+    def add(self, name: str, y: Tensor, channel_axis: int) -> None:
+        # reduced at once: a fused in-place ReLU overwrites the tensor right after
+        channels = y.movedim(channel_axis, 0).reshape(y.shape[channel_axis], -1)
+        total = channels.sum(1, dtype=torch.float64)
+        self.sums[name] = self.sums[name] + total if name in self.sums else total
+        self.counts[name] = self.counts.get(name, 0) + channels.shape[1]
+
+    def watch_output(self, module: nn.Module, name: str, channel_axis: int) -> None:
+        self.handles.append(module.register_forward_hook(lambda _m, _args, y: self.add(name, y, channel_axis)))
+
+    def watch_input(self, module: nn.Module, name: str, channel_axis: int) -> None:
+        self.handles.append(module.register_forward_pre_hook(lambda _m, args: self.add(name, args[0], channel_axis)))
+
+    def means(self) -> dict[str, Tensor]:
+        for handle in self.handles:
+            handle.remove()
+        return {name: total / self.counts[name] for name, total in self.sums.items()}
+
+
+def _run(network: nn.Module, images: list[Tensor]) -> None:
+    with torch.no_grad():
+        for batch in images:
+            network(batch)
+
+
+def _float_means(quantizer: DLQuantizer, layers: Iterable[str], images: list[Tensor]) -> dict[str, Tensor]:
+    """Per-channel means of the float pre-activation output (the conv/linear before its fused activation)."""
+    means = _ChannelMeans()
+    for name in layers:
+        means.watch_output(quantizer.optimized.fused(name).layer, name, 1 if quantizer.optimized.layers[name].kind == "conv" else -1)
+    _run(quantizer.optimized.module, images)
+    return means.means()
+
+
+def _emulated_means(network: nn.Module, layers: set[str], images: list[Tensor]) -> dict[str, Tensor]:
+    """Per-channel means of the emulated pre-activation output: the input of the fused activation, or
+    the layer's output where none is fused."""
+    means = _ChannelMeans()
+    for module in network.modules():
+        if isinstance(module, EmulatedLayer) and module.plan.name in layers:
+            axis = 1 if module.spec.kind == "conv" else -1
+            if module.activation is not None:
+                means.watch_input(module.activation, module.plan.name, axis)
+            else:
+                means.watch_output(module, module.plan.name, axis)
+    _run(network, images)
+    return means.means()
+
+
+def empirical_bias_corrections(
+    quantizer: DLQuantizer, data: Any, mini_batch_size: int | None = None, sequential: bool = True, progress: bool = True
+) -> Corrections:
+    """The empirical bias correction of every quantized layer (see the module docstring).
+
+    The quantizer's current corrections are ignored: every correction is measured afresh.
+
+    Args:
+        quantizer: A calibrated :class:`~dlqnb.DLQuantizer` (its exclusions are respected).
+        data: Images in any form :meth:`DLQuantizer.calibrate` takes (labels are not needed).
+        mini_batch_size: Batch size for a tensor or Dataset.
+        sequential: Correct the layers one at a time in network order (True), or all from one pass.
+        progress: Show a progress bar.
+
+    Returns:
+        For every quantized layer, one value per output channel: the mean of (quantized − float)
+        pre-activation output, which the plan subtracts from the layer's bias.
+
+    Raises:
+        NotCalibratedError: Before :meth:`DLQuantizer.calibrate`.
+        DataError: Empty data or a batch that is not a finite float image batch.
+    """
+    quantizer.check_calibrated("correct_bias")
+    images = [batch for batch, _labels in iter_batches(data, mini_batch_size)]
+    uncorrected = quantizer.with_bias_corrections({})
+    layers = list(uncorrected.plan().layers)
+    reference = _float_means(quantizer, layers, images)
+    corrections: Corrections = {}
+    if not sequential:
+        measured = _emulated_means(uncorrected.quantize(), set(layers), images)
+        return {name: tuple((measured[name] - reference[name]).tolist()) for name in layers}
+    for name in tqdm(layers, desc="Correcting bias", unit="layer", disable=not progress):
+        network = quantizer.with_bias_corrections(corrections).quantize()
+        measured = _emulated_means(network, {name}, images)
+        corrections[name] = tuple((measured[name] - reference[name]).tolist())
+    return corrections
