@@ -63,6 +63,7 @@ _LAZY_MODULES = {
     "training": "dlqnb.training",
     "deploy": "dlqnb.deploy",
     "pruning": "dlqnb.pruning",
+    "recipes": "dlqnb.recipes",
 }
 _LAZY_NAMES = {
     "TaylorPrunableNetwork": "dlqnb.pruning",

@@ -1,0 +1,281 @@
+"""Comparing quantization recipes on one network: accuracy, learnable memory and int8 latency side by side.
+
+:func:`compare_recipes` quantizes the network once per :class:`~dlqnb.recipes.recipe.Recipe` and
+measures what each costs and gives:
+
+1. **Network.** The float network, or its equalized copy (``dlqnb.equalize_layers``) for a recipe with
+   ``equalize``. Calibration ranges do not depend on the target, the exponent scheme or per-channel
+   weights, so each of the (at most two) networks is calibrated once and the ranges are shared by the
+   recipes that quantize it.
+2. **Quantizer.** A :class:`~dlqnb.DLQuantizer` with the recipe's target, exponent scheme and
+   per-channel flag; ``bias_correction`` runs ``q.correct_bias(calibration_data)``.
+3. **Float layers by accuracy.** With ``max_accuracy_drop``, where the fully quantized network drops
+   more than that, ``q.choose_float_layers(validation_data, max_accuracy_drop=...)`` picks the layers and
+   ``q.exclude(*choice.layers)`` keeps them in float (bias corrections are then measured again for the
+   layers left quantized).
+4. **Accuracy and memory.** ``q.validate(validation_data)``: top-1 accuracy of the quantized and float
+   networks and their learnable parameter memory, as MATLAB counts it.
+5. **Latency.** The deployed file (``export_qdq_onnx``) loaded with ``load_int8`` and timed in a block of
+   its own: warm-up calls, then several timed calls on one batch, the median kept. ONNX Runtime's worker
+   threads do not spin between calls (dlqnb's runner turns spinning off), and the machine is left to
+   settle before each block, so that nothing else competes for the cores while a recipe is timed. Latency
+   depends on the CPU: the table's ``attrs["cpu"]`` names it.
+
+A recipe that fails at any step is recorded with its error (``error`` column) and the comparison goes on.
+The ``pareto`` column marks the recipes on the Pareto front (:mod:`dlqnb.recipes.pareto`).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval()
+    >>> x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 2, (8,))
+    >>> table = compare_recipes(net, [{"name": "gpu"}, {"name": "cpu", "target": "cpu"}], x, (x, y),
+    ...                         measure_latency=False, progress=False)
+    >>> list(table["recipe"]), bool(table["error"].eq("").all())
+    (['gpu', 'cpu'], True)
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+from tqdm.auto import tqdm
+
+from dlqnb.calibration.file import CalibrationState
+from dlqnb.core.targets import CPU_LIBRARIES
+from dlqnb.deploy.backend_choice import BACKENDS, model_input
+from dlqnb.deploy.export import export_qdq_onnx
+from dlqnb.deploy.host import cpu_summary, file_name_safe, time_block
+from dlqnb.deploy.load import load_int8
+from dlqnb.evaluation.validation import ValidationResult
+from dlqnb.quantizer import DLQuantizer
+from dlqnb.recipes.pareto import pareto_mask
+from dlqnb.recipes.recipe import Recipe, as_recipes
+
+__all__ = ["RESULT_COLUMNS", "compare_recipes"]
+
+#: The columns of :func:`compare_recipes`' table, in order.
+RESULT_COLUMNS = [
+    "recipe",
+    "target",
+    "exponent_scheme",
+    "per_channel",
+    "equalize",
+    "bias_correction",
+    "max_accuracy_drop",
+    "accuracy",
+    "float_accuracy",
+    "accuracy_drop",
+    "memory_bytes",
+    "float_memory_bytes",
+    "memory_reduction",
+    "num_float_layers",
+    "float_layers",
+    "latency_ms",
+    "backend",
+    "pareto",
+    "error",
+]
+#: Untimed calls before a latency block, and timed calls in it (their median is the latency).
+LATENCY_WARMUPS = 3
+LATENCY_RUNS = 7
+#: Seconds the machine is left to settle before a latency block: PyTorch's and the last runtime's worker
+#: threads keep spinning for a moment after their last call, and would compete with the block.
+SETTLE_SECONDS = 0.5
+
+
+def compare_recipes(
+    net: nn.Module,
+    recipes: Recipe | Mapping[str, Any] | Iterable[Recipe | Mapping[str, Any]],
+    calibration_data: Any,
+    validation_data: Any,
+    *,
+    measure_latency: bool = True,
+    latency_batch: int = 8,
+    backend: str = "auto",
+    output_dir: str | os.PathLike[str] | None = None,
+    mini_batch_size: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Quantize ``net`` with each recipe and compare accuracy, learnable memory and int8 latency.
+
+    Args:
+        net: The float network (never modified).
+        recipes: :class:`~dlqnb.recipes.recipe.Recipe` objects or dicts of their fields (one, or a list).
+        calibration_data: Images to calibrate on (and to measure bias corrections on), in any form
+            :meth:`~dlqnb.DLQuantizer.calibrate` takes.
+        validation_data: Labelled images to validate on (and to choose float layers on).
+        measure_latency: Export each recipe's int8 ONNX file and time it (False: ``latency_ms`` is NaN).
+        latency_batch: Images per timed call.
+        backend: The runtime that runs the files (``load_int8``'s ``backend``): ``"auto"`` (TensorRT on an
+            NVIDIA GPU for the ``"gpu"`` flavour, else the CPU runtime measured fastest), ``"onnxruntime"``,
+            ``"openvino"``, ``"tensorrt"``.
+        output_dir: Where the ONNX files are kept (``01-<recipe name>.onnx``, numbered in the order of
+            ``recipes``); None: a temporary folder, removed afterwards.
+        mini_batch_size: Batch size for a tensor or Dataset of images.
+        progress: Show a progress bar over the recipes.
+
+    Returns:
+        One row per recipe, columns :data:`RESULT_COLUMNS`: the recipe's settings; ``accuracy`` and
+        ``float_accuracy`` (top-1 on ``validation_data``), ``accuracy_drop`` (float − quantized);
+        ``memory_bytes`` and ``float_memory_bytes`` (learnable parameter memory, int8 and float) and
+        ``memory_reduction`` (1 − int8 / float); ``num_float_layers`` and ``float_layers`` (the layers the
+        accuracy-driven choice keeps in float, comma-separated); ``latency_ms`` (median milliseconds per
+        call of ``latency_batch`` images) and ``backend`` (the runtime that ran it); ``pareto``; ``error``
+        (empty when the recipe ran). ``attrs`` holds ``cpu`` (the CPU the latencies were measured on),
+        ``latency_batch``, ``backend`` and ``num_validation_samples``.
+
+    Raises:
+        TypeError: ``net`` is not an ``nn.Module``, or ``recipes`` holds something else than recipes.
+        ValueError: A bad recipe, repeated recipe names, a bad ``latency_batch`` or ``backend``.
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    chosen = as_recipes(recipes)
+    if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
+        raise ValueError(f"latency_batch must be a positive whole number of images, got {latency_batch!r}")
+    _check_backend(backend)
+    networks: dict[bool, tuple[nn.Module, CalibrationState]] = {}
+    rows = []
+    samples = None
+    with tempfile.TemporaryDirectory(prefix="dlqnb-recipes-") as scratch:
+        folder = Path(output_dir) if output_dir is not None else Path(scratch)
+        bar = tqdm(chosen, desc="Recipes", unit="recipe", disable=not progress)
+        for number, recipe in enumerate(bar, start=1):
+            bar.set_postfix_str(recipe.name)
+            row = _settings(recipe)
+            try:
+                quantizer, result = _quantizer(recipe, net, networks, calibration_data, validation_data, mini_batch_size)
+            except Exception as error:  # a failed recipe is a result of the comparison, not its end
+                rows.append({**row, "error": _error_text(error)})
+                continue
+            samples = result.num_samples
+            row.update(_validation_row(result.metric_results, quantizer))
+            if measure_latency:
+                try:
+                    path = folder / f"{number:02d}-{file_name_safe(recipe.name, keep='._-')}.onnx"
+                    row["latency_ms"], row["backend"] = _latency(quantizer, path, backend, latency_batch)
+                except Exception as error:
+                    row["error"] = f"latency not measured: {_error_text(error)}"
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    for column in ("accuracy", "float_accuracy", "accuracy_drop", "memory_reduction", "latency_ms"):
+        table[column] = table[column].astype(float)
+    table["pareto"] = pareto_mask(table)
+    table.attrs.update(cpu=cpu_summary(), latency_batch=latency_batch, backend=backend, num_validation_samples=samples)
+    return table
+
+
+def _check_backend(backend: Any) -> None:
+    parts = backend.split("/") if isinstance(backend, str) else []
+    if backend not in BACKENDS and not (len(parts) == 2 and set(parts) == set(CPU_LIBRARIES)):
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or a split such as 'onnxruntime/openvino', got {backend!r}")
+
+
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    """A row's recipe columns, with the text columns empty until the recipe has run."""
+    settings = recipe.to_dict()
+    return {"recipe": settings.pop("name"), **settings, "float_layers": "", "backend": "", "error": ""}
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _network(recipe: Recipe, net: nn.Module) -> nn.Module:
+    """The network a recipe quantizes: ``net``, or its equalized copy."""
+    if not recipe.equalize:
+        return net
+    try:
+        from dlqnb.preparation import equalize_layers
+    except ImportError as error:
+        raise RuntimeError(f"recipe {recipe.name!r} asks for equalization, but this dlqnb has no dlqnb.equalize_layers ({error})") from error
+    return equalize_layers(net)
+
+
+def _quantizer(
+    recipe: Recipe,
+    net: nn.Module,
+    networks: dict[bool, tuple[nn.Module, CalibrationState]],
+    calibration_data: Any,
+    validation_data: Any,
+    mini_batch_size: int | None,
+) -> tuple[DLQuantizer, ValidationResult]:
+    """A calibrated quantizer that follows ``recipe`` (bias corrected, float layers excluded as it asks),
+    and its validation."""
+    if recipe.equalize not in networks:
+        network = _network(recipe, net)
+        first = DLQuantizer(network, execution_environment=recipe.target)
+        first.calibrate(calibration_data, mini_batch_size=mini_batch_size, progress=False)
+        networks[recipe.equalize] = (network, first.calibration_state())
+    network, state = networks[recipe.equalize]
+    quantizer = DLQuantizer(network, execution_environment=recipe.target, exponent_scheme=recipe.exponent_scheme, per_channel_weights=recipe.per_channel)
+    quantizer.restore_calibration(state)
+    if recipe.bias_correction:
+        _correct_bias(quantizer, recipe, calibration_data, mini_batch_size)
+    result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
+    if recipe.max_accuracy_drop is None:
+        return quantizer, result
+    accuracy = result.metric_results.set_index("NetworkImplementation")["MetricOutput"]
+    # The choice ranks every layer by sensitivity first; a network already within the drop needs none.
+    if accuracy["Floating-Point"] - accuracy["Quantized"] <= recipe.max_accuracy_drop + 1e-12:
+        return quantizer, result
+    choose = getattr(quantizer, "choose_float_layers", None)
+    if choose is None:
+        raise RuntimeError(f"recipe {recipe.name!r} chooses float layers by accuracy, but this dlqnb has no DLQuantizer.choose_float_layers")
+    choice = choose(validation_data, max_accuracy_drop=recipe.max_accuracy_drop, mini_batch_size=mini_batch_size, progress=False)
+    quantizer.exclude(*choice.layers)
+    if recipe.bias_correction and choice.layers:  # measured again for the layers still quantized
+        _correct_bias(quantizer, recipe, calibration_data, mini_batch_size)
+    return quantizer, quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
+
+
+def _correct_bias(quantizer: DLQuantizer, recipe: Recipe, calibration_data: Any, mini_batch_size: int | None) -> None:
+    correct = getattr(quantizer, "correct_bias", None)
+    if correct is None:
+        raise RuntimeError(f"recipe {recipe.name!r} asks for bias correction, but this dlqnb has no DLQuantizer.correct_bias")
+    correct(calibration_data, mini_batch_size=mini_batch_size, progress=False)
+
+
+def _validation_row(metrics: pd.DataFrame, quantizer: DLQuantizer) -> dict[str, Any]:
+    """Accuracy and memory columns from ``validate``'s ``metric_results``, and the float layers kept."""
+    by_implementation = metrics.set_index("NetworkImplementation")
+    accuracy, memory = by_implementation["MetricOutput"], by_implementation["LearnableParameterMemory(bytes)"]
+    kept = sorted(quantizer.excluded_layers, key=quantizer.quantizable_layers.index)
+    return {
+        "accuracy": float(accuracy["Quantized"]),
+        "float_accuracy": float(accuracy["Floating-Point"]),
+        "accuracy_drop": float(accuracy["Floating-Point"] - accuracy["Quantized"]),
+        "memory_bytes": int(memory["Quantized"]),
+        "float_memory_bytes": int(memory["Floating-Point"]),
+        "memory_reduction": float(1 - memory["Quantized"] / memory["Floating-Point"]),
+        "num_float_layers": len(kept),
+        "float_layers": ", ".join(kept),
+    }
+
+
+def _latency(quantizer: DLQuantizer, path: Path, backend: str, batch: int) -> tuple[float, str]:
+    """Median milliseconds per call of the deployed file on one batch, timed in a block of its own, and
+    the runtime that ran it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_qdq_onnx(quantizer, path)
+    runner = load_int8(path, backend=backend)
+    shape, _ = model_input(path)
+    x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+    gc.collect()
+    time.sleep(SETTLE_SECONDS)
+    seconds = statistics.median(time_block(lambda: runner.predict(x), LATENCY_WARMUPS, LATENCY_RUNS))
+    name = runner.backend
+    del runner  # released before the next recipe runs
+    gc.collect()
+    return 1000 * seconds, name
