@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m dlqnb.bench calibrate``.
+"""Benchmarks: ``python -m dlqnb.bench calibrate|deploy|prune|zoo|accuracy`` (``accuracy``: :mod:`dlqnb.bench.accuracy`).
 
 Each benchmark measures dlqnb against a baseline in the same process and reports the ratio
 (medians of repeated runs), because absolute times on a shared 2-core machine are noise. glibc's
@@ -19,12 +19,12 @@ Example:
     $ python -m dlqnb.bench deploy
     $ python -m dlqnb.bench prune
     $ python -m dlqnb.bench zoo
+    $ python -m dlqnb.bench accuracy --models resnet18,mobilenet_v2 --json accuracy.json
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -35,6 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from dlqnb.bench.peers import openvino_call, peer_nncf, peer_onnxruntime
 
 _MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
@@ -99,52 +101,6 @@ def bench_calibrate(images: int, size: int, repeats: int, batch: int) -> dict[st
     }
 
 
-def _peer_onnxruntime(fp32: str, calibration: torch.Tensor, path: str) -> str:
-    """ONNX Runtime's own static quantization of the float model (QDQ, uint8 activations, int8
-    weights, min/max calibration on the same images): the peer of dlqnb's ``"cpu"`` file on ONNX Runtime."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    name = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{name: chunk.numpy()} for chunk in calibration.split(8)])
-
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self.batches, None)
-
-    prepared = path.replace(".onnx", "_prepared.onnx")
-    quant_pre_process(fp32, prepared)
-    quantize_static(prepared, path, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return path
-
-
-def _peer_nncf(fp32: str, calibration: torch.Tensor, path: str) -> str:
-    """NNCF's post-training quantization of the float model for OpenVINO (its default preset, the
-    same calibration images): the x86 peer."""
-    import nncf
-    import openvino as ov
-
-    chunks = [chunk.numpy() for chunk in calibration.split(8)]
-    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bar, away from the printed results
-        model = nncf.quantize(ov.Core().read_model(fp32), nncf.Dataset(chunks), subset_size=len(chunks))
-    ov.save_model(model, path)
-    return path
-
-
-def _openvino_call(path: str) -> Callable[[Any], Any]:
-    """A model OpenVINO reads itself (NNCF's IR), compiled with the settings of dlqnb's OpenVINO runner
-    and given its input through the same checks, so that only the model differs."""
-    import openvino as ov
-
-    from dlqnb.deploy.runners import openvino_config, prepare_input
-
-    request = ov.Core().compile_model(path, "CPU", openvino_config(os.cpu_count() or 1)).create_infer_request()
-    return lambda x: request.infer({0: prepare_input(x, {})}, share_inputs=True)
-
-
 def _deploy_runtimes(net: torch.nn.Module, paths: dict[str, str], gpu: bool) -> dict[str, Callable[[], Callable[[Any], Any]]]:
     """Each runtime of the deploy benchmark as a factory: it loads the runtime and returns its call."""
     from dlqnb.deploy.load import load_int8
@@ -166,7 +122,7 @@ def _deploy_runtimes(net: torch.nn.Module, paths: dict[str, str], gpu: bool) -> 
         runtimes["OpenVINO fp32"] = lambda: OpenVINORunner(paths["fp32"]).predict
     runtimes["ONNX Runtime int8, its quantize_static (peer)"] = lambda: OnnxRuntimeRunner(paths["ort_peer"]).predict
     if has_openvino:
-        runtimes["OpenVINO int8, NNCF (x86 peer)"] = lambda: _openvino_call(paths["nncf"])
+        runtimes["OpenVINO int8, NNCF (x86 peer)"] = lambda: openvino_call(paths["nncf"])
     runtimes["ONNX Runtime int8, dlqnb's file"] = lambda: OnnxRuntimeRunner(paths["int8"]).predict
     if has_openvino:
         runtimes["OpenVINO int8, dlqnb's file"] = lambda: OpenVINORunner(paths["int8"]).predict
@@ -213,10 +169,10 @@ def bench_deploy(
         "fp32": str(export_float_onnx(quantizer, f"{folder}/fp32.onnx", input_size=(size, size))),
         "int8": str(export_qdq_onnx(quantizer, f"{folder}/int8.onnx", input_size=(size, size))),
     }
-    paths["ort_peer"] = _peer_onnxruntime(paths["fp32"], calibration, f"{folder}/ort_peer.onnx")
+    paths["ort_peer"] = peer_onnxruntime(paths["fp32"], calibration, f"{folder}/ort_peer.onnx")
     not_measured = []
     try:
-        paths["nncf"] = _peer_nncf(paths["fp32"], calibration, f"{folder}/nncf.xml")
+        paths["nncf"] = peer_nncf(paths["fp32"], calibration, f"{folder}/nncf.xml")
     except ImportError as error:
         not_measured.append(f"OpenVINO rows: {error.name} is not installed (pip install 'dlqnb[bench]')")
     gpu_quantizer = DLQuantizer(net, execution_environment="gpu")
@@ -449,7 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--repeats", type=int, default=15)
     zoo = sub.add_parser("zoo", help="torchvision's classifiers (and networks that need the capture fallback): calibrate, quantize, export, ONNX Runtime, pruning")
     zoo.add_argument("models", nargs="*", help="model names (default: every classifier up to about 30 M parameters)")
+    accuracy = sub.add_parser("accuracy", help="top-1 of the trained zoo: float, dlqnb's defaults and recipes, the peers' int8")
+    accuracy.add_argument("--models", default=None, help="comma-separated trained-zoo names (default: all)")
+    accuracy.add_argument("--quick", action="store_true", help="a tiny run: few images, one network unless --models, two recipes")
+    accuracy.add_argument("--recipes", default=None, help="comma-separated recipe names to measure (default: all; 'default' always)")
+    accuracy.add_argument("--json", default=None, metavar="PATH", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
+    if args.benchmark == "accuracy":
+        return _main_accuracy(args.models, args.quick, args.json, args.recipes)
     if args.benchmark == "zoo":
         result = bench_zoo(args.models)
         result.pop("rows")
@@ -471,3 +434,29 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     return 0
 
+
+def _main_accuracy(models: str | None, quick: bool, json_path: str | None, recipes: str | None = None) -> int:
+    """``python -m dlqnb.bench accuracy``: the tables on stdout, every number in ``json_path``."""
+    from dlqnb.bench.accuracy import accuracy_table, bench_accuracy, recipes_table
+    from dlqnb.core.cache import atomic_write_text
+
+    def listed(text: str | None) -> list[str] | None:
+        return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+    try:
+        result = bench_accuracy(listed(models), quick=quick, recipes=listed(recipes))
+    except ValueError as error:
+        print(f"python -m dlqnb.bench accuracy: {error}", file=sys.stderr)
+        return 2
+    images = result["images"]
+    print(f"CPU: {result['cpu']}")
+    print(f"Top-1 (%) on {images['validation']} validation images, calibrated on {images['calibration']}; dlqnb cells: emulation / ONNX Runtime / OpenVINO\n")
+    print(accuracy_table(result) + "\n")
+    print(recipes_table(result) + "\n")
+    for row in result["networks"]:
+        for note in row["not_measured"]:
+            print(f"{row['network']}: not measured: {note}")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1))
+        print(f"every number: {json_path}")
+    return 0

@@ -14,67 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dlqnb.data.synthetic import SHAPE_CLASSES
 from dlqnb.models.networks import SqueezeNet, save_network, set_metadata
-from dlqnb.data.synthetic import SHAPE_CLASSES, render_shape, sample_rng
-
-
-def shapes_tensor(per_class: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All generated shape images as a uint8 N×3×size×size tensor, with their labels."""
-    images, labels = [], []
-    for class_index, name in enumerate(tqdm(SHAPE_CLASSES, desc="Rendering shapes")):
-        for index in range(per_class):
-            image = render_shape(name, sample_rng(seed, class_index, index), size=size)
-            images.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
-            labels.append(class_index)
-    return torch.stack(images), torch.tensor(labels)
-
-
-def _epoch(net, optimizer, schedule, images, labels, size, batch, generator, step0, total_steps, base_lr) -> int:
-    net.train()
-    order = torch.randperm(len(labels), generator=generator)
-    step = step0
-    for start in range(0, len(order) - batch + 1, batch):
-        index = order[start : start + batch]
-        x = images[index].float() / 255
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        flip = torch.rand(len(index), generator=generator) < 0.5
-        x[flip] = x[flip].flip(-1)
-        for group in optimizer.param_groups:
-            group["lr"] = schedule(step, total_steps, base_lr)
-        loss = F.cross_entropy(net(x), labels[index], label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-    return step
-
-
-def _accuracy(net, images, labels, size) -> float:
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(labels), 128):
-            x = images[start : start + 128].float() / 255
-            if x.shape[-1] != size:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            correct += int((net(x).argmax(1) == labels[start : start + 128]).sum())
-    return correct / len(labels)
-
-
-def _warmup_cosine(step: int, total: int, base: float) -> float:
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+from dlqnb.training.trained_zoo import held_out_accuracy, shapes_tensor, train_epoch, warmup_cosine
 
 
 def write_model_card(result_json: str) -> str:
@@ -154,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = epochs * (len(train_y) // args.batch)
         step = 0
         for epoch in tqdm(range(epochs), desc=f"Pretraining at {size}x{size}"):
-            step = _epoch(net, optimizer, _warmup_cosine, train_x, train_y, size, args.batch, generator, step, steps, args.lr if phase == "coarse" else args.lr / 4)
-            accuracy = _accuracy(net, test_x, test_y, size)
+            step = train_epoch(net, optimizer, warmup_cosine, train_x, train_y, size, args.batch, generator, step, steps, args.lr if phase == "coarse" else args.lr / 4)
+            accuracy = held_out_accuracy(net, test_x, test_y, size)
             history.append({"phase": phase, "size": size, "epoch": epoch + 1, "held_out_accuracy": accuracy})
             print(json.dumps(history[-1]), flush=True)
 

@@ -91,9 +91,16 @@ def _file_fingerprint(path: str) -> str:
         return hashlib.sha256(stream.read()).hexdigest()[:16]
 
 
-def _cached_network(name: str, recipe: dict[str, Any], train: Callable[[], nn.Module]) -> nn.Module:
+def _cached_network(
+    name: str,
+    recipe: dict[str, Any],
+    train: Callable[[], nn.Module],
+    encode: Callable[[nn.Module], bytes] = network_bytes,
+    decode: Callable[[bytes, str], nn.Module] = network_from_bytes,
+) -> nn.Module:
     """The network ``train`` makes from ``recipe``: from the cache when a verified entry is there,
-    else trained (once across processes, under the cache lock) and stored with its checksum."""
+    else trained (once across processes, under the cache lock) and stored with its checksum.
+    ``encode``/``decode`` write and read the entry's bytes (dlqnb's network file by default)."""
     from dlqnb.core.version import __version__
 
     key = content_key({"dlqnb": __version__, "torch": torch.__version__.split("+")[0], **recipe})
@@ -101,22 +108,22 @@ def _cached_network(name: str, recipe: dict[str, Any], train: Callable[[], nn.Mo
     # Read under the lock too: an entry and its checksum are two renames, and a reader between them
     # would take a network being written for a damaged one.
     with cache_lock(f"network-{name}-{key}"):
-        cached = _read_cached_network(path)
+        cached = _read_cached_network(path, decode)
         if cached is not None:
             return cached
-        data = network_bytes(train())
+        data = encode(train())
         write_entry(path, data)  # False (one warning) when the cache cannot be written: not cached
     # Returned as loaded from its bytes, so a freshly trained network is the same object as a cached one.
-    return network_from_bytes(data, str(path))
+    return decode(data, str(path))
 
 
-def _read_cached_network(path: Path) -> nn.Module | None:
+def _read_cached_network(path: Path, decode: Callable[[bytes, str], nn.Module] = network_from_bytes) -> nn.Module | None:
     """The verified network at ``path``; None when absent or damaged (then removed, one warning)."""
     data = read_entry(path)
     if data is None:
         return None
     try:
-        return network_from_bytes(data, str(path))
+        return decode(data, str(path))
     except ValueError as error:  # a checksummed entry that is no network file: not one of ours
         discard_entry(path, f"is not a readable network file ({error})")
         return None

@@ -1,0 +1,366 @@
+"""The accuracy benchmark: ``python -m dlqnb.bench accuracy``.
+
+For every network of the trained zoo (:mod:`dlqnb.training.trained_zoo`), on the same calibration and
+validation images, in one run:
+
+* **float** top-1 of the network;
+* **dlqnb's defaults** (MATLAB's: MinMax power-of-two types, one weight scale per layer) for the
+  ``"gpu"`` and ``"cpu"`` targets: the emulation's accuracy (``q.validate``) and the deployed QDQ ONNX
+  file's on ONNX Runtime and on OpenVINO (``export_qdq_onnx`` → ``load_int8(path, backend=...)``);
+* **dlqnb's recovery recipes** (:data:`RECIPES`): per-channel weights, the histogram exponent scheme,
+  cross-layer equalization (``equalize_layers``), empirical bias correction (``q.correct_bias``) and float
+  layers chosen by accuracy (``q.choose_float_layers`` on the calibration images, then ``q.exclude``),
+  alone and combined, on both targets, scored by the emulation; the best of them (defaults included) is
+  also deployed and run on ONNX Runtime and OpenVINO;
+* **the peers**: ONNX Runtime's ``quantize_static`` (QDQ, uint8 activations, int8 weights, per tensor
+  and per channel) and NNCF's ``nncf.quantize`` on the OpenVINO model, both calibrated with the same
+  images through :func:`dlqnb.bench.peers.calibration_reader` and its NNCF twin.
+
+A recipe whose API is not in this dlqnb yet is "n/a" in the table (:func:`missing_recovery_api`, the
+one place that checks); a runtime whose package is missing is named in ``not_measured``.
+
+Example:
+    $ python -m dlqnb.bench accuracy --models resnet18,mobilenet_v2 --json accuracy.json
+    $ python -m dlqnb.bench accuracy --quick
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dlqnb.bench.peers import openvino_call, peer_nncf, peer_onnxruntime
+
+__all__ = ["RECIPES", "BenchRecipe", "accuracy_table", "bench_accuracy", "measure_network", "missing_recovery_api"]
+
+#: The largest accuracy drop the "float layers" recipes accept when they choose layers.
+MAX_ACCURACY_DROP = 0.005
+
+
+@dataclass(frozen=True)
+class BenchRecipe:
+    """One way of quantizing with dlqnb, beyond the target: the options a recipe turns on."""
+
+    name: str
+    per_channel: bool = False
+    histogram: bool = False
+    equalize: bool = False
+    bias_correction: bool = False
+    float_layers: bool = False
+
+
+#: The recipes measured on every network and target; the first is MATLAB's defaults.
+RECIPES: tuple[BenchRecipe, ...] = (
+    BenchRecipe("default"),
+    BenchRecipe("per-channel", per_channel=True),
+    BenchRecipe("histogram", histogram=True),
+    BenchRecipe("per-channel + histogram", per_channel=True, histogram=True),
+    BenchRecipe("equalized", equalize=True),
+    BenchRecipe("bias correction", bias_correction=True),
+    BenchRecipe("equalized + per-channel + bias correction", per_channel=True, equalize=True, bias_correction=True),
+    BenchRecipe("float layers", float_layers=True),
+    BenchRecipe("all", per_channel=True, histogram=True, equalize=True, bias_correction=True, float_layers=True),
+)
+
+
+# ================================================================================================
+# THE ONE PLACE where recovery APIs that this dlqnb may not have yet are detected. A recipe that
+# needs a missing one is reported "n/a" instead of failing the run; nothing else checks for them.
+# ================================================================================================
+_RECOVERY_APIS: dict[str, tuple[str, str]] = {
+    "equalize": ("dlqnb.preparation", "equalize_layers"),
+    "bias_correction": ("dlqnb.quantizer", "DLQuantizer.correct_bias"),
+    "float_layers": ("dlqnb.quantizer", "DLQuantizer.choose_float_layers"),
+}
+
+
+def missing_recovery_api(recipe: BenchRecipe) -> str | None:
+    """The first API ``recipe`` needs that this dlqnb does not have (``"module.name"``), else None.
+
+    Example:
+        >>> missing_recovery_api(BenchRecipe("per-channel", per_channel=True)) is None
+        True
+    """
+    for option, (module_name, attribute) in _RECOVERY_APIS.items():
+        if not getattr(recipe, option):
+            continue
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError):
+            return f"{module_name}.{attribute}"
+    return None
+
+
+# ================================================================================================
+
+
+def top1(scores: Any, labels: torch.Tensor) -> float:
+    """Share of rows of ``scores`` (N×C, numpy or torch) whose largest entry is the label."""
+    return float((torch.as_tensor(np.asarray(scores)).argmax(1) == labels).double().mean())
+
+
+def _batched(call: Callable[[np.ndarray], Any], images: torch.Tensor, batch: int = 256) -> np.ndarray:
+    return np.concatenate([np.array(call(chunk.numpy())) for chunk in images.split(batch)])
+
+
+def _float_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return top1(torch.cat([net(chunk) for chunk in images.split(256)]), labels)
+
+
+def _deployed(path: str, images: torch.Tensor, labels: torch.Tensor, backend: str) -> float:
+    """Top-1 of a dlqnb QDQ file on ``backend`` (``"onnxruntime"`` or ``"openvino"``)."""
+    from dlqnb.deploy.load import load_int8
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # where OpenVINO's scores differ from the emulation is measured here
+        runner = load_int8(path, backend=backend)
+        return top1(_batched(runner.predict, images), labels)
+
+
+def _quantizer(net: nn.Module, target: str, recipe: BenchRecipe, calibration: torch.Tensor) -> Any:
+    """A calibrated quantizer of ``net`` (equalized first where the recipe says) with the recipe's options."""
+    from dlqnb.quantizer import DLQuantizer
+
+    if recipe.equalize:
+        from dlqnb.preparation import equalize_layers
+
+        net = equalize_layers(net)
+    q = DLQuantizer(net, target, exponent_scheme="histogram" if recipe.histogram else "minmax", per_channel_weights=recipe.per_channel)
+    q.calibrate(calibration, progress=False)
+    if recipe.bias_correction:
+        q.correct_bias(calibration, progress=False)
+    if recipe.float_layers:
+        choice = q.choose_float_layers(calibration, max_accuracy_drop=MAX_ACCURACY_DROP, progress=False)
+        q.exclude(*choice.layers)
+        if recipe.bias_correction and choice.layers:  # the layers left quantized see other inputs now
+            q.correct_bias(calibration, progress=False)
+    return q
+
+
+def _run_recipe(net: nn.Module, target: str, recipe: BenchRecipe, calibration: torch.Tensor, validation: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, Any], Any]:
+    row: dict[str, Any] = {"recipe": recipe.name, "target": target, "accuracy": None, "status": "ok", "float_layers": []}
+    missing = missing_recovery_api(recipe)
+    if missing:
+        row["status"] = f"n/a: {missing} is not in this dlqnb"
+        return row, None
+    try:
+        q = _quantizer(net, target, recipe, calibration)
+        result = q.validate(validation, progress=False)
+    except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
+        row["status"] = f"error: {type(error).__name__}: {error}"
+        return row, None
+    row["accuracy"] = top1(result.quantized_scores, validation[1])
+    row["float_layers"] = sorted(q.excluded_layers)
+    return row, q
+
+
+def _peers(
+    q: Any, calibration: torch.Tensor, validation: tuple[torch.Tensor, torch.Tensor], folder: str, name: str, openvino: bool
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The peers' accuracies, their files and what could not be measured (NNCF only with ``openvino``)."""
+    from dlqnb.deploy import OnnxRuntimeRunner, export_float_onnx
+
+    images, labels = validation
+    fp32 = str(export_float_onnx(q, os.path.join(folder, f"{name}_fp32.onnx")))
+    files, accuracy, not_measured = {"fp32": fp32}, {}, []
+    for key, per_channel in (("ort_per_tensor", False), ("ort_per_channel", True)):
+        files[key] = peer_onnxruntime(fp32, calibration, os.path.join(folder, f"{name}_{key}.onnx"), per_channel=per_channel)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the peers' files carry no dlqnb metadata
+            accuracy[key] = top1(_batched(OnnxRuntimeRunner(files[key]).predict, images), labels)
+    if not openvino:
+        accuracy["nncf_openvino"] = None
+        return accuracy, files, ["NNCF + OpenVINO: not asked for"]
+    try:
+        files["nncf_openvino"] = peer_nncf(fp32, calibration, os.path.join(folder, f"{name}_nncf.xml"))
+        call = openvino_call(files["nncf_openvino"])
+        accuracy["nncf_openvino"] = top1(_batched(lambda x: call(x)[0].copy(), images), labels)
+    except ImportError as error:
+        accuracy["nncf_openvino"] = None
+        not_measured.append(f"NNCF + OpenVINO: {error.name} is not installed (pip install 'dlqnb[bench]')")
+    return accuracy, files, not_measured
+
+
+def measure_network(
+    name: str,
+    net: nn.Module,
+    calibration: torch.Tensor,
+    validation: tuple[torch.Tensor, torch.Tensor],
+    folder: str,
+    targets: tuple[str, ...] = ("gpu", "cpu"),
+    recipes: tuple[BenchRecipe, ...] = RECIPES,
+    openvino: bool = True,
+) -> dict[str, Any]:
+    """Every accuracy of the benchmark for one network (see the module's description).
+
+    Args:
+        name: The network's name in the results.
+        net: The float network (eval mode).
+        calibration: The calibration images (N×C×H×W), the same for dlqnb and the peers.
+        validation: ``(images, labels)`` every accuracy is measured on.
+        folder: Where the exported files are written (``files`` in the result).
+        targets: dlqnb's targets to measure.
+        recipes: The recipes, :data:`RECIPES` by default; the first should be ``"default"``.
+        openvino: Run the deployed files on OpenVINO and measure NNCF + OpenVINO (where installed).
+
+    Returns:
+        ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
+        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``status``, ``float_layers``), ``best``
+        (the most accurate recipe, with its deployed accuracies), ``peers``, ``files``, ``not_measured``
+        and ``seconds``. Accuracies are shares in [0, 1]; None where not measured.
+    """
+    from dlqnb.deploy import export_qdq_onnx
+
+    started = time.time()
+    images, labels = validation
+    backends = ["onnxruntime"] + (["openvino"] if openvino and importlib.util.find_spec("openvino") else [])
+    result: dict[str, Any] = {"network": name, "float": _float_accuracy(net, images, labels), "dlqnb": {}, "recipes": [], "not_measured": []}
+    if openvino and "openvino" not in backends:
+        result["not_measured"].append("dlqnb's files on OpenVINO: openvino is not installed")
+    files: dict[str, str] = {}
+    quantizers: dict[tuple[str, str], Any] = {}
+    for target in targets:
+        for recipe in recipes:
+            row, q = _run_recipe(net, target, recipe, calibration, validation)
+            result["recipes"].append(row)
+            quantizers[(recipe.name, target)] = q
+        default = quantizers.get((recipes[0].name, target))
+        if default is None:
+            raise RuntimeError(f"{name}: dlqnb's {target!r} defaults failed: {result['recipes'][-len(recipes)]['status']}")
+        files[f"dlqnb_{target}"] = str(export_qdq_onnx(default, os.path.join(folder, f"{name}_dlqnb_{target}.onnx")))
+        result["dlqnb"][target] = {"emulation": result["recipes"][-len(recipes)]["accuracy"]}
+        result["dlqnb"][target].update({backend: _deployed(files[f"dlqnb_{target}"], images, labels, backend) for backend in backends})
+    measured = [row for row in result["recipes"] if row["accuracy"] is not None]
+    best = max(measured, key=lambda row: row["accuracy"])  # the first of equals: the simpler recipe
+    result["best"] = {"recipe": best["recipe"], "target": best["target"], "emulation": best["accuracy"], "float_layers": best["float_layers"]}
+    files["dlqnb_best"] = str(export_qdq_onnx(quantizers[(best["recipe"], best["target"])], os.path.join(folder, f"{name}_dlqnb_best.onnx")))
+    result["best"].update({backend: _deployed(files["dlqnb_best"], images, labels, backend) for backend in backends})
+    peers, peer_files, not_measured = _peers(quantizers[(recipes[0].name, targets[0])], calibration, validation, folder, name, openvino)
+    result.update(peers=peers, files={**files, **peer_files}, seconds=round(time.time() - started, 1))
+    result["not_measured"] += not_measured
+    return result
+
+
+def bench_accuracy(
+    models: list[str] | None = None, quick: bool = False, folder: str | None = None, progress: bool = True, recipes: list[str] | None = None
+) -> dict[str, Any]:
+    """The accuracy benchmark over the trained zoo (networks trained first where not cached).
+
+    Args:
+        models: Trained-zoo names (default: all of them; with ``quick``, the first).
+        quick: A tiny run: 2 calibration and 5 validation images per class, the ``"cpu"`` target only,
+            the defaults and per-channel recipes only.
+        folder: Where the exported files go (default: a new temporary folder).
+        progress: Show a progress bar over the networks.
+        recipes: Names of :data:`RECIPES` to measure (default: all); ``"default"`` is always measured.
+
+    Returns:
+        ``cpu`` (the CPU model and int8 instruction sets), ``versions``, ``images`` (calibration and
+        validation counts) and ``networks`` (one :func:`measure_network` result each).
+
+    Raises:
+        ValueError: An unknown model or recipe name (the message lists the known ones).
+    """
+    from dlqnb.deploy.host import cpu_summary, installed_version
+    from dlqnb.training.trained_zoo import ARCHITECTURES, trained_network, trained_zoo_names, zoo_data
+
+    names = models or (trained_zoo_names()[:1] if quick else trained_zoo_names())
+    unknown = [name for name in names if name not in ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"unknown trained-zoo networks {unknown}; expected some of {trained_zoo_names()}")
+    known = [recipe.name for recipe in RECIPES]
+    if recipes is not None and set(recipes) - set(known):
+        raise ValueError(f"unknown recipes {sorted(set(recipes) - set(known))}; expected some of {known}")
+    chosen = tuple(r for r in RECIPES if recipes is None or r.name in recipes or r is RECIPES[0])
+    calibration, _ = zoo_data("calibration", per_class=2 if quick else None)
+    validation = zoo_data("validation", per_class=5 if quick else None)
+    folder = folder or tempfile.mkdtemp(prefix="dlqnb-accuracy-")
+    options: dict[str, Any] = {"targets": ("cpu",), "recipes": chosen[:2]} if quick else {"recipes": chosen}
+    networks = []
+    for name in tqdm(names, desc="accuracy benchmark", unit="network", disable=not progress):
+        row = measure_network(name, trained_network(name, progress=progress), calibration, validation, folder, **options)
+        row["family"] = ARCHITECTURES[name].family
+        networks.append(row)
+        # each network's row as soon as it is measured: a long run shows its results as it goes
+        tqdm.write(accuracy_table({"networks": [row]}).splitlines()[-1], file=sys.stderr)
+    return {
+        "benchmark": "accuracy",
+        "cpu": cpu_summary(),
+        "versions": {module: installed_version(module) for module in ("torch", "torchvision", "onnxruntime", "openvino", "nncf")},
+        "images": {"calibration": len(calibration), "validation": len(validation[1])},
+        "max_accuracy_drop": MAX_ACCURACY_DROP,
+        "networks": networks,
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _deployments(cell: dict[str, Any]) -> str:
+    """``emulation / ONNX Runtime / OpenVINO`` accuracies of one dlqnb model, in percent."""
+    return " / ".join(_percent(cell.get(key)) for key in ("emulation", "onnxruntime", "openvino"))
+
+
+def accuracy_table(result: dict[str, Any]) -> str:
+    """The benchmark's results as a Markdown table, one row per network (top-1 in percent).
+
+    Example:
+        >>> row = {"network": "net", "float": 0.9, "dlqnb": {"gpu": {"emulation": 0.8, "onnxruntime": 0.8}},
+        ...        "best": {"recipe": "per-channel", "target": "gpu", "emulation": 0.89},
+        ...        "peers": {"ort_per_tensor": 0.85, "ort_per_channel": 0.88, "nncf_openvino": None}}
+        >>> print(accuracy_table({"networks": [row]}).splitlines()[2])
+        | net | 90.0 | 80.0 / 80.0 / n/a | n/a | 89.0 / n/a / n/a | per-channel (gpu) | 85.0 | 88.0 | n/a |
+    """
+    lines = [
+        "| network | float | gpu default | cpu default | best dlqnb | best recipe | ORT per-tensor | ORT per-channel | NNCF + OpenVINO |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["networks"]:
+        dlqnb, best, peers = row["dlqnb"], row["best"], row["peers"]
+        cells = [
+            row["network"],
+            _percent(row["float"]),
+            _deployments(dlqnb["gpu"]) if "gpu" in dlqnb else "n/a",
+            _deployments(dlqnb["cpu"]) if "cpu" in dlqnb else "n/a",
+            _deployments(best),
+            f"{best['recipe']} ({best['target']})",
+            _percent(peers.get("ort_per_tensor")),
+            _percent(peers.get("ort_per_channel")),
+            _percent(peers.get("nncf_openvino")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recipes_table(result: dict[str, Any]) -> str:
+    """Every recipe's emulated top-1 (percent; "n/a" where its API is missing) per network and target."""
+    columns = list(dict.fromkeys((r["recipe"], r["target"]) for row in result["networks"] for r in row["recipes"]))
+    lines = ["| network | " + " | ".join(f"{recipe} ({target})" for recipe, target in columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in result["networks"]:
+        by_key = {(r["recipe"], r["target"]): r for r in row["recipes"]}
+        cells = []
+        for key in columns:
+            recipe = by_key.get(key)
+            if recipe is None or recipe["status"].startswith("n/a"):
+                cells.append("n/a")
+            else:
+                cells.append("error" if recipe["accuracy"] is None else _percent(recipe["accuracy"]))
+        lines.append(f"| {row['network']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
