@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torchvision
 
@@ -33,10 +35,14 @@ def test_calibrate_button_calibrates_and_fills_the_layer_table(tmp_path):
     rows = app.layer_table.children[1:]
     assert len(rows) == len(table)
     first = rows[0].children
-    assert first[0] is app.switches["features_0_features_1"]  # the Quantize box sits on the layer's Weights row
+    assert first[0] is app.switches["features_0_features_1"]  # the Quantize box sits on the layer's rows
     assert "Weights" in first[2].value and "<svg" in first[2].value
-    bias_row = rows[1].children
-    assert not isinstance(bias_row[0], type(app.switches["features_0_features_1"]))  # one box per layer
+    assert ">features_1<" in first[2].value  # the Network Layer Name column (the fused ReLU)
+    names = list(table["Optimized Layer Name"])
+    activations_row = rows[names.index("features_0_features_1_Activations")].children
+    assert rows[1].children[0] is activations_row[0] is app.switches["features_0_features_1"]  # one box, on each of its rows
+    pool_row = rows[names.index("features_2_Activations")].children
+    assert pool_row[0] not in app.switches.values()  # a layer that is not quantizable has no box
     # the first layer is selected and its heat map shown: weights, bias and activations
     assert list(app.heatmap.layout.yaxis.ticktext) == [f"features_0_features_1_{k}" for k in ("Weights", "Bias", "Activations")]
     assert app.row_buttons["features_0_features_1_Bias"].button_style == "info"
@@ -101,3 +107,27 @@ def test_validate_sensitivity_and_export_buttons(tmp_path):
     app.export_onnx_button.click()
     assert (tmp_path / "quantizer_calibration.safetensors").stat().st_size > 0
     assert (tmp_path / "model_int8_gpu.onnx").stat().st_size > 0
+
+
+def test_the_table_histograms_grey_the_bits_the_type_cannot_represent():
+    from dlqnb.core.numerics import MSBHistogram
+    from dlqnb.ui.app import _msb_cell
+
+    # bits 8 … -12 in 21 columns of 6 px; fraction length 3 represents 2^3 … 2^-3 (8 bits with the sign)
+    svg = _msb_cell(MSBHistogram.of(torch.tensor([0.5, 2.0, 40.0])), 3, 8, -12, width=126)
+    greyed = re.findall(r'<rect x="([\d.]+)" y="0" width="([\d.]+)" height="18" fill="rgba[^"]*"><title>not representable', svg)
+    # 2^8 … 2^4 (5 columns) on the left, 2^-4 … 2^-12 (9 columns) on the right
+    assert [(float(x), float(w)) for x, w in greyed] == [(0.0, 30.0), (72.0, 54.0)]
+    assert svg.count('fill="#2171b5"') == 3  # the bars are still drawn, over the grey
+
+
+def test_the_display_carries_the_widgets_and_a_static_view(tmp_path):
+    app = make_app(tmp_path)
+    app.calibrate()
+    app.validate()
+    bundle = app._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == app.widget.model_id
+    page = bundle["text/html"]
+    assert page.count("<tr class='dlqnb-layer-row") == len(app.quantizer.calibration_table)
+    assert "Plotly.newPlot" in page and "LearnableParameterMemory(bytes)" in page
+    assert page.count("<input type='checkbox' disabled checked") == 3 * len(app.switches)  # each layer's Weights, Bias and Activations rows

@@ -30,17 +30,22 @@ pytestmark = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-            timeout=TIMEOUT_MS,
-        )
+    with sync_playwright() as instance:  # one per module: the sync API cannot run two at once
         yield instance
-        instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    instance = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        timeout=TIMEOUT_MS,
+    )
+    yield instance
+    instance.close()
 
 
 def plot_notebook(folder: Path) -> Path:
@@ -54,11 +59,14 @@ def plot_notebook(folder: Path) -> Path:
     )
 
 
-def open_page(browser, path: Path):
+def open_page(browser, path: Path, fetched: list[str] | None = None):
+    """Open a file; ``fetched`` collects every URL the page asks for that is not the file or inline data."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    if fetched is not None:
+        page.on("request", lambda request: None if request.url.startswith(("file:", "data:", "blob:")) else fetched.append(request.url))
     page.goto(path.resolve().as_uri(), timeout=TIMEOUT_MS)
     return page, errors
 
@@ -93,3 +101,44 @@ def test_report_and_index_render_without_errors(browser, tmp_path):
     links.first.click(timeout=TIMEOUT_MS)
     page.wait_for_selector(".plotly .main-svg", timeout=TIMEOUT_MS)
     assert errors == []
+
+
+def test_the_quantizer_apps_static_view_shows_its_table_and_heat_map_offline(playwright, tmp_path):
+    """The app's HTML view (what an exported report shows) in a Chromium that cannot reach any network."""
+    import torch
+    import torchvision
+
+    from dlqnb.ui.app import QuantizerApp
+
+    torch.manual_seed(0)
+    app = QuantizerApp(torchvision.models.squeezenet1_1(num_classes=5).eval(), torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    app.calibrate()
+    app.switches["features_0_features_1"].value = False
+    path = tmp_path / "app.html"
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{app.to_html()}</body></html>", encoding="utf-8")
+    offline = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        # no proxy that answers and no name that resolves: anything fetched from a network fails
+        args=["--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--disable-background-networking"],
+        timeout=TIMEOUT_MS,
+    )
+    try:
+        fetched: list[str] = []
+        page, errors = open_page(offline, path, fetched)
+        page.wait_for_selector(".plotly .main-svg", timeout=TIMEOUT_MS)
+        rows = page.locator("tr.dlqnb-layer-row")
+        table = app.quantizer.calibration_table
+        assert rows.count() == len(table)
+        first = rows.first.locator("td").all_inner_texts()
+        assert first[1:4] == [table["Optimized Layer Name"][0], table["Network Layer Name"][0], "Weights"]
+        assert rows.first.locator("input[type=checkbox]").is_checked() is False  # the switch turned off above
+        assert rows.nth(2).locator("input[type=checkbox]").count() == 1  # the layer's Activations row has it too
+        assert rows.first.locator("svg rect").count() > 3  # greyed bits, bars and the type's box
+        heat_map = page.evaluate("() => { const plot = document.querySelector('.js-plotly-plot'); return [plot.data[0].type, plot.data[0].z.length, plot.layout.yaxis.ticktext]; }")
+        assert heat_map == ["heatmap", 3, [f"features_0_features_1_{part}" for part in ("Weights", "Bias", "Activations")]]
+        assert page.locator(".plotly .heatmaplayer image, .plotly .heatmaplayer .hm").count() > 0  # drawn, not only data
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "app_static_offline.png"), full_page=True)
+        assert errors == [] and fetched == []
+    finally:
+        offline.close()

@@ -228,3 +228,26 @@ def test_the_index_has_one_table_per_notebook_with_its_own_columns(tmp_path):
     assert ">seed</th>" in second and ">filters</th>" in second and ">x</th>" not in second
     table = pd.read_csv(tmp_path / "summary.csv")  # still one row per report, every column
     assert len(table) == 3 and {"x", "seed", "accuracy", "filters"} <= set(table.columns)
+
+
+def test_widget_outputs_show_their_static_html_in_the_report_without_the_cdn(tmp_path):
+    """A widget needs a widget manager from a CDN: the report shows the output's own HTML instead
+    (the quantizer app's static view), so it opens offline; the executed notebook keeps the state."""
+    shown = (
+        "import ipywidgets\n"
+        "class Shown:\n"
+        "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+        "        bundle = ipywidgets.IntSlider(3)._repr_mimebundle_()\n"
+        "        bundle['text/html'] = '<p id=\"static-view\">the static view</p>'\n"
+        "        return bundle\n"
+        "Shown()"
+    )
+    notebook = parameterized_notebook(tmp_path / "widget.ipynb", "x = 1", shown)
+    [result] = run_reports(expand_jobs([notebook], {}), tmp_path / "out", jobs_at_once=1)
+    assert result.status == "ok", result.error
+    executed = json.loads((tmp_path / "out" / "widget.ipynb").read_text())
+    assert "application/vnd.jupyter.widget-state+json" in executed["metadata"]["widgets"]  # the state was there to drop
+    page = (tmp_path / "out" / "widget.html").read_text()
+    assert '<p id="static-view">the static view</p>' in page
+    assert "widget-view+json" not in page and "widget-state+json" not in page
+    assert "embed-amd.js" not in page and "unpkg.com" not in page

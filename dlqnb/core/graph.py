@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -104,12 +104,15 @@ class FusedLayer(nn.Module):
     Attributes:
         layer: The conv/linear module holding the folded weights and a bias.
         activation: The fused activation module, or None.
+        network_layers: The network layers it stands for (conv/linear, BatchNorm, activation), which
+            :func:`network_summary` lists in its place.
     """
 
-    def __init__(self, layer: nn.Module, activation: nn.Module | None) -> None:
+    def __init__(self, layer: nn.Module, activation: nn.Module | None, network_layers: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.layer = layer
         self.activation = activation
+        self.network_layers = tuple(network_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layer(x)
@@ -278,7 +281,7 @@ def optimize_network(net: nn.Module) -> OptimizedNetwork:
         if activation is not None:
             members.append(follower)
         name = "_".join(layer_name(member) for member in members)
-        gm.add_submodule(name, FusedLayer(_with_bias(layer), activation))
+        gm.add_submodule(name, FusedLayer(_with_bias(layer), activation, tuple(layer_name(member) for member in members)))
         members_of[node] = members
         layers[name] = OptimizedLayer(
             name=name,
@@ -332,6 +335,7 @@ class NetworkSummary:
         connections: One row per connection, columns ``Source`` and ``Destination``.
         input_names: The input layers (dlqnb's ``data`` layer, or the forward's argument).
         output_names: The layers whose outputs the network returns.
+        layer_types: Each layer's type (its module's class, or the function), in the order of ``layers``.
     """
 
     name: str
@@ -339,6 +343,21 @@ class NetworkSummary:
     connections: pd.DataFrame
     input_names: list[str]
     output_names: list[str]
+    layer_types: list[str] = field(default_factory=list)
+
+    def layer_array(self) -> pd.DataFrame:
+        """The layers one per row, numbered from 1 as MATLAB's ``net.Layers`` lists them: ``Name`` and ``Type``.
+
+        Example:
+            >>> from dlqnb.models.networks import DigitsNet
+            >>> network_summary(DigitsNet()).layer_array().head(3)
+                Name         Type
+            1   data   ImageInput
+            2  conv1       Conv2d
+            3    bn1  BatchNorm2d
+        """
+        types = self.layer_types or [""] * len(self.layers)
+        return pd.DataFrame({"Name": self.layers, "Type": types}, index=range(1, len(self.layers) + 1))
 
     def __repr__(self) -> str:
         def names(values: list[str]) -> str:
@@ -358,7 +377,10 @@ def network_summary(net: nn.Module) -> NetworkSummary:
 
     A layer is a node that produces a tensor (:mod:`dlqnb.core.ops`): modules, and functions such as
     ``cat`` or ``flatten``; the forward's argument counts as the input layer only when no input
-    layer (dlqnb's ``data``, normalizing the images) takes it.
+    layer (dlqnb's ``data``, normalizing the images) takes it. A graph dlqnb made (the optimized
+    network, the emulated network ``DLQuantizer.quantize`` returns) is read as it is, not traced again:
+    each fused or emulated layer is listed as the network layers it stands for, and quantization
+    points, which are not layers, are left out, so a quantized network lists the float network's layers.
 
     Example:
         >>> from dlqnb.models.networks import squeezenet
@@ -366,6 +388,8 @@ def network_summary(net: nn.Module) -> NetworkSummary:
         >>> summary.input_names, summary.layers[:3], len(summary.layers)
         (['data'], ['data', 'conv1', 'relu_conv1'], 67)
     """
+    if _stands_for_network_layers(net):
+        return _summary_of_own_graph(net)
     gm = _trace(net)
 
     def is_input_layer(node: fx.Node) -> bool:
@@ -387,5 +411,75 @@ def network_summary(net: nn.Module) -> NetworkSummary:
         connections=pd.DataFrame(connections, columns=["Source", "Destination"]),
         input_names=[layer_name(node) for node in inputs],
         output_names=[layer_name(node) for node in tensor_args(output)],
+        layer_types=[_layer_type(gm, node) for node in layers],
     )
 
+
+
+def _network_layers(gm: fx.GraphModule, node: fx.Node) -> tuple[str, ...] | None:
+    """The network layers a dlqnb module stands for (``()`` for a quantization point), or None for any other node."""
+    module = called_module(gm, node)
+    layers = getattr(module, "network_layers", None) if module is not None else None
+    return tuple(layers) if layers is not None else None
+
+
+def _stands_for_network_layers(net: nn.Module) -> bool:
+    return isinstance(net, fx.GraphModule) and any(
+        node.op == "call_module" and _network_layers(net, node) is not None for node in net.graph.nodes
+    )
+
+
+def _summary_of_own_graph(gm: fx.GraphModule) -> NetworkSummary:
+    """:func:`network_summary` of a graph dlqnb built, read node by node (tracing it again would keep
+    the emulated layers whole and list every quantization point)."""
+
+    def is_input_layer(node: fx.Node) -> bool:
+        return getattr(called_module(gm, node), "dlqnb_op", None) == "input"
+
+    layers: list[str] = []
+    types: list[str] = []
+    connections: list[tuple[str, str]] = []
+    inputs: list[str] = []
+    last: dict[fx.Node, list[str]] = {}  # node -> the layers its output comes from
+    for node in gm.graph.nodes:
+        sources = [layer for arg in tensor_args(node) for layer in last.get(arg, [])]
+        if node.op == "output":
+            outputs = sources
+            continue
+        stands_for = _network_layers(gm, node) if node.op == "call_module" else None
+        if stands_for == ():  # a quantization point: its output is its input's
+            last[node] = sources
+            continue
+        if stands_for is None:
+            if node.op == "placeholder":
+                if node.users and all(is_input_layer(user) for user in node.users):
+                    last[node] = []
+                    continue
+            elif not op_traits(gm, node).is_layer:
+                last[node] = sources
+                continue
+            stands_for = (layer_name(node),)
+        layers.extend(stands_for)
+        types.extend([_layer_type(gm, node)] * len(stands_for))
+        connections.extend((source, stands_for[0]) for source in sources)
+        connections.extend(zip(stands_for, stands_for[1:]))
+        if node.op == "placeholder" or is_input_layer(node):
+            inputs.append(stands_for[0])
+        last[node] = [stands_for[-1]]
+    return NetworkSummary(
+        name=type(gm).__name__,
+        layers=layers,
+        connections=pd.DataFrame(connections, columns=["Source", "Destination"]),
+        input_names=inputs,
+        output_names=list(dict.fromkeys(outputs)),
+        layer_types=types,
+    )
+
+
+def _layer_type(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "placeholder":
+        return "input"
+    module = called_module(gm, node)
+    if module is not None:
+        return type(module).__name__
+    return getattr(node.target, "__name__", str(node.target))

@@ -46,12 +46,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlqnb.core.graph import FusedLayer, layer_name
+from dlqnb.core.graph import FusedLayer, layer_name, network_summary
 from dlqnb.core.numerics import FixedPointType, Rounding, round_and_saturate
 from dlqnb.core.ops import called_module, layer_kind, op_traits
 from dlqnb.plan.builder import LayerPlan, PoolPlan, QuantizationPlan
 
-__all__ = ["EmulatedLayer", "FakeQuantize", "QuantizationDetails", "QuantizedGlobalAveragePool", "build_emulated_network", "quantization_details"]
+__all__ = ["EmulatedLayer", "EmulatedNetwork", "FakeQuantize", "QuantizationDetails", "QuantizedGlobalAveragePool", "build_emulated_network", "quantization_details"]
 
 
 def _scale_and_zero_point(g: Any, tensor_type: FixedPointType) -> tuple[Any, Any]:
@@ -84,6 +84,8 @@ class _QuantizeFunction(torch.autograd.Function):
 
 class FakeQuantize(nn.Module):
     """A quantization point: a tensor quantized to a scaled 8-bit type and back."""
+
+    network_layers = ()  # not a network layer: network_summary looks through it
 
     def __init__(self, tensor_type: FixedPointType, rounding: Rounding) -> None:
         super().__init__()
@@ -198,6 +200,7 @@ class EmulatedLayer(nn.Module):
         kind = layer_kind(layer)
         dims = layer.weight.dim() - 2
         self.plan = plan
+        self.network_layers = tuple(plan.members)  # what network_summary lists in its place
         self.activation = copy.deepcopy(fused.activation)
         self.register_buffer("weight_codes", plan.weight_codes.clone())
         self.register_buffer("bias_codes", plan.bias_codes.clone() if plan.bias_codes is not None else plan.bias.clone())
@@ -383,6 +386,34 @@ def quantization_details(module: nn.Module) -> QuantizationDetails:
     return QuantizationDetails()
 
 
+class EmulatedNetwork(fx.GraphModule):
+    """The emulated network: an ``fx.GraphModule`` shown as MATLAB shows ``qNet`` after ``quantize``.
+
+    Its display lists the network's layers and connections as the float network has them
+    (:func:`dlqnb.network_summary`; fused and emulated layers count as the layers they stand for,
+    quantization points are not layers); ``print(net.modules_repr())`` shows its modules.
+
+    Example:
+        >>> import torch
+        >>> from dlqnb import DLQuantizer
+        >>> from dlqnb.models.networks import DigitsNet
+        >>> q = DLQuantizer(DigitsNet().eval())
+        >>> _ = q.calibrate(torch.rand(2, 1, 28, 28), progress=False)
+        >>> print(repr(q.quantize()).splitlines()[0])
+        Quantized DAGNetwork with properties:
+    """
+
+    def modules_repr(self) -> str:
+        """The module tree, as ``nn.Module`` prints it."""
+        return nn.Module.__repr__(self)
+
+    def __repr__(self) -> str:
+        summary = network_summary(self)
+        return "Quantized DAGNetwork" + repr(summary).split(summary.name, 1)[1]
+
+    __str__ = __repr__  # fx.GraphModule prints its generated code otherwise
+
+
 def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, metadata: dict[str, Any]) -> fx.GraphModule:
     """The emulated network of a plan: quantized layers replaced, quantization points inserted.
 
@@ -414,6 +445,7 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
             learnables.append((layer.members[0], "Bias", layer.bias.clone()))
         elif name in plan.pools:
             gm.add_submodule(f"{name}_int8", QuantizedGlobalAveragePool(plan.pools[name]))
+            gm.get_submodule(f"{name}_int8").network_layers = (name,)
             with graph.inserting_after(node):
                 pooled = graph.call_module(f"{name}_int8", args=(node.args[0],))
             node.replace_all_uses_with(pooled)
@@ -434,7 +466,7 @@ def build_emulated_network(optimized: fx.GraphModule, plan: QuantizationPlan, me
     for name, tensor_type in plan.quantize_for.items():
         _insert_quantization(gm, by_name[name], tensor_type, rounding, lambda user: layer_name(user) in int8_consumers)
     graph.lint()
-    gm.recompile()
+    gm = EmulatedNetwork(gm, copy.deepcopy(graph), class_name=type(optimized).__name__)
     gm.quantization_details_ = QuantizationDetails(
         is_quantized=bool(quantized_names),
         target_library=plan.target_library,

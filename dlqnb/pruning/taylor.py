@@ -52,7 +52,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlqnb.core.graph import layer_name, trace_network
+from dlqnb.core.graph import layer_name, network_summary, trace_network
 from dlqnb.core.ops import QUANTIZABLE_TYPES, called_module, is_convolution
 from dlqnb.pruning.handlers import prunable_filters, remove_channels
 
@@ -90,9 +90,8 @@ class TaylorPrunableNetwork:
         model = copy.deepcopy(net).eval()
         self.graph_module = trace_network(model)
         self.metadata = {k: getattr(net, k) for k in ("class_names", "input_size") if hasattr(net, k)}
-        self.input_names = [layer_name(n) for n in self.graph_module.graph.nodes if n.op == "placeholder"]
-        output = next(n for n in self.graph_module.graph.nodes if n.op == "output")
-        self.output_names = [layer_name(a) for a in fx.node.map_arg(output.args, lambda n: n) if isinstance(a, fx.Node)] or [str(output.args[0])]
+        summary = network_summary(self.graph_module)  # input and output layers as the network lists them
+        self.input_names, self.output_names = summary.input_names, summary.output_names
         self.layers: dict[str, _Layer] = {}
         for node, mask_node in prunable_filters(self.graph_module).items():
             filters = called_module(self.graph_module, node).out_channels
@@ -126,10 +125,30 @@ class TaylorPrunableNetwork:
         return {name: int(layer.mask.sum()) for name, layer in self.layers.items()}
 
     def __repr__(self) -> str:
+        """MATLAB's display of a ``TaylorPrunableNetwork``: its properties, ``NumPrunables`` last.
+
+        Example:
+            >>> from dlqnb.models.networks import DigitsNet
+            >>> print(TaylorPrunableNetwork(DigitsNet()))
+              TaylorPrunableNetwork with properties:
+            <BLANKLINE>
+                  Learnables: [14×3 table]
+                       State: [6×3 table]
+                  InputNames: {'data'}
+                 OutputNames: {'fc'}
+                NumPrunables: 48
+        """
+
+        def names(values: list[str]) -> str:
+            return "{" + ", ".join(f"'{value}'" for value in values) + "}"
+
         return (
-            f"TaylorPrunableNetwork with properties:\n  Learnables: [{len(self.learnables)}x3 table]\n"
-            f"  State: [{len(self.state)}x3 table]\n  InputNames: {self.input_names}\n  OutputNames: {self.output_names}\n"
-            f"  NumPrunables: {self.num_prunables}"
+            "  TaylorPrunableNetwork with properties:\n\n"
+            f"      Learnables: [{len(self.learnables)}×3 table]\n"
+            f"           State: [{len(self.state)}×3 table]\n"
+            f"      InputNames: {names(self.input_names)}\n"
+            f"     OutputNames: {names(self.output_names)}\n"
+            f"    NumPrunables: {self.num_prunables}"
         )
 
     # ------------------------------------------------------------------------------ forward and scores

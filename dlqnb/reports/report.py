@@ -148,7 +148,12 @@ def _to_html(executed: Path, show_code: bool) -> str:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=not show_code)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    notebook = nbformat.read(executed, as_version=4)
+    # Widgets need a widget manager loaded from a CDN (the template adds it when the notebook carries
+    # widget state): without the state, nbconvert shows each widget output's static alternative instead
+    # (the quantizer app's HTML view, a progress bar's text). The executed .ipynb keeps the state.
+    notebook.metadata.pop("widgets", None)
+    body, _ = exporter.from_notebook_node(notebook)
     # A report must open offline: drop the template's CDN scripts (require.js, MathJax); Plotly figures
     # carry plotly.js themselves and the notebooks use no LaTeX.
     return _EXTERNAL_SCRIPT.sub("", body)

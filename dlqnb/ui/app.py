@@ -4,16 +4,22 @@
 
 * a **Calibrate** button with a progress bar (calibration runs batch by batch; the ranges widen as
   :meth:`DLQuantizer.calibrate` documents);
-* the **layer table** of the Deep Network Quantizer: one row per calibrated tensor with its name in
-  full, Learnables/Activations, min, max and a small MSB histogram with its 8-bit type boxed, and a
-  **Quantize** check box on each quantizable layer's Weights row (exclusion is honoured by quantize,
-  validate and export); clicking a row shows its layer's large **MSB heat map** of weights, bias and
-  activations;
+* the **layer table** of the Deep Network Quantizer: one row per calibrated tensor with its
+  Optimized Layer Name in full, its Network Layer Name, Learnables/Activations, min, max and a small
+  MSB histogram with its 8-bit type boxed and the bits the type cannot represent greyed, and a
+  **Quantize** check box on every row of a quantizable layer (one box per layer, shown on each of its
+  rows; exclusion is honoured by quantize, validate and export); clicking a row shows its layer's
+  large **MSB heat map** of weights, bias and activations;
 * a **Validate** button showing the metric and memory table, a **Sensitivity** button ranking the
   quantized layers, and **Export** buttons for the calibration file and the QDQ ONNX model.
 
 The widgets only call the library and show its results. Every button has a method of the same name
 (``app.calibrate()``, ``app.validate()``, ...), which is what the buttons call and what tests drive.
+
+Where no kernel is attached (a notebook exported to HTML, a batch report) the app shows its static
+view: :meth:`QuantizerApp.to_html` (the layer table, the selected layer's heat map, the validation
+table and the sensitivity chart, Plotly figures that need no network). Its display carries both, the
+live widgets and this HTML; a frontend that has the widget state shows the widgets.
 
 Example:
     >>> import torch, torchvision
@@ -29,15 +35,18 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ipywidgets as widgets
 from ipywidgets.widgets.widget_string import HTMLStyle
 import plotly.graph_objects as go
+import plotly.io as pio
 from torch import nn
 
 from dlqnb.core.batches import count_batches, iter_batches
+from dlqnb.core.numerics import MSBHistogram, representable_bits
 from dlqnb.calibration.file import CalibrationState
 from dlqnb.calibration.rows import CalibrationRow
 from dlqnb.ui.plotting import calibration_heatmap, msb_sparkline, sensitivity_figure
@@ -56,8 +65,17 @@ _TABLE_STYLE = (
 
 
 # The columns after the name: (header, width); one HTML widget per row holds them, to keep the widget count low.
-_VALUE_COLUMNS = (("Learnables / Activations", "180px"), ("MinValue", "90px"), ("MaxValue", "90px"), ("MSB histogram", "130px"))
-_VALUES_WIDTH = "500px"
+_VALUE_COLUMNS = (
+    ("Network Layer Name", "200px"), ("Learnables / Activations", "170px"), ("MinValue", "90px"), ("MaxValue", "90px"), ("MSB histogram", "130px"),
+)
+_VALUES_WIDTH = "690px"
+_GREY = "rgba(120, 120, 120, 0.35)"
+_STATIC_STYLE = (
+    "<style>.dlqnb-app-static table {border-collapse: collapse; font-size: 12px}"
+    " .dlqnb-app-static th, .dlqnb-app-static td {padding: 2px 8px; border-bottom: 1px solid #eee; text-align: left; white-space: nowrap}"
+    " .dlqnb-app-static td.dlqnb-name {font-family: monospace; text-align: left !important} .dlqnb-app-static .dlqnb-selected {background: #e8f1fb}"
+    " .dlqnb-app-static .dlqnb-table-scroll {max-height: 460px; overflow: auto}</style>"
+)
 
 
 def _spans(texts: list[str]) -> str:
@@ -67,6 +85,35 @@ def _spans(texts: list[str]) -> str:
 
 def _number(value: float) -> str:
     return "0" if value == 0 else f"{value:.5g}" if math.isfinite(value) else str(value)
+
+
+_plotlyjs_in_output = False  # whether a static view in this kernel's output has embedded plotly.js
+
+
+class _TableRow(NamedTuple):
+    name: str  # Optimized Layer Name (the row)
+    layer: str  # its optimized layer
+    network_layer: str
+    kind: str  # Weights, Bias or Activations
+    min_value: str
+    max_value: str
+    sparkline: str  # inline SVG
+
+
+def _msb_cell(histogram: MSBHistogram, fraction_length: int, high: int, low: int, width: int = 120, height: int = 18) -> str:
+    """The table's small MSB histogram: :func:`~dlqnb.ui.plotting.msb_sparkline` with the bits the type
+    cannot represent greyed, as the large heat map greys them."""
+    svg = msb_sparkline(histogram, fraction_length, high, low, width=width, height=height)
+    msb, lsb = representable_bits(fraction_length)
+    column = width / (high - low + 1)
+    bands = [((high - min(msb, high)) * column, 0.0), (width, (high - max(lsb, low) + 1) * column)]  # (right edge, left edge)
+    grey = "".join(
+        f'<rect x="{left:.1f}" y="0" width="{right - left:.1f}" height="{height}" fill="{_GREY}"><title>not representable</title></rect>'
+        for right, left in bands
+        if right > left
+    )
+    cut = svg.index(">") + 1  # after the opening <svg ...>: the bands lie under the bars and the box
+    return svg[:cut] + grey + svg[cut:]
 
 
 class QuantizerApp:
@@ -114,6 +161,7 @@ class QuantizerApp:
             for name in self.quantizer.quantizable_layers
         }
         self.results = widgets.HTML()
+        self.sensitivity_table: Any = None  # the last sensitivity ranking (a DataFrame), for the static view
         self.calibrate_button.on_click(lambda _: self.calibrate())
         self.validate_button.on_click(lambda _: self.validate())
         self.sensitivity_button.on_click(lambda _: self.sensitivity())
@@ -133,10 +181,70 @@ class QuantizerApp:
             ]
         )
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The live widgets and, for frontends without the widget state (exported HTML), :meth:`to_html`.
 
-        display(self.widget)
+        The first static view a kernel shows embeds plotly.js, so its figures draw offline; later ones use it.
+        """
+        global _plotlyjs_in_output
+        bundle = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = f"QuantizerApp ({html.unescape(re.sub('<[^>]+>', '', self.status.value))})"
+        # Plotly's own renderers embed plotly.js only once a figure is shown through them, which an app
+        # display is not: the app embeds it itself, once per kernel.
+        bundle["text/html"] = self.to_html(include_plotlyjs=not _plotlyjs_in_output)
+        _plotlyjs_in_output = _plotlyjs_in_output or self.quantizer.is_calibrated or self.sensitivity_table is not None
+        return bundle
+
+    def to_html(self, include_plotlyjs: bool = True) -> str:
+        """The app's static view: status, layer table (Quantize boxes shown, not clickable), the selected
+        layer's MSB heat map, the validation table and the sensitivity chart, as they are now.
+
+        Args:
+            include_plotlyjs: Embed plotly.js (about 4.7 MB), so the HTML shows its figures on its own and
+                offline; False where the page loads plotly.js already.
+
+        Example:
+            >>> import torch, torchvision
+            >>> app = QuantizerApp(torchvision.models.squeezenet1_1(num_classes=5), torch.rand(2, 3, 64, 64))
+            >>> app.calibrate()
+            >>> page = app.to_html(include_plotlyjs=False)
+            >>> page.count("<tr class='dlqnb-layer-row") == len(app.quantizer.calibration_table)
+            True
+        """
+        parts = [_STATIC_STYLE, "<div class='dlqnb-app-static'>", f"<p><b>Deep Network Quantizer</b>: {self.status.value}</p>"]
+        plotlyjs: bool | str = include_plotlyjs
+        if self.quantizer.is_calibrated:
+            parts.append(self._static_table())
+            if self.selected_layer is not None:
+                parts.append(self._figure_html(calibration_heatmap(self.quantizer, self.selected_layer), plotlyjs))
+                plotlyjs = False  # once per page
+        else:
+            parts.append("<p><i>Calibrate to fill the layer table.</i></p>")
+        if self.results.value:
+            parts.append(self.results.value)
+        if self.sensitivity_table is not None:
+            parts.append(self._figure_html(sensitivity_figure(self.sensitivity_table), plotlyjs))
+        parts.append("</div>")
+        return "\n".join(parts)
+
+    @staticmethod
+    def _figure_html(figure: go.Figure, include_plotlyjs: bool | str) -> str:
+        return pio.to_html(figure, include_plotlyjs=include_plotlyjs, include_mathjax=False, full_html=False, default_width="100%", validate=False)
+
+    def _static_table(self) -> str:
+        header = "".join(f"<th>{title}</th>" for title in ("Quantize", "Optimized Layer Name", *(name for name, _ in _VALUE_COLUMNS)))
+        lines = []
+        for row in self._table_rows():
+            switch = self.switches.get(row.layer)
+            check = "" if switch is None else f"<input type='checkbox' disabled{' checked' if switch.value else ''} title='Quantize {html.escape(row.layer)}'>"
+            selected = " dlqnb-selected" if row.layer == self.selected_layer else ""
+            cells = [check, html.escape(row.name), html.escape(row.network_layer), row.kind, row.min_value, row.max_value, row.sparkline]
+            lines.append(
+                f"<tr class='dlqnb-layer-row{selected}'>"
+                + "".join(f"<td{' class=dlqnb-name' if index == 1 else ''}>{cell}</td>" for index, cell in enumerate(cells))
+                + "</tr>"
+            )
+        return f"<div class='dlqnb-table-scroll'><table><thead><tr>{header}</tr></thead><tbody>{''.join(lines)}</tbody></table></div>"
 
     # ------------------------------------------------------------------ actions (what the buttons call)
     def calibrate(self) -> None:
@@ -161,12 +269,26 @@ class QuantizerApp:
         if layers:
             self.select(layers[0])
 
-    def _fill_layer_table(self) -> None:
+    def _table_rows(self) -> list[_TableRow]:
+        """The layer table's rows, as the widget table and the static view both show them."""
         types = self.quantizer.quantization_types()
         histograms = {row: self.quantizer.range_stats(row).histogram for row in types["Optimized Layer Name"]}
         bits = [bit for h in histograms.values() for bit in h.nonzero_counts()] + list(types["MSB"]) + list(types["LSB"])
         high, low = max(bits) + 1, min(bits) - 1
-        name_width = f"{max(len(row) for row in histograms) + 6}ch"  # wide enough for the longest name: never cut
+        rows = []
+        for row in types.itertuples(index=False):
+            name, network_layer, kind, low_value, high_value, fraction = row[:6]
+            rows.append(
+                _TableRow(
+                    name, CalibrationRow.parse(name).layer, str(network_layer), str(kind),
+                    _number(low_value), _number(high_value), _msb_cell(histograms[name], int(fraction), high, low),
+                )
+            )
+        return rows
+
+    def _fill_layer_table(self) -> None:
+        rows = self._table_rows()
+        name_width = f"{max(len(row.name) for row in rows) + 6}ch"  # wide enough for the longest name: never cut
         # A widget's layout and style are widgets of their own; one shared instance per column keeps a
         # 94-row table near 300 widgets instead of 800, so its messages reach the browser in one short burst.
         name_layout, values_layout, row_layout = widgets.Layout(width=name_width), widgets.Layout(width=_VALUES_WIDTH), widgets.Layout(**_ROW_LAYOUT)
@@ -179,22 +301,19 @@ class QuantizerApp:
             ],
             layout=row_layout,
         )
-        rows = [header]
+        lines = [header]
         no_check = widgets.Box(layout=self._check_layout)  # one spacer, shown on every row without a box
         self.row_buttons = {}
-        for row in types.itertuples(index=False):
-            name, network_layer, kind, low_value, high_value = row[:5]
-            layer = CalibrationRow.parse(name).layer
-            button = widgets.Button(
-                description=name, tooltip=f"{name} (network layer {network_layer})", layout=name_layout, style=name_style, _dom_classes=("dlqnb-row-name",)
-            )
-            button.on_click(lambda _, layer=layer: self.select(layer))
-            self.row_buttons[name] = button
-            check = self.switches[layer] if kind == "Weights" and layer in self.switches else no_check
-            values = _spans([kind, _number(low_value), _number(high_value), msb_sparkline(histograms[name], int(row[5]), high, low)])
-            line = widgets.HBox([check, button, widgets.HTML(values, layout=values_layout, style=values_style)], layout=row_layout, _dom_classes=("dlqnb-layer-row",))
-            rows.append(line)
-        self.layer_table.children = rows
+        for row in rows:
+            button = widgets.Button(description=row.name, tooltip=row.name, layout=name_layout, style=name_style, _dom_classes=("dlqnb-row-name",))
+            button.on_click(lambda _, layer=row.layer: self.select(layer))
+            self.row_buttons[row.name] = button
+            # The layer's one box, shown on each of its rows (views of one widget: they switch together).
+            check = self.switches.get(row.layer, no_check)
+            cells = [html.escape(row.network_layer), row.kind, row.min_value, row.max_value, row.sparkline]
+            values = widgets.HTML(_spans(cells), layout=values_layout, style=values_style)
+            lines.append(widgets.HBox([check, button, values], layout=row_layout, _dom_classes=("dlqnb-layer-row",)))
+        self.layer_table.children = lines
 
     def select(self, layer: str) -> None:
         """Show the MSB heat map of a layer's weights, bias and activations (an optimized layer name, or a
@@ -226,9 +345,15 @@ class QuantizerApp:
         self.results.value = f"<p><b>Validated on {result.num_samples} images</b></p>" + result.metric_results.to_html(index=False)
         return result
 
-    def sensitivity(self) -> Any:
-        """Rank the quantized layers by harm and chart them."""
-        table = sensitivity_analysis(self.quantizer, self.validation_data, self.options.metric_fcn[0], progress=False)
+    def sensitivity(self, data: Any = None) -> Any:
+        """Rank the quantized layers by harm and chart them.
+
+        Args:
+            data: Labelled data to rank on (default: the validation data; the button uses that). Each
+                layer costs one pass over it, so a few batches keep it quick.
+        """
+        table = sensitivity_analysis(self.quantizer, self.validation_data if data is None else data, self.options.metric_fcn[0], progress=False)
+        self.sensitivity_table = table
         figure = sensitivity_figure(table)
         with self.sensitivity_chart.batch_update():
             self.sensitivity_chart.data = []
