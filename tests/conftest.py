@@ -22,6 +22,20 @@ def randomize_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
     return net
 
 
+def broken_by_quantization() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A Flatten → Linear(4, 2) network that int8 weights break, 16 4-channel 1×1 images and their labels (all 1).
+
+    Weights [100, 0.3, ...] and [100, 0.35, ...]: a weight scale of 1 (for 100) rounds the small weights
+    to 0, so both quantized scores are equal and argmax says class 0, while the float network says 1.
+    """
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[100.0, 0.3, 0.3, 0.3], [100.0, 0.35, 0.35, 0.35]]))
+        net[1].bias.zero_()
+    x = torch.rand(16, 4, 1, 1, generator=torch.Generator().manual_seed(0)) + 0.1
+    return net, x, torch.ones(16, dtype=torch.long)
+
+
 NETWORKS = {
     "squeezenet1_1": lambda: torchvision.models.squeezenet1_1(num_classes=5),
     "resnet18": lambda: torchvision.models.resnet18(num_classes=5),

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from dlqnb import DLQuantizer
-from dlqnb.recipes import RESULT_COLUMNS, Recipe, as_recipes, best_recipe, compare_recipes, pareto_front, pareto_mask
+from dlqnb.recipes import RESULT_COLUMNS, Recipe, as_recipes, best_recipe, compare_recipes, pareto_front, pareto_mask, quantizer_for
+
+from conftest import broken_by_quantization
 
 
 # ---------------------------------------------------------------------------------------------- Recipe
@@ -214,14 +216,7 @@ def test_equalization_and_bias_correction_recipes_match_the_quantizer_used_direc
 
 
 def test_float_layers_chosen_by_accuracy_keep_the_layer_that_quantization_breaks():
-    # Weights [100, 0.3, ...] and [100, 0.35, ...]: a scale of 1 (for 100) rounds the small weights to 0,
-    # so both quantized scores are equal and argmax says class 0, while the float network says class 1.
-    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
-    with torch.no_grad():
-        net[1].weight.copy_(torch.tensor([[100.0, 0.3, 0.3, 0.3], [100.0, 0.35, 0.35, 0.35]]))
-        net[1].bias.zero_()
-    x = torch.rand(16, 4) + 0.1
-    y = torch.ones(16, dtype=torch.long)
+    net, x, y = broken_by_quantization()
     recipes = [{"name": "all int8"}, {"name": "no drop", "max_accuracy_drop": 0.0}]
     table = compare_recipes(net, recipes, x, [(x, y)], measure_latency=False, progress=False).set_index("recipe")
     assert table.loc["all int8", "accuracy"] == 0.0 and table.loc["all int8", "float_accuracy"] == 1.0
@@ -231,6 +226,56 @@ def test_float_layers_chosen_by_accuracy_keep_the_layer_that_quantization_breaks
     assert kept["memory_bytes"] == kept["float_memory_bytes"] == 4 * (8 + 2)  # the one layer stays float
     assert table.loc["all int8", "memory_bytes"] == 8 + 4 * 2  # int8 weights, 32-bit biases
     assert table["pareto"].all()  # one is smaller, the other more accurate
+
+
+# ---------------------------------------------------------------------------------------------- quantizer_for
+def test_quantizer_for_matches_the_quantizer_built_by_hand_and_calibrates_each_network_once(tiny, monkeypatch):
+    from dlqnb.preparation import equalize_layers
+
+    net, x, _ = tiny
+    calls = []
+    calibrate = DLQuantizer.calibrate
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return calibrate(self, *args, **kwargs)
+
+    recipes = [
+        Recipe("a", target="cpu", exponent_scheme="histogram", per_channel=True, bias_correction=True),
+        Recipe("b", target="gpu"),
+        Recipe("c", target="cpu", equalize=True),
+    ]
+    monkeypatch.setattr(DLQuantizer, "calibrate", counting)
+    shared = {}
+    built = [quantizer_for(net, recipe, x, calibrations=shared) for recipe in recipes]
+    assert len(calls) == 2 and sorted(shared) == [False, True]  # the plain network once, the equalized once
+    alone = quantizer_for(net, recipes[0], x)
+    assert len(calls) == 3  # without a shared dict, it calibrates
+    monkeypatch.setattr(DLQuantizer, "calibrate", calibrate)
+    by_hand = []
+    for network, target, scheme, per_channel in [(net, "cpu", "histogram", True), (net, "gpu", "minmax", False), (equalize_layers(net), "cpu", "minmax", False)]:
+        q = DLQuantizer(network, execution_environment=target, exponent_scheme=scheme, per_channel_weights=per_channel)
+        q.calibrate(x, progress=False)
+        by_hand.append(q)
+    by_hand[0].correct_bias(x, progress=False)
+    with torch.no_grad():
+        for q, reference in zip([*built, alone], [*by_hand, by_hand[0]]):
+            assert (q.execution_environment, q.exponent_scheme, q.per_channel_weights) == (
+                reference.execution_environment,
+                reference.exponent_scheme,
+                reference.per_channel_weights,
+            )
+            torch.testing.assert_close(q.quantize()(x), reference.quantize()(x), rtol=0, atol=0)
+
+
+def test_quantizer_for_refuses_a_dict_and_float_layers_without_validation_data(tiny):
+    net, x, _ = tiny
+    with pytest.raises(TypeError, match="recipe must be a dlqnb.recipes.Recipe"):
+        quantizer_for(net, {"name": "a"}, x)
+    with pytest.raises(TypeError, match="net"):
+        quantizer_for("net", Recipe("a"), x)
+    with pytest.raises(ValueError, match="'drop'.*validation_data"):
+        quantizer_for(net, Recipe("drop", max_accuracy_drop=0.01), x)
 
 
 # ---------------------------------------------------------------------------------------------- figure

@@ -19,6 +19,8 @@ from dlqnb.bench.peers import calibration_reader
 from dlqnb.training import trained_zoo
 from dlqnb.training.trained_zoo import ARCHITECTURES, build_network, trained_network, trained_zoo_names, zoo_data
 
+from conftest import broken_by_quantization
+
 
 def _counting_trainer(monkeypatch) -> list[str]:
     """Replace training by building the untrained network; returns the list of names trained."""
@@ -131,15 +133,20 @@ def test_the_quick_path_on_a_tiny_network_measures_every_column(tmp_path):
     assert len(table) == 3 and table[2].startswith("| tiny | ") and table[2].count("|") == table[0].count("|")
 
 
-def test_a_recipe_whose_api_is_missing_is_reported_na(monkeypatch):
-    monkeypatch.setitem(bench._RECOVERY_APIS, "bias_correction", ("dlqnb.quantizer", "DLQuantizer.not_merged_yet"))
-    recipe = bench.BenchRecipe("bias correction", bias_correction=True)
-    assert bench.missing_recovery_api(recipe) == "dlqnb.quantizer.DLQuantizer.not_merged_yet"
-    x = torch.rand(4, 3, 8, 8)
-    row, q = bench._run_recipe(_tiny_net(), "gpu", recipe, x, (x, torch.zeros(4, dtype=torch.long)))
-    assert q is None and row["accuracy"] is None and row["status"].startswith("n/a")
-    result = {"networks": [{"network": "n", "recipes": [row, {**row, "recipe": "default", "accuracy": 0.5, "status": "ok"}]}]}
-    assert bench.recipes_table(result).splitlines()[2] == "| n | n/a | 50.0 |"
+def test_the_float_layers_recipe_runs_on_each_target_choosing_on_the_labelled_calibration_images():
+    net, x, y = broken_by_quantization()  # the float network says 1, the int8 one 0
+    recipe = next(r for r in bench.RECIPES if r.name == "float layers")
+    assert recipe.max_accuracy_drop == bench.MAX_ACCURACY_DROP
+    row, q = bench._run_recipe(net, dataclasses.replace(recipe, target="cpu"), x, (x, y), (x, y))
+    assert (row["recipe"], row["target"], row["status"]) == ("float layers", "cpu", "ok")
+    assert q.execution_environment == "cpu" and row["accuracy"] == 1.0 and row["float_layers"] == list(q.quantizable_layers)
+    default, _ = bench._run_recipe(net, dataclasses.replace(bench.RECIPES[0], target="cpu"), x, (x, y), (x, y))
+    assert default["accuracy"] == 0.0 and default["float_layers"] == []
+    # without labels to choose on, the recipe is an error of its own and the table says so
+    row, q = bench._run_recipe(net, recipe, x, (x, y))
+    assert q is None and row["accuracy"] is None and row["status"].startswith("error: ValueError") and "validation_data" in row["status"]
+    result = {"networks": [{"network": "n", "recipes": [row, default]}]}
+    assert bench.recipes_table(result).splitlines()[2] == "| n | error | 0.0 |"
 
 
 def test_the_table_shows_percentages_and_na(capsys):

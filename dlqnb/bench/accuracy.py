@@ -7,17 +7,18 @@ validation images, in one run:
 * **dlqnb's defaults** (MATLAB's: MinMax power-of-two types, one weight scale per layer) for the
   ``"gpu"`` and ``"cpu"`` targets: the emulation's accuracy (``q.validate``) and the deployed QDQ ONNX
   file's on ONNX Runtime and on OpenVINO (``export_qdq_onnx`` → ``load_int8(path, backend=...)``);
-* **dlqnb's recovery recipes** (:data:`RECIPES`): per-channel weights, the histogram exponent scheme,
-  cross-layer equalization (``equalize_layers``), empirical bias correction (``q.correct_bias``) and float
-  layers chosen by accuracy (``q.choose_float_layers`` on the calibration images, then ``q.exclude``),
+* **dlqnb's recovery recipes** (:data:`RECIPES`, :class:`dlqnb.recipes.Recipe` values quantized by
+  :func:`dlqnb.recipes.quantizer_for`): per-channel weights, the histogram exponent scheme, cross-layer
+  equalization (``equalize_layers``), empirical bias correction (``q.correct_bias``) and float layers
+  chosen by accuracy (``q.choose_float_layers`` on the labelled calibration images, then ``q.exclude``),
   alone and combined, on both targets, scored by the emulation; the best of them (defaults included) is
   also deployed and run on ONNX Runtime and OpenVINO;
 * **the peers**: ONNX Runtime's ``quantize_static`` (QDQ, uint8 activations, int8 weights, per tensor
   and per channel) and NNCF's ``nncf.quantize`` on the OpenVINO model, both calibrated with the same
   images through :func:`dlqnb.bench.peers.calibration_reader` and its NNCF twin.
 
-A recipe whose API is not in this dlqnb yet is "n/a" in the table (:func:`missing_recovery_api`, the
-one place that checks); a runtime whose package is missing is named in ``not_measured``.
+A recipe that fails is "error" in the recipes table, with its error in its ``status``; a runtime whose
+package is missing is named in ``not_measured``.
 
 Example:
     $ python -m dlqnb.bench accuracy --models resnet18,mobilenet_v2 --json accuracy.json
@@ -26,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -34,7 +35,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,70 +43,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlqnb.bench.peers import openvino_call, peer_nncf, peer_onnxruntime
+from dlqnb.recipes import Recipe, quantizer_for
+from dlqnb.recipes.build import SharedCalibrations
 
-__all__ = ["RECIPES", "BenchRecipe", "accuracy_table", "bench_accuracy", "measure_network", "missing_recovery_api"]
+__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "measure_network"]
 
 #: The largest accuracy drop the "float layers" recipes accept when they choose layers.
 MAX_ACCURACY_DROP = 0.005
 
 
-@dataclass(frozen=True)
-class BenchRecipe:
-    """One way of quantizing with dlqnb, beyond the target: the options a recipe turns on."""
-
-    name: str
-    per_channel: bool = False
-    histogram: bool = False
-    equalize: bool = False
-    bias_correction: bool = False
-    float_layers: bool = False
-
-
-#: The recipes measured on every network and target; the first is MATLAB's defaults.
-RECIPES: tuple[BenchRecipe, ...] = (
-    BenchRecipe("default"),
-    BenchRecipe("per-channel", per_channel=True),
-    BenchRecipe("histogram", histogram=True),
-    BenchRecipe("per-channel + histogram", per_channel=True, histogram=True),
-    BenchRecipe("equalized", equalize=True),
-    BenchRecipe("bias correction", bias_correction=True),
-    BenchRecipe("equalized + per-channel + bias correction", per_channel=True, equalize=True, bias_correction=True),
-    BenchRecipe("float layers", float_layers=True),
-    BenchRecipe("all", per_channel=True, histogram=True, equalize=True, bias_correction=True, float_layers=True),
+#: The recipes measured on every network, each on every target (``dataclasses.replace(recipe, target=...)``);
+#: the first is MATLAB's defaults.
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("default"),
+    Recipe("per-channel", per_channel=True),
+    Recipe("histogram", exponent_scheme="histogram"),
+    Recipe("per-channel + histogram", per_channel=True, exponent_scheme="histogram"),
+    Recipe("equalized", equalize=True),
+    Recipe("bias correction", bias_correction=True),
+    Recipe("equalized + per-channel + bias correction", per_channel=True, equalize=True, bias_correction=True),
+    Recipe("float layers", max_accuracy_drop=MAX_ACCURACY_DROP),
+    Recipe("all", per_channel=True, exponent_scheme="histogram", equalize=True, bias_correction=True, max_accuracy_drop=MAX_ACCURACY_DROP),
 )
-
-
-# ================================================================================================
-# THE ONE PLACE where recovery APIs that this dlqnb may not have yet are detected. A recipe that
-# needs a missing one is reported "n/a" instead of failing the run; nothing else checks for them.
-# ================================================================================================
-_RECOVERY_APIS: dict[str, tuple[str, str]] = {
-    "equalize": ("dlqnb.preparation", "equalize_layers"),
-    "bias_correction": ("dlqnb.quantizer", "DLQuantizer.correct_bias"),
-    "float_layers": ("dlqnb.quantizer", "DLQuantizer.choose_float_layers"),
-}
-
-
-def missing_recovery_api(recipe: BenchRecipe) -> str | None:
-    """The first API ``recipe`` needs that this dlqnb does not have (``"module.name"``), else None.
-
-    Example:
-        >>> missing_recovery_api(BenchRecipe("per-channel", per_channel=True)) is None
-        True
-    """
-    for option, (module_name, attribute) in _RECOVERY_APIS.items():
-        if not getattr(recipe, option):
-            continue
-        try:
-            target: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                target = getattr(target, part)
-        except (ImportError, AttributeError):
-            return f"{module_name}.{attribute}"
-    return None
-
-
-# ================================================================================================
 
 
 def top1(scores: Any, labels: torch.Tensor) -> float:
@@ -133,34 +91,18 @@ def _deployed(path: str, images: torch.Tensor, labels: torch.Tensor, backend: st
         return top1(_batched(runner.predict, images), labels)
 
 
-def _quantizer(net: nn.Module, target: str, recipe: BenchRecipe, calibration: torch.Tensor) -> Any:
-    """A calibrated quantizer of ``net`` (equalized first where the recipe says) with the recipe's options."""
-    from dlqnb.quantizer import DLQuantizer
-
-    if recipe.equalize:
-        from dlqnb.preparation import equalize_layers
-
-        net = equalize_layers(net)
-    q = DLQuantizer(net, target, exponent_scheme="histogram" if recipe.histogram else "minmax", per_channel_weights=recipe.per_channel)
-    q.calibrate(calibration, progress=False)
-    if recipe.bias_correction:
-        q.correct_bias(calibration, progress=False)
-    if recipe.float_layers:
-        choice = q.choose_float_layers(calibration, max_accuracy_drop=MAX_ACCURACY_DROP, progress=False)
-        q.exclude(*choice.layers)
-        if recipe.bias_correction and choice.layers:  # the layers left quantized see other inputs now
-            q.correct_bias(calibration, progress=False)
-    return q
-
-
-def _run_recipe(net: nn.Module, target: str, recipe: BenchRecipe, calibration: torch.Tensor, validation: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, Any], Any]:
-    row: dict[str, Any] = {"recipe": recipe.name, "target": target, "accuracy": None, "status": "ok", "float_layers": []}
-    missing = missing_recovery_api(recipe)
-    if missing:
-        row["status"] = f"n/a: {missing} is not in this dlqnb"
-        return row, None
+def _run_recipe(
+    net: nn.Module,
+    recipe: Recipe,
+    calibration: torch.Tensor,
+    validation: tuple[torch.Tensor, torch.Tensor],
+    labelled_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    calibrations: SharedCalibrations | None = None,
+) -> tuple[dict[str, Any], Any]:
+    row: dict[str, Any] = {"recipe": recipe.name, "target": recipe.target, "accuracy": None, "status": "ok", "float_layers": []}
     try:
-        q = _quantizer(net, target, recipe, calibration)
+        # float layers are chosen on the calibration images: the validation images only score
+        q = quantizer_for(net, recipe, calibration, labelled_calibration, calibrations=calibrations)
         result = q.validate(validation, progress=False)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
         row["status"] = f"error: {type(error).__name__}: {error}"
@@ -204,8 +146,9 @@ def measure_network(
     validation: tuple[torch.Tensor, torch.Tensor],
     folder: str,
     targets: tuple[str, ...] = ("gpu", "cpu"),
-    recipes: tuple[BenchRecipe, ...] = RECIPES,
+    recipes: tuple[Recipe, ...] = RECIPES,
     openvino: bool = True,
+    calibration_labels: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Every accuracy of the benchmark for one network (see the module's description).
 
@@ -215,9 +158,12 @@ def measure_network(
         calibration: The calibration images (N×C×H×W), the same for dlqnb and the peers.
         validation: ``(images, labels)`` every accuracy is measured on.
         folder: Where the exported files are written (``files`` in the result).
-        targets: dlqnb's targets to measure.
+        targets: dlqnb's targets to measure; each recipe runs on each of them (its own ``target`` is
+            replaced).
         recipes: The recipes, :data:`RECIPES` by default; the first should be ``"default"``.
         openvino: Run the deployed files on OpenVINO and measure NNCF + OpenVINO (where installed).
+        calibration_labels: The calibration images' labels, which the recipes with float layers choose
+            them by; None: those recipes are reported as errors.
 
     Returns:
         ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
@@ -235,9 +181,11 @@ def measure_network(
         result["not_measured"].append("dlqnb's files on OpenVINO: openvino is not installed")
     files: dict[str, str] = {}
     quantizers: dict[tuple[str, str], Any] = {}
+    labelled = None if calibration_labels is None else (calibration, calibration_labels)
+    calibrations: SharedCalibrations = {}  # calibration ranges depend on neither the target nor the recipe's types
     for target in targets:
         for recipe in recipes:
-            row, q = _run_recipe(net, target, recipe, calibration, validation)
+            row, q = _run_recipe(net, dataclasses.replace(recipe, target=target), calibration, validation, labelled, calibrations)
             result["recipes"].append(row)
             quantizers[(recipe.name, target)] = q
         default = quantizers.get((recipes[0].name, target))
@@ -288,10 +236,11 @@ def bench_accuracy(
     if recipes is not None and set(recipes) - set(known):
         raise ValueError(f"unknown recipes {sorted(set(recipes) - set(known))}; expected some of {known}")
     chosen = tuple(r for r in RECIPES if recipes is None or r.name in recipes or r is RECIPES[0])
-    calibration, _ = zoo_data("calibration", per_class=2 if quick else None)
+    calibration, calibration_labels = zoo_data("calibration", per_class=2 if quick else None)
     validation = zoo_data("validation", per_class=5 if quick else None)
     folder = folder or tempfile.mkdtemp(prefix="dlqnb-accuracy-")
     options: dict[str, Any] = {"targets": ("cpu",), "recipes": chosen[:2]} if quick else {"recipes": chosen}
+    options["calibration_labels"] = calibration_labels
     networks = []
     for name in tqdm(names, desc="accuracy benchmark", unit="network", disable=not progress):
         row = measure_network(name, trained_network(name, progress=progress), calibration, validation, folder, **options)
@@ -350,7 +299,7 @@ def accuracy_table(result: dict[str, Any]) -> str:
 
 
 def recipes_table(result: dict[str, Any]) -> str:
-    """Every recipe's emulated top-1 (percent; "n/a" where its API is missing) per network and target."""
+    """Every recipe's emulated top-1 (percent; "error" where it failed, "n/a" where not measured) per network and target."""
     columns = list(dict.fromkeys((r["recipe"], r["target"]) for row in result["networks"] for r in row["recipes"]))
     lines = ["| network | " + " | ".join(f"{recipe} ({target})" for recipe, target in columns) + " |", "|---|" + "---|" * len(columns)]
     for row in result["networks"]:
@@ -358,7 +307,7 @@ def recipes_table(result: dict[str, Any]) -> str:
         cells = []
         for key in columns:
             recipe = by_key.get(key)
-            if recipe is None or recipe["status"].startswith("n/a"):
+            if recipe is None:
                 cells.append("n/a")
             else:
                 cells.append("error" if recipe["accuracy"] is None else _percent(recipe["accuracy"]))

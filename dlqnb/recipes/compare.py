@@ -3,19 +3,13 @@
 :func:`compare_recipes` quantizes the network once per :class:`~dlqnb.recipes.recipe.Recipe` and
 measures what each costs and gives:
 
-1. **Network.** The float network, or its equalized copy (``dlqnb.equalize_layers``) for a recipe with
-   ``equalize``. Calibration ranges do not depend on the target, the exponent scheme or per-channel
-   weights, so each of the (at most two) networks is calibrated once and the ranges are shared by the
-   recipes that quantize it.
-2. **Quantizer.** A :class:`~dlqnb.DLQuantizer` with the recipe's target, exponent scheme and
-   per-channel flag; ``bias_correction`` runs ``q.correct_bias(calibration_data)``.
-3. **Float layers by accuracy.** With ``max_accuracy_drop``, where the fully quantized network drops
-   more than that, ``q.choose_float_layers(validation_data, max_accuracy_drop=...)`` picks the layers and
-   ``q.exclude(*choice.layers)`` keeps them in float (bias corrections are then measured again for the
-   layers left quantized).
-4. **Accuracy and memory.** ``q.validate(validation_data)``: top-1 accuracy of the quantized and float
+1. **Quantizer.** :func:`~dlqnb.recipes.build.quantizer_for` builds the calibrated quantizer the recipe
+   describes (equalization, target, exponent scheme, per-channel weights, bias correction, float layers
+   chosen by accuracy on ``validation_data``). Each of the (at most two) networks, plain and equalized,
+   is calibrated once and its ranges are shared by the recipes that quantize it.
+2. **Accuracy and memory.** ``q.validate(validation_data)``: top-1 accuracy of the quantized and float
    networks and their learnable parameter memory, as MATLAB counts it.
-5. **Latency.** The deployed file (``export_qdq_onnx``) loaded with ``load_int8`` and timed in a block of
+3. **Latency.** The deployed file (``export_qdq_onnx``) loaded with ``load_int8`` and timed in a block of
    its own: warm-up calls, then several timed calls on one batch, the median kept. ONNX Runtime's worker
    threads do not spin between calls (dlqnb's runner turns spinning off), and the machine is left to
    settle before each block, so that nothing else competes for the cores while a recipe is timed. Latency
@@ -51,14 +45,13 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from dlqnb.calibration.file import CalibrationState
 from dlqnb.core.targets import CPU_LIBRARIES
 from dlqnb.deploy.backend_choice import BACKENDS, model_input
 from dlqnb.deploy.export import export_qdq_onnx
 from dlqnb.deploy.host import cpu_summary, file_name_safe, time_block
 from dlqnb.deploy.load import load_int8
-from dlqnb.evaluation.validation import ValidationResult
 from dlqnb.quantizer import DLQuantizer
+from dlqnb.recipes.build import SharedCalibrations, quantizer_for
 from dlqnb.recipes.pareto import pareto_mask
 from dlqnb.recipes.recipe import Recipe, as_recipes
 
@@ -145,7 +138,7 @@ def compare_recipes(
     if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
         raise ValueError(f"latency_batch must be a positive whole number of images, got {latency_batch!r}")
     _check_backend(backend)
-    networks: dict[bool, tuple[nn.Module, CalibrationState]] = {}
+    calibrations: SharedCalibrations = {}  # each network calibrated once, its ranges shared by its recipes
     rows = []
     samples = None
     with tempfile.TemporaryDirectory(prefix="dlqnb-recipes-") as scratch:
@@ -155,7 +148,8 @@ def compare_recipes(
             bar.set_postfix_str(recipe.name)
             row = _settings(recipe)
             try:
-                quantizer, result = _quantizer(recipe, net, networks, calibration_data, validation_data, mini_batch_size)
+                quantizer = quantizer_for(net, recipe, calibration_data, validation_data, mini_batch_size=mini_batch_size, calibrations=calibrations)
+                result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
             except Exception as error:  # a failed recipe is a result of the comparison, not its end
                 rows.append({**row, "error": _error_text(error)})
                 continue
@@ -190,61 +184,6 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
 
 def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def _network(recipe: Recipe, net: nn.Module) -> nn.Module:
-    """The network a recipe quantizes: ``net``, or its equalized copy."""
-    if not recipe.equalize:
-        return net
-    try:
-        from dlqnb.preparation import equalize_layers
-    except ImportError as error:
-        raise RuntimeError(f"recipe {recipe.name!r} asks for equalization, but this dlqnb has no dlqnb.equalize_layers ({error})") from error
-    return equalize_layers(net)
-
-
-def _quantizer(
-    recipe: Recipe,
-    net: nn.Module,
-    networks: dict[bool, tuple[nn.Module, CalibrationState]],
-    calibration_data: Any,
-    validation_data: Any,
-    mini_batch_size: int | None,
-) -> tuple[DLQuantizer, ValidationResult]:
-    """A calibrated quantizer that follows ``recipe`` (bias corrected, float layers excluded as it asks),
-    and its validation."""
-    if recipe.equalize not in networks:
-        network = _network(recipe, net)
-        first = DLQuantizer(network, execution_environment=recipe.target)
-        first.calibrate(calibration_data, mini_batch_size=mini_batch_size, progress=False)
-        networks[recipe.equalize] = (network, first.calibration_state())
-    network, state = networks[recipe.equalize]
-    quantizer = DLQuantizer(network, execution_environment=recipe.target, exponent_scheme=recipe.exponent_scheme, per_channel_weights=recipe.per_channel)
-    quantizer.restore_calibration(state)
-    if recipe.bias_correction:
-        _correct_bias(quantizer, recipe, calibration_data, mini_batch_size)
-    result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
-    if recipe.max_accuracy_drop is None:
-        return quantizer, result
-    accuracy = result.metric_results.set_index("NetworkImplementation")["MetricOutput"]
-    # The choice ranks every layer by sensitivity first; a network already within the drop needs none.
-    if accuracy["Floating-Point"] - accuracy["Quantized"] <= recipe.max_accuracy_drop + 1e-12:
-        return quantizer, result
-    choose = getattr(quantizer, "choose_float_layers", None)
-    if choose is None:
-        raise RuntimeError(f"recipe {recipe.name!r} chooses float layers by accuracy, but this dlqnb has no DLQuantizer.choose_float_layers")
-    choice = choose(validation_data, max_accuracy_drop=recipe.max_accuracy_drop, mini_batch_size=mini_batch_size, progress=False)
-    quantizer.exclude(*choice.layers)
-    if recipe.bias_correction and choice.layers:  # measured again for the layers still quantized
-        _correct_bias(quantizer, recipe, calibration_data, mini_batch_size)
-    return quantizer, quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
-
-
-def _correct_bias(quantizer: DLQuantizer, recipe: Recipe, calibration_data: Any, mini_batch_size: int | None) -> None:
-    correct = getattr(quantizer, "correct_bias", None)
-    if correct is None:
-        raise RuntimeError(f"recipe {recipe.name!r} asks for bias correction, but this dlqnb has no DLQuantizer.correct_bias")
-    correct(calibration_data, mini_batch_size=mini_batch_size, progress=False)
 
 
 def _validation_row(metrics: pd.DataFrame, quantizer: DLQuantizer) -> dict[str, Any]:
