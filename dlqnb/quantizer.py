@@ -19,7 +19,7 @@ up); the weights and bias rows do not change. A calibration that fails (bad batc
 activations) leaves the earlier state untouched.
 
 Recovery beyond MATLAB's workflow: :meth:`~DLQuantizer.correct_bias` (empirical bias correction),
-:meth:`~DLQuantizer.choose_float_layers` (the smallest set of float layers that keeps the accuracy) and
+:meth:`~DLQuantizer.choose_float_layers` (the shortest prefix of the sensitivity ranking to keep in float that keeps the accuracy) and
 :meth:`~DLQuantizer.quantization_error` (each tensor's error split into clipping and rounding).
 
 Example:
@@ -321,7 +321,16 @@ class DLQuantizer:
 
     def with_bias_corrections(self, corrections: dict[str, Iterable[float]]) -> DLQuantizer:
         """A copy sharing this calibration and exclusions that carries exactly these bias corrections
-        (one value per output channel of each layer named; ``{}`` for none)."""
+        (one value per output channel of each layer named; ``{}`` for none).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> q = DLQuantizer(nn.Sequential(nn.Conv2d(1, 2, 3)).eval())
+            >>> _ = q.calibrate(torch.rand(4, 1, 8, 8), progress=False)
+            >>> q.with_bias_corrections({"0": [0.5, -0.25]}).bias_corrections, q.bias_corrections
+            ({'0': (0.5, -0.25)}, {})
+        """
         variant = copy.copy(self)
         variant.excluded_layers = set(self.excluded_layers)
         variant._set_bias_corrections(corrections)
@@ -382,8 +391,8 @@ class DLQuantizer:
         return self
 
     def choose_float_layers(self, data: Any, max_accuracy_drop: float = 0.01, **options: Any) -> FloatLayerChoice:
-        """The smallest set of layers to keep in float so that the accuracy drops by at most
-        ``max_accuracy_drop`` (greedy over the sensitivity ranking, verified by re-validation; see
+        """The shortest prefix of the sensitivity ranking to keep in float so that the accuracy drops by at
+        most ``max_accuracy_drop`` (greedy, so not always the smallest set; verified by re-validation; see
         :func:`dlqnb.evaluation.sensitivity.choose_float_layers`, which takes the other ``options``).
         Apply it with ``q.exclude(*choice.layers)``.
 
@@ -402,7 +411,17 @@ class DLQuantizer:
 
     def quantization_error(self, data: Any, mini_batch_size: int | None = None, progress: bool = True) -> pd.DataFrame:
         """Each weights and activations row's quantization error split into clipping and rounding, as
-        SQNRs in dB (see :func:`dlqnb.evaluation.quantization_error.quantization_error`)."""
+        SQNRs in dB (see :func:`dlqnb.evaluation.quantization_error.quantization_error`).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> q = DLQuantizer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval())
+            >>> x = torch.rand(4, 1, 8, 8)
+            >>> _ = q.calibrate(x, progress=False)
+            >>> q.quantization_error(x, progress=False)["Dominant"].tolist()
+            ['rounding', 'rounding', 'rounding']
+        """
         from dlqnb.evaluation.quantization_error import quantization_error
 
         return quantization_error(self, data, mini_batch_size, progress)

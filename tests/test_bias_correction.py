@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from dlqnb import DLQuantizer, NotCalibratedError
+from dlqnb.errors import DataError
 from dlqnb.calibration.file import write_calibration
 from dlqnb.deploy import export_qdq_onnx, load_int8
 
@@ -188,3 +189,17 @@ def test_bad_corrections_and_order_errors():
         quantizer.with_bias_corrections({"conv9": [0.1]})
     with pytest.raises(ValueError, match="finite"):
         quantizer.with_bias_corrections({"2": [0.1, float("nan"), 0.0]}).plan()
+
+
+def test_data_of_the_wrong_shape_is_a_data_error_naming_the_argument():
+    quantizer = DLQuantizer(biased_network())
+    quantizer.calibrate(images(4, 11), progress=False)
+    with pytest.raises(DataError, match=r"correct_bias: data batch 0 has shape \(2, 3, 8, 8\); calibration saw inputs of shape \(8, 8, 8\)"):
+        quantizer.correct_bias(torch.rand(2, 3, 8, 8), progress=False)
+
+
+def test_cpu_corrected_bias_codes_saturate_at_the_int32_bounds():
+    quantizer = DLQuantizer(biased_network(), execution_environment="cpu")
+    quantizer.calibrate(images(4, 12), progress=False)
+    layer = quantizer.with_bias_corrections({"2": [1e9, -1e9, 0.0]}).plan().layers["2"]
+    assert layer.bias_codes.tolist()[:2] == [-(2**31), 2**31 - 1]  # bias - 1e9 and bias + 1e9, far beyond 2**31 steps

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -103,3 +105,28 @@ def test_max_accuracy_drop_must_be_a_number():
     quantizer.calibrate(x[:4], progress=False)
     with pytest.raises(TypeError, match="max_accuracy_drop must be a number"):
         quantizer.choose_float_layers([(x, labels)], max_accuracy_drop="1%", progress=False)
+    with pytest.raises(TypeError, match="max_accuracy_drop must be a number"):
+        quantizer.choose_float_layers([(x, labels)], max_accuracy_drop=True, progress=False)
+
+
+def test_a_numpy_drop_is_a_number():
+    net, x, labels = network_and_data()
+    quantizer = DLQuantizer(net)
+    quantizer.calibrate(x, progress=False)
+    assert quantizer.choose_float_layers([(x, labels)], max_accuracy_drop=np.float32(1.0), progress=False).layers == ()
+
+
+def test_a_target_no_ranked_prefix_meets_warns_and_says_so():
+    """A ranking without the fragile layer: even with every ranked layer in float the drop is too large."""
+    net, x, labels = network_and_data()
+    quantizer = DLQuantizer(net)
+    quantizer.calibrate(x, progress=False)
+    ranking = pd.DataFrame({"Layer": ["0_1", "5"]})
+    with pytest.warns(UserWarning, match="even with all 2 ranked layers in float"):
+        choice = quantizer.choose_float_layers([(x, labels)], max_accuracy_drop=0.02, ranking=ranking, progress=False)
+    assert not choice.meets_target
+    assert choice.layers == ("0_1", "5") and list(choice.trade_off["num_float_layers"]) == [0, 1, 2]
+    applied = DLQuantizer(net, excluded_layers=choice.layers)
+    applied.calibrate(x, progress=False)
+    assert choice.accuracy == pytest.approx(accuracy(applied, x, labels))
+    assert choice.accuracy_drop > 0.02

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dlqnb import DLQuantizer
+from dlqnb.errors import DataError
 from dlqnb.ui.plotting import quantization_error_figure
 
 TYPE_COLUMNS = [
@@ -125,3 +126,10 @@ def test_figure_draws_three_groups_and_leaves_infinite_ratios_out():
     assert [trace.name for trace in figure.data] == ["total", "clipping", "rounding"]
     assert list(figure.data[0].x) == list(table["Optimized Layer Name"])
     assert None in figure.data[1].y  # nothing clips: no bar rather than an infinite one
+
+
+def test_data_of_the_wrong_shape_is_a_data_error_naming_the_argument():
+    quantizer = DLQuantizer(convolution())
+    quantizer.calibrate(images(4, 7), progress=False)
+    with pytest.raises(DataError, match=r"quantization_error: data batch 0 has shape \(2, 3, 10, 10\); calibration saw inputs of shape \(1, 10, 10\)"):
+        quantizer.quantization_error(torch.rand(2, 3, 10, 10), progress=False)

@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,19 +40,25 @@ from tqdm.auto import tqdm
 
 from dlqnb.core.batches import iter_batches
 from dlqnb.emulation.network import EmulatedLayer
+from dlqnb.errors import DataError
 
 if TYPE_CHECKING:
     from dlqnb.quantizer import DLQuantizer
 
-__all__ = ["empirical_bias_corrections"]
+__all__ = ["empirical_bias_corrections", "run_on_data"]
 
 Corrections = dict[str, tuple[float, ...]]
+
+
+class _Measured(Exception):
+    """Raised by a hook once the only layer measured has its output: the rest of the network is not needed."""
 
 
 class _ChannelMeans:
     """Streaming per-channel means of the pre-activation outputs of some layers, read by hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: bool = False) -> None:
+        self.stop = stop
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self.handles: list[Any] = []
@@ -63,6 +69,8 @@ class _ChannelMeans:
         total = channels.sum(1, dtype=torch.float64)
         self.sums[name] = self.sums[name] + total if name in self.sums else total
         self.counts[name] = self.counts.get(name, 0) + channels.shape[1]
+        if self.stop:
+            raise _Measured
 
     def watch_output(self, module: nn.Module, name: str, channel_axis: int) -> None:
         self.handles.append(module.register_forward_hook(lambda _m, _args, y: self.add(name, y, channel_axis)))
@@ -76,10 +84,36 @@ class _ChannelMeans:
         return {name: total / self.counts[name] for name, total in self.sums.items()}
 
 
-def _run(network: nn.Module, images: list[Tensor]) -> None:
+def run_on_data(run: Callable[[Tensor], Any], batch: Tensor, index: int, what: str, input_shape: tuple[int, ...] | None) -> Any:
+    """``run(batch)``, with a failure of the network on it reported as bad ``data`` (its shape beside
+    the one calibration saw) rather than as torch's message from deep inside a layer.
+
+    Raises:
+        DataError: The network cannot run on the batch; the message names ``what`` and the batch.
+
+    Example:
+        >>> run_on_data(nn.Linear(2, 1), torch.ones(1, 3), 0, "correct_bias", (2,))
+        Traceback (most recent call last):
+        ...
+        dlqnb.errors.DataError: correct_bias: data batch 0 has shape (1, 3); calibration saw inputs of shape (2,) ...
+    """
+    try:
+        return run(batch)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"{what}: data batch {index} has shape {tuple(batch.shape)}; calibration saw inputs of shape {input_shape} "
+            f"(one input, channels first) and the network fails on it: {first_line}"
+        ) from error
+
+
+def _run(network: nn.Module, images: list[Tensor], input_shape: tuple[int, ...] | None) -> None:
     with torch.no_grad():
-        for batch in images:
-            network(batch)
+        for index, batch in enumerate(images):
+            try:
+                run_on_data(network, batch, index, "correct_bias", input_shape)
+            except _Measured:
+                pass
 
 
 def _float_means(quantizer: DLQuantizer, layers: Iterable[str], images: list[Tensor]) -> dict[str, Tensor]:
@@ -87,14 +121,14 @@ def _float_means(quantizer: DLQuantizer, layers: Iterable[str], images: list[Ten
     means = _ChannelMeans()
     for name in layers:
         means.watch_output(quantizer.optimized.fused(name).layer, name, 1 if quantizer.optimized.layers[name].kind == "conv" else -1)
-    _run(quantizer.optimized.module, images)
+    _run(quantizer.optimized.module, images, quantizer.input_shape_)
     return means.means()
 
 
-def _emulated_means(network: nn.Module, layers: set[str], images: list[Tensor]) -> dict[str, Tensor]:
+def _emulated_means(network: nn.Module, layers: set[str], images: list[Tensor], input_shape: tuple[int, ...] | None) -> dict[str, Tensor]:
     """Per-channel means of the emulated pre-activation output: the input of the fused activation, or
-    the layer's output where none is fused."""
-    means = _ChannelMeans()
+    the layer's output where none is fused. With one layer, each batch runs only up to it."""
+    means = _ChannelMeans(stop=len(layers) == 1)
     for module in network.modules():
         if isinstance(module, EmulatedLayer) and module.plan.name in layers:
             axis = 1 if module.spec.kind == "conv" else -1
@@ -102,7 +136,7 @@ def _emulated_means(network: nn.Module, layers: set[str], images: list[Tensor]) 
                 means.watch_input(module.activation, module.plan.name, axis)
             else:
                 means.watch_output(module, module.plan.name, axis)
-    _run(network, images)
+    _run(network, images, input_shape)
     return means.means()
 
 
@@ -126,7 +160,8 @@ def empirical_bias_corrections(
 
     Raises:
         NotCalibratedError: Before :meth:`DLQuantizer.calibrate`.
-        DataError: Empty data or a batch that is not a finite float image batch.
+        DataError: Empty data, a batch that is not a finite float image batch, or one the network
+            cannot run on (wrong shape).
     """
     quantizer.check_calibrated("correct_bias")
     images = [batch for batch, _labels in iter_batches(data, mini_batch_size)]
@@ -135,10 +170,10 @@ def empirical_bias_corrections(
     reference = _float_means(quantizer, layers, images)
     corrections: Corrections = {}
     if not sequential:
-        measured = _emulated_means(uncorrected.quantize(), set(layers), images)
+        measured = _emulated_means(uncorrected.quantize(), set(layers), images, quantizer.input_shape_)
         return {name: tuple((measured[name] - reference[name]).tolist()) for name in layers}
     for name in tqdm(layers, desc="Correcting bias", unit="layer", disable=not progress):
         network = quantizer.with_bias_corrections(corrections).quantize()
-        measured = _emulated_means(network, {name}, images)
+        measured = _emulated_means(network, {name}, images, quantizer.input_shape_)
         corrections[name] = tuple((measured[name] - reference[name]).tolist())
     return corrections

@@ -51,6 +51,7 @@ from dlqnb.calibration.rows import CalibrationRow
 from dlqnb.core.batches import count_batches, iter_batches
 from dlqnb.core.graph import layer_name
 from dlqnb.core.numerics import FixedPointType, Rounding
+from dlqnb.evaluation.bias_correction import run_on_data
 
 if TYPE_CHECKING:
     from dlqnb.quantizer import DLQuantizer
@@ -154,7 +155,7 @@ def quantization_error(quantizer: DLQuantizer, data: Any, mini_batch_size: int |
 
     Raises:
         NotCalibratedError: Before :meth:`DLQuantizer.calibrate`.
-        DataError: Empty data or a bad batch.
+        DataError: Empty data, a bad batch, or one the network cannot run on (wrong shape).
     """
     quantizer.check_calibrated("quantization_error")
     plan = quantizer.plan()
@@ -172,6 +173,7 @@ def quantization_error(quantizer: DLQuantizer, data: Any, mini_batch_size: int |
     reader = _ActivationReader(quantizer.optimized.module, activations, plan.rounding)
     batches = iter_batches(data, mini_batch_size)
     with torch.no_grad():
-        for images, _labels in tqdm(batches, total=count_batches(data, mini_batch_size), desc="Quantization error", unit="batch", disable=not progress):
-            reader.run(images)
+        batches = tqdm(batches, total=count_batches(data, mini_batch_size), desc="Quantization error", unit="batch", disable=not progress)
+        for index, (images, _labels) in enumerate(batches):
+            run_on_data(reader.run, images, index, "quantization_error", quantizer.input_shape_)
     return pd.DataFrame([splits[row].row(row.name) for row in rows if row in splits], columns=ERROR_COLUMNS)

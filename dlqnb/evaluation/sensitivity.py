@@ -14,7 +14,7 @@ through the same exact emulation as :meth:`DLQuantizer.quantize`, and compares i
 Rows are sorted by harm, then output error. Nothing is recalibrated: every configuration uses the
 quantizer's calibration.
 
-:func:`choose_float_layers` turns the ranking into a decision: the smallest set of layers to keep in
+:func:`choose_float_layers` turns the ranking into a decision: the shortest prefix of it to keep in
 float so that the metric drops by at most a given amount. It adds layers to the float set in ranking
 order (greedy), re-validating each prefix with the exact emulation, and stops at the first prefix that
 meets the target; ``q.exclude(*choice.layers)`` applies it. Its ``trade_off`` table (metric and
@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -159,7 +160,7 @@ class FloatLayerChoice:
 
 
 def _check_drop(max_accuracy_drop: Any) -> float:
-    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)):
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, numbers.Real):  # NumPy scalars too
         raise TypeError(f"max_accuracy_drop must be a number (e.g. 0.01 for one point of accuracy), got {max_accuracy_drop!r}")
     if not math.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
         raise ValueError(f"max_accuracy_drop must be a finite number >= 0 (e.g. 0.01 for one point of accuracy), got {max_accuracy_drop!r}")
