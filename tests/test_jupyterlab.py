@@ -127,8 +127,9 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
             page.goto(jupyterlab.url, timeout=60_000)
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
             run_all_cells(page)
-            # the notebook's last cell calibrates through the app (the kernel starts and loads the merch network)
-            page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= 94", timeout=300_000)
+            # the notebook calibrates, validates and ranks sensitivity, then its last cell shows the app (the kernel
+            # starts, loads the merch network, trains it first where the cache is new): a bound, not a speed target
+            page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= 94", timeout=900_000)
             wait_until_all_cells_ran(page, timeout=120_000)
             assert page.locator(".widget-html", has_text="Calibrated on 55 images").count() == 1
             # Calibrate in the browser: the table is built anew and the same 55 images are counted once
@@ -145,7 +146,7 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
             )
             # the name is shown in full, not cut off
             assert name.evaluate("b => b.scrollWidth <= b.clientWidth")
-            check = rows.locator("input[type=checkbox]").nth(1)  # the second layer's Quantize box
+            check = rows.locator("input[type=checkbox]").nth(1)  # a Quantize box (every row of a layer shows its one box)
             check.click(timeout=30_000)
             page.wait_for_selector(".widget-html:has-text('1 kept in float')", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab_app.png"))

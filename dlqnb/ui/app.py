@@ -155,7 +155,7 @@ class QuantizerApp:
         self.layer_table.add_class("dlqnb-layer-table")
         self.row_buttons: dict[str, widgets.Button] = {}
         self.selected_layer: str | None = None
-        self._check_layout = widgets.Layout(width=_CHECK_WIDTH)
+        self._check_layout = widgets.Layout(width=_CHECK_WIDTH, flex="0 0 auto")
         self.switches = {
             name: widgets.Checkbox(value=True, description="Quantize", indent=False, layout=self._check_layout)
             for name in self.quantizer.quantizable_layers
@@ -291,7 +291,9 @@ class QuantizerApp:
         name_width = f"{max(len(row.name) for row in rows) + 6}ch"  # wide enough for the longest name: never cut
         # A widget's layout and style are widgets of their own; one shared instance per column keeps a
         # 94-row table near 300 widgets instead of 800, so its messages reach the browser in one short burst.
-        name_layout, values_layout, row_layout = widgets.Layout(width=name_width), widgets.Layout(width=_VALUES_WIDTH), widgets.Layout(**_ROW_LAYOUT)
+        # Columns never shrink (a narrow notebook scrolls the table sideways rather than cutting names off).
+        name_layout, values_layout = widgets.Layout(width=name_width, flex="0 0 auto"), widgets.Layout(width=_VALUES_WIDTH, flex="0 0 auto")
+        row_layout = widgets.Layout(**_ROW_LAYOUT)
         name_style, values_style = widgets.ButtonStyle(), HTMLStyle()
         header = widgets.HBox(
             [
