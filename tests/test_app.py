@@ -131,3 +131,23 @@ def test_the_display_carries_the_widgets_and_a_static_view(tmp_path):
     assert page.count("<tr class='dlqnb-layer-row") == len(app.quantizer.calibration_table)
     assert "Plotly.newPlot" in page and "LearnableParameterMemory(bytes)" in page
     assert page.count("<input type='checkbox' disabled checked") == 3 * len(app.switches)  # each layer's Weights, Bias and Activations rows
+
+
+def test_error_analysis_shows_the_selected_layers_clipping_and_rounding(tmp_path):
+    app = make_app(tmp_path)
+    assert app.error_button.disabled  # nothing to analyse before calibrating
+    app.calibrate()
+    assert app.error_view.value == ""
+    app.error_button.click()
+    layer = "features_3_squeeze_features_3_squeeze_activation"
+    app.select(layer)
+    shown = app.error_view.value
+    # exactly the selected layer's weights and activations rows, each with its dominant error
+    expected = [name for name in app.quantizer.calibration_table["Optimized Layer Name"] if name.startswith(layer + "_") and not name.endswith("_Bias")]
+    assert len(expected) == 2
+    assert all(f">{name}<" in shown for name in expected)
+    assert shown.count("</tr>") == 1 + len(expected)  # header and one row each
+    assert re.search(r">(clipping|rounding|none)<", shown)
+    assert "Why it loses accuracy" in app.to_html(include_plotlyjs=False)
+    app.calibrate()  # new ranges: the old split no longer holds
+    assert app.error_table is None and app.error_view.value == ""

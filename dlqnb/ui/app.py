@@ -149,6 +149,7 @@ class QuantizerApp:
         self.calibrate_button = widgets.Button(description="Calibrate", button_style="primary", icon="play")
         self.validate_button = widgets.Button(description="Validate", disabled=True)
         self.sensitivity_button = widgets.Button(description="Sensitivity", disabled=True)
+        self.error_button = widgets.Button(description="Error analysis", disabled=True, tooltip="Split each tensor's quantization error into clipping and rounding")
         self.export_calibration_button = widgets.Button(description="Export calibration file", disabled=True)
         self.export_onnx_button = widgets.Button(description="Export QDQ ONNX", disabled=True)
         self.layer_table = widgets.VBox([widgets.HTML("<i>Calibrate to fill the layer table.</i>")], layout={"max_height": "460px", "overflow": "auto"})
@@ -162,9 +163,12 @@ class QuantizerApp:
         }
         self.results = widgets.HTML()
         self.sensitivity_table: Any = None  # the last sensitivity ranking (a DataFrame), for the static view
+        self.error_table: Any = None  # the last clipping/rounding split (a DataFrame), shown beside the heat map
+        self.error_view = widgets.HTML(layout={"min_width": "320px"})
         self.calibrate_button.on_click(lambda _: self.calibrate())
         self.validate_button.on_click(lambda _: self.validate())
         self.sensitivity_button.on_click(lambda _: self.sensitivity())
+        self.error_button.on_click(lambda _: self.error_analysis())
         self.export_calibration_button.on_click(lambda _: self.export_calibration())
         self.export_onnx_button.on_click(lambda _: self.export_onnx())
         for name, switch in self.switches.items():
@@ -174,8 +178,8 @@ class QuantizerApp:
                 widgets.HTML(_TABLE_STYLE),
                 widgets.HBox([self.calibrate_button, self.progress, self.status]),
                 self.layer_table,
-                self.heatmap,
-                widgets.HBox([self.validate_button, self.sensitivity_button, self.export_calibration_button, self.export_onnx_button]),
+                widgets.HBox([self.heatmap, self.error_view]),
+                widgets.HBox([self.validate_button, self.sensitivity_button, self.error_button, self.export_calibration_button, self.export_onnx_button]),
                 self.results,
                 self.sensitivity_chart,
             ]
@@ -218,6 +222,7 @@ class QuantizerApp:
             if self.selected_layer is not None:
                 parts.append(self._figure_html(calibration_heatmap(self.quantizer, self.selected_layer), plotlyjs))
                 plotlyjs = False  # once per page
+                parts.append(self._error_html())
         else:
             parts.append("<p><i>Calibrate to fill the layer table.</i></p>")
         if self.results.value:
@@ -263,7 +268,8 @@ class QuantizerApp:
         layers = self.quantizer.quantizable_layers
         self._fill_layer_table()
         self.status.value = f"Calibrated on {self.quantizer.num_calibration_samples_} images: {len(self.quantizer.calibration_table)} rows."
-        for button in (self.export_calibration_button, self.export_onnx_button):
+        self.error_table = None  # measured against the previous ranges
+        for button in (self.export_calibration_button, self.export_onnx_button, self.error_button):
             button.disabled = False
         self.validate_button.disabled = self.sensitivity_button.disabled = self.validation_data is None
         if layers:
@@ -330,6 +336,32 @@ class QuantizerApp:
             self.heatmap.data = []
             self.heatmap.add_trace(figure.data[0])
             self.heatmap.layout = figure.layout
+        self.error_view.value = self._error_html()
+
+    def error_analysis(self, data: Any = None) -> Any:
+        """Split each weights and activations row's quantization error into clipping and rounding
+        (:meth:`DLQuantizer.quantization_error`) and show the selected layer's beside its heat map.
+
+        Args:
+            data: Data to measure on (default: the calibration data; the button uses that).
+
+        Returns:
+            The table, one row per weights or activations row.
+        """
+        self.error_table = self.quantizer.quantization_error(self.calibration_data if data is None else data, progress=False)
+        self.error_view.value = self._error_html()
+        return self.error_table
+
+    def _error_html(self) -> str:
+        """The selected layer's rows of the error split, as HTML ("" before an error analysis or a selection)."""
+        if self.error_table is None or self.selected_layer is None:
+            return ""
+        layers = self.error_table["Optimized Layer Name"].map(lambda name: CalibrationRow.parse(name).layer)
+        rows = self.error_table[layers == self.selected_layer]
+        if rows.empty:
+            return f"<p><i>No weights or activations of {html.escape(self.selected_layer)} to analyse.</i></p>"
+        title = "<p><b>Why it loses accuracy</b>: signal-to-quantization-noise ratios (dB)</p>"
+        return title + rows.to_html(index=False, float_format=lambda value: f"{value:.1f}", classes="dlqnb-error-table")
 
     def set_quantize(self, layer: str, quantize: bool) -> None:
         """Switch a layer's quantization on or off."""
