@@ -37,6 +37,19 @@ def test_squeezenet_table_shape(squeezenet, images):
     assert row == ["features_0_features_1_Weights", "features_1", "Weights"]
 
 
+def test_an_input_layer_stands_for_the_network_input():
+    from dlqnb.models.networks import DigitsNet
+
+    images = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    _, table = calibrated(DigitsNet(mean=0.5).eval(), images)
+    activations = table[table["Learnables / Activations"] == "Activations"].set_index("Network Layer Name")
+    # MATLAB's table has no row for the image before the input layer: the input layer's row is the first
+    assert list(activations.index[:2]) == ["input", "relu1"] and "x" not in activations.index
+    # and it holds the normalized image, x − mean
+    assert activations.loc["input", "MinValue"] == pytest.approx(float(images.min()) - 0.5)
+    assert activations.loc["input", "MaxValue"] == pytest.approx(float(images.max()) - 0.5)
+
+
 def test_learnable_ranges_are_the_folded_parameters():
     torch.manual_seed(0)
     net = randomize_batchnorm(torchvision.models.resnet18(num_classes=3)).eval()

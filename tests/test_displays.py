@@ -12,7 +12,7 @@ from dlqnb import DLQuantizer, TaylorPrunableNetwork, quantization_details
 from dlqnb.models.networks import DigitsNet, squeezenet
 
 # DigitsNet, layer by layer: the input layer, three conv-BN-ReLU blocks, the flatten and the fully connected layer
-DIGITS_LAYERS = ["data", "conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3", "relu3", "flatten", "fc"]
+DIGITS_LAYERS = ["input", "conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3", "relu3", "flatten", "fc"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_the_quantized_network_displays_as_matlabs_qnet(digits):
         "Quantized DAGNetwork with properties:\n\n"
         "         Layers: [12×1 layers]\n"
         "    Connections: [11×2 table]\n"  # a chain: one connection fewer than layers
-        "     InputNames: {'data'}\n"
+        "     InputNames: {'input'}\n"
         "    OutputNames: {'fc'}"
     )
     assert str(quantizer.quantize()) == shown  # print() too, not fx's generated code
@@ -42,7 +42,7 @@ def test_network_summary_of_the_quantized_network_lists_the_float_networks_layer
     summary = dlqnb.network_summary(quantizer.quantize())
     assert summary.layers == DIGITS_LAYERS  # the quantization points are not layers; fused layers are their members
     assert list(map(tuple, summary.connections.to_numpy())) == list(zip(DIGITS_LAYERS, DIGITS_LAYERS[1:]))
-    assert (summary.input_names, summary.output_names) == (["data"], ["fc"])
+    assert (summary.input_names, summary.output_names) == (["input"], ["fc"])
 
 
 @pytest.mark.parametrize("environment", ["gpu", "cpu"])
@@ -89,7 +89,7 @@ def test_the_prunable_network_displays_its_property_block(digits):
         "  TaylorPrunableNetwork with properties:\n\n"
         "      Learnables: [14×3 table]\n"
         "           State: [6×3 table]\n"
-        "      InputNames: {'data'}\n"
+        "      InputNames: {'input'}\n"
         "     OutputNames: {'fc'}\n"
         "    NumPrunables: 40"
     )

@@ -18,6 +18,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 LAYER = "fire2-squeeze1x1_fire2-relu_squeeze1x1"
 ROWS = ".dlqnb-layer-table .dlqnb-layer-row"
+# SqueezeNet's table: a Weights and a Bias row for each of its 26 convolutions, and 41 Activations rows (the input
+# layer, 26 convolutions with their ReLUs fused, 3 max poolings, 8 concatenations, the dropout, the pooling and the flatten)
+TABLE_ROWS = 2 * 26 + 41
 
 
 def _missing() -> str | None:
@@ -129,13 +132,13 @@ def test_app_calibrates_and_shows_the_selected_layers_heat_map(jupyterlab):
             run_all_cells(page)
             # the notebook calibrates, validates and ranks sensitivity, then its last cell shows the app (the kernel
             # starts, loads the merch network, trains it first where the cache is new): a bound, not a speed target
-            page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= 94", timeout=900_000)
+            page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {TABLE_ROWS}", timeout=900_000)
             wait_until_all_cells_ran(page, timeout=120_000)
             assert page.locator(".widget-html", has_text="Calibrated on 55 images").count() == 1
             # Calibrate in the browser: the table is built anew and the same 55 images are counted once
             page.evaluate(f"() => document.querySelectorAll('{ROWS}').forEach(r => r.dataset.before = '1')")
             page.locator("button.jupyter-button", has_text="Calibrate").click(timeout=30_000)
-            page.wait_for_function(f"() => document.querySelectorAll('{ROWS}:not([data-before])').length >= 94", timeout=300_000)
+            page.wait_for_function(f"() => document.querySelectorAll('{ROWS}:not([data-before])').length >= {TABLE_ROWS}", timeout=300_000)
             page.wait_for_selector(".widget-html:has-text('Calibrated on 55 images')", timeout=60_000)
             rows = page.locator(f"{ROWS}:not([data-before])")
             name = page.locator(".dlqnb-layer-table button", has_text=f"{LAYER}_Bias")

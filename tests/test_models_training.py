@@ -66,6 +66,21 @@ def test_network_file_round_trip(tmp_path):
     assert torch.equal(loaded(x), net.eval()(x))
 
 
+def test_version_2_digits_files_with_the_input_layer_named_data_still_load(tmp_path):
+    torch.manual_seed(0)
+    net = DigitsNet(mean=0.25).eval()
+    state = {("data." + key[len("input."):] if key.startswith("input.") else key): value for key, value in net.state_dict().items()}
+    assert "data.mean" in state  # the layout version 2 wrote
+    buffer = io.BytesIO()
+    torch.save({"format": "dlqnb-network", "version": 2, "architecture": "digits", "num_classes": 10, "class_names": None,
+                "input_size": [28, 28], "mean": [0.25], "std": [1.0], "classifier_name": None, "state_dict": state}, buffer)
+    (tmp_path / "v2.pt").write_bytes(buffer.getvalue())
+    loaded = load_network(tmp_path / "v2.pt")
+    assert dict(loaded.named_children())["input"].mean.item() == 0.25
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), net(x))
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("unpickled!",))

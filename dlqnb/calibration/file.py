@@ -71,7 +71,8 @@ class CalibrationState:
     Attributes:
         stats: Range and MSB counts of every observed tensor, by node name (nodes derived from their
             inputs' statistics are not observed).
-        tensor_nodes: Every node that produced a float tensor (each gets an Activations row).
+        tensor_nodes: Every node that produced a float tensor (each gets an Activations row but a forward
+            argument that only an input layer takes).
         num_samples: Images seen.
         input_shape: Shape of one input seen last, channels first: (C, H, W) for images, (C, L) for
             1-D signals, (C, D, H, W) for volumes (empty when unknown).

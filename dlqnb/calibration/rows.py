@@ -25,7 +25,7 @@ import pandas as pd
 
 from dlqnb.calibration.file import CalibrationState
 from dlqnb.calibration.observers import RangeStats
-from dlqnb.core.graph import OptimizedNetwork, layer_name
+from dlqnb.core.graph import OptimizedNetwork, feeds_input_layers_only, layer_name
 
 __all__ = ["CALIBRATION_COLUMNS", "PARTS", "CalibrationRow", "Part", "calibration_rows", "calibration_table", "row_statistics"]
 
@@ -96,7 +96,9 @@ def calibration_rows(optimized: OptimizedNetwork, tensor_nodes: frozenset[str] |
 
     Args:
         optimized: The optimized network.
-        tensor_nodes: The nodes calibration saw produce a float tensor (each gets an Activations row).
+        tensor_nodes: The nodes calibration saw produce a float tensor (each gets an Activations row,
+            except a forward argument that only an input layer takes: the input layer's row stands for it,
+            as MATLAB's table has no row for the image before its input layer).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -108,6 +110,8 @@ def calibration_rows(optimized: OptimizedNetwork, tensor_nodes: frozenset[str] |
     learnables: dict[CalibrationRow, str] = {}
     activations: dict[CalibrationRow, str] = {}
     for node in optimized.nodes():
+        if feeds_input_layers_only(optimized.module, node):
+            continue
         name = layer_name(node)
         layer = optimized.layers.get(name)
         if layer is not None:

@@ -34,7 +34,9 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import copy
+import keyword
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +58,8 @@ __all__ = [
     "OptimizedNetwork",
     "NetworkSummary",
     "check_materialized",
+    "feeds_input_layers_only",
+    "is_input_layer",
     "layer_name",
     "network_summary",
     "optimize_network",
@@ -77,6 +81,14 @@ def layer_name(node: fx.Node) -> str:
         >>> net.add_module("fire2-squeeze1x1", nn.Conv2d(3, 4, 1))
         >>> [layer_name(n) for n in fx.symbolic_trace(net).graph.nodes if n.op == "call_module"]
         ['fire2-squeeze1x1']
+        >>> class Digits(nn.Module):  # fx names a module called ``input``, a Python builtin, ``input_1``
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.input = nn.Identity()
+        ...     def forward(self, x):
+        ...         return self.input(x)
+        >>> [layer_name(n) for n in fx.symbolic_trace(Digits()).graph.nodes]
+        ['x', 'input', 'output']
     """
     name = node.name
     if node.op != "call_module":
@@ -84,9 +96,34 @@ def layer_name(node: fx.Node) -> str:
     own = str(node.target).replace(".", "_")
     identifier = _snake_identifier(own)
     suffix = name[len(identifier):]
-    if name.startswith(identifier) and (not suffix or re.fullmatch(r"_\d+", suffix)):
-        return own + suffix
-    return name
+    if not name.startswith(identifier) or not (not suffix or re.fullmatch(r"_\d+", suffix)):
+        return name
+    if _shadows_a_builtin(identifier) and suffix:  # fx numbers such a name from its first call: input_1, input_2, …
+        calls = int(suffix[1:])
+        shown = own + (f"_{calls - 1}" if calls > 1 else "")
+        if not any(other.name == shown for other in node.graph.nodes):  # a node of that name would be confused with it
+            return shown
+    return own + suffix
+
+
+def _shadows_a_builtin(identifier: str) -> bool:
+    """Whether fx refuses ``identifier`` as a node name (a keyword, a builtin such as ``input``, or a name
+    its generated code imports) and numbers it from ``_1``."""
+    illegal = getattr(fx.graph, "_illegal_names", None)
+    if isinstance(illegal, dict):
+        return identifier in illegal
+    return keyword.iskeyword(identifier) or hasattr(builtins, identifier)
+
+
+def is_input_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` calls an input layer (:class:`dlqnb.models.networks.ImageInput`): MATLAB's input layer."""
+    return getattr(called_module(gm, node), "dlqnb_op", None) == "input"
+
+
+def feeds_input_layers_only(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is the forward argument of a network whose input layers take it: the input
+    layer then stands for the network's input (MATLAB has no separate row or layer for it)."""
+    return node.op == "placeholder" and bool(node.users) and all(is_input_layer(gm, user) for user in node.users)
 
 
 def _snake_identifier(text: str) -> str:
@@ -352,7 +389,7 @@ class NetworkSummary:
             >>> from dlqnb.models.networks import DigitsNet
             >>> network_summary(DigitsNet()).layer_array().head(3)
                 Name         Type
-            1   data   ImageInput
+            1  input   ImageInput
             2  conv1       Conv2d
             3    bn1  BatchNorm2d
         """
@@ -392,18 +429,15 @@ def network_summary(net: nn.Module) -> NetworkSummary:
         return _summary_of_own_graph(net)
     gm = _trace(net)
 
-    def is_input_layer(node: fx.Node) -> bool:
-        return getattr(called_module(gm, node), "dlqnb_op", None) == "input"
-
     def is_layer(node: fx.Node) -> bool:
         if node.op == "placeholder":
-            return not (node.users and all(is_input_layer(user) for user in node.users))
+            return not feeds_input_layers_only(gm, node)
         return op_traits(gm, node).is_layer
 
     layers = [node for node in gm.graph.nodes if is_layer(node)]
     layer_set = set(layers)
     connections = [(layer_name(source), layer_name(node)) for node in layers for source in tensor_args(node) if source in layer_set]
-    inputs = [node for node in layers if node.op == "placeholder" or is_input_layer(node)]
+    inputs = [node for node in layers if node.op == "placeholder" or is_input_layer(gm, node)]
     output = next(node for node in gm.graph.nodes if node.op == "output")
     return NetworkSummary(
         name=type(net).__name__,
@@ -433,9 +467,6 @@ def _summary_of_own_graph(gm: fx.GraphModule) -> NetworkSummary:
     """:func:`network_summary` of a graph dlqnb built, read node by node (tracing it again would keep
     the emulated layers whole and list every quantization point)."""
 
-    def is_input_layer(node: fx.Node) -> bool:
-        return getattr(called_module(gm, node), "dlqnb_op", None) == "input"
-
     layers: list[str] = []
     types: list[str] = []
     connections: list[tuple[str, str]] = []
@@ -452,7 +483,7 @@ def _summary_of_own_graph(gm: fx.GraphModule) -> NetworkSummary:
             continue
         if stands_for is None:
             if node.op == "placeholder":
-                if node.users and all(is_input_layer(user) for user in node.users):
+                if feeds_input_layers_only(gm, node):
                     last[node] = []
                     continue
             elif not op_traits(gm, node).is_layer:
@@ -463,7 +494,7 @@ def _summary_of_own_graph(gm: fx.GraphModule) -> NetworkSummary:
         types.extend([_layer_type(gm, node)] * len(stands_for))
         connections.extend((source, stands_for[0]) for source in sources)
         connections.extend(zip(stands_for, stands_for[1:]))
-        if node.op == "placeholder" or is_input_layer(node):
+        if node.op == "placeholder" or is_input_layer(gm, node):
             inputs.append(stands_for[0])
         last[node] = [stands_for[-1]]
     return NetworkSummary(

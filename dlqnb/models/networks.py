@@ -38,6 +38,7 @@ __all__ = [
     "SqueezeNet",
     "digits_net",
     "find_layers_to_replace",
+    "input_layer",
     "load_network",
     "network_bytes",
     "network_from_bytes",
@@ -52,7 +53,9 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NETWORK_FILE_FORMAT = "dlqnb-network"
-NETWORK_FILE_VERSION = 2  # 2: SqueezeNet layers under MATLAB's names (version 1 files are renamed on load)
+# 2: SqueezeNet layers under MATLAB's names; 3: the digits network's input layer named ``input`` as in
+# MATLAB (older files are renamed on load)
+NETWORK_FILE_VERSION = 3
 _SHIPPED_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "squeezenet1_1_shapes.pt")
 
 
@@ -64,7 +67,7 @@ class ImageInput(nn.Module):
         std: Per-channel standard deviation.
     """
 
-    dlqnb_leaf = True  # one network layer ("data") in dlqnb's graphs, as in MATLAB
+    dlqnb_leaf = True  # one network layer ("data", "input") in dlqnb's graphs, as in MATLAB
     dlqnb_op = "input"  # the input layer in network summaries
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -230,17 +233,22 @@ def torchvision_state_dict(state: dict[str, torch.Tensor], classifier_name: str 
 
 
 class DigitsNet(nn.Module):
-    """The 12-layer digits network of *updateScore*: three conv-BN-ReLU blocks of 20 filters and a fc.
+    """The digits network of *updateScore*: three conv-BN-ReLU blocks of 20 filters and a fc.
 
-    Input 28×28×1 with 'zerocenter' normalization; conv1 is 5×5 without padding, conv2 and conv3
-    3×3 with padding 1.
+    Input 28×28×1 with 'zerocenter' normalization (the input layer ``input``, as MATLAB names it);
+    conv1 is 5×5 without padding, conv2 and conv3 3×3 with padding 1. The network returns the scores
+    before softmax, so MATLAB's ``softmax`` and classification layers have no counterpart.
+
+    Example:
+        >>> [name for name, _ in DigitsNet().named_children()][:4]
+        ['input', 'conv1', 'bn1', 'relu1']
     """
 
     architecture = "digits"
 
     def __init__(self, num_classes: int = 10, mean: float = 0.0, filters: int = 20) -> None:
         super().__init__()
-        self.data = ImageInput((mean,), (1.0,))
+        self.input = ImageInput((mean,), (1.0,))
         self.conv1 = nn.Conv2d(1, filters, 5)
         self.bn1 = nn.BatchNorm2d(filters)
         self.relu1 = nn.ReLU()
@@ -258,7 +266,7 @@ class DigitsNet(nn.Module):
         return self.fc.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu1(self.bn1(self.conv1(self.data(x))))
+        x = self.relu1(self.bn1(self.conv1(self.input(x))))
         x = self.relu2(self.bn2(self.conv2(x)))
         x = self.relu3(self.bn3(self.conv3(x)))
         return self.fc(torch.flatten(x, 1))
@@ -273,13 +281,23 @@ def set_metadata(net: nn.Module, class_names: Sequence[str] | None = None, input
     return net
 
 
+def input_layer(net: nn.Module) -> tuple[str, ImageInput] | None:
+    """The name and module of a network's input layer (an :class:`ImageInput` child), or None.
+
+    Example:
+        >>> input_layer(DigitsNet())[0], input_layer(SqueezeNet(num_classes=2))[0]
+        ('input', 'data')
+    """
+    return next(((name, child) for name, child in net.named_children() if isinstance(child, ImageInput)), None)
+
+
 def network_metadata(net: nn.Module) -> dict[str, Any]:
     """What a network expects and gives: class names, input size, channels, scaling, mean/std.
 
     Values a network does not record are None (a torchvision network made elsewhere, say).
     """
-    data = getattr(net, "data", None)
-    image_input = data if isinstance(data, ImageInput) else None
+    found = input_layer(net)
+    input_name, image_input = found if found is not None else (None, None)
     return {
         "class_names": list(getattr(net, "class_names", []) or []) or None,
         "input_size": list(getattr(net, "input_size", ()) or ()) or None,
@@ -287,7 +305,7 @@ def network_metadata(net: nn.Module) -> dict[str, Any]:
         "pixel_range": [0.0, 1.0] if image_input is not None else None,
         "mean": image_input.mean.flatten().tolist() if image_input is not None else None,
         "std": image_input.std.flatten().tolist() if image_input is not None else None,
-        "normalization_layer": "data" if image_input is not None else None,
+        "normalization_layer": input_name,
     }
 
 
@@ -546,6 +564,8 @@ def network_from_bytes(data: bytes, source: str = "network bytes") -> nn.Module:
         state = payload["state_dict"]
         if isinstance(net, SqueezeNet):
             state = torchvision_state_dict(state, net.classifier_name)
+        elif isinstance(net, DigitsNet) and payload.get("version", 0) < 3:
+            state = {("input." + key[len("data."):] if key.startswith("data.") else key): value for key, value in state.items()}
         net.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"{source!r}: weights do not fit the {architecture} architecture: {error}") from error

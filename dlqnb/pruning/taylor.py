@@ -134,7 +134,7 @@ class TaylorPrunableNetwork:
             <BLANKLINE>
                   Learnables: [14×3 table]
                        State: [6×3 table]
-                  InputNames: {'data'}
+                  InputNames: {'input'}
                  OutputNames: {'fc'}
                 NumPrunables: 48
         """
