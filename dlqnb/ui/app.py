@@ -296,7 +296,7 @@ class QuantizerApp:
         rows = self._table_rows()
         name_width = f"{max(len(row.name) for row in rows) + 6}ch"  # wide enough for the longest name: never cut
         # A widget's layout and style are widgets of their own; one shared instance per column keeps a
-        # 94-row table near 300 widgets instead of 800, so its messages reach the browser in one short burst.
+        # 93-row table near 300 widgets instead of 800, so its messages reach the browser in one short burst.
         # Columns never shrink (a narrow notebook scrolls the table sideways rather than cutting names off).
         name_layout, values_layout = widgets.Layout(width=name_width, flex="0 0 auto"), widgets.Layout(width=_VALUES_WIDTH, flex="0 0 auto")
         row_layout = widgets.Layout(**_ROW_LAYOUT)
