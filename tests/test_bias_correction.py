@@ -98,6 +98,70 @@ def test_one_pass_and_sequential_differ_only_downstream():
     assert one_pass.bias_corrections["2"] != pytest.approx(sequential.bias_corrections["2"], abs=1e-6)
 
 
+class _Branching(nn.Module):
+    """Two branches that meet in an addition, and a layer after them: later layers read corrected earlier ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(7)
+        self.stem, self.left, self.right, self.head = nn.Conv2d(8, 6, 3), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 3, 1)
+        with torch.no_grad():
+            for conv in (self.stem, self.left, self.right, self.head):
+                conv.weight.copy_(biased_weights(tuple(conv.weight.shape), generator))
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.left(y) + self.right(y)))
+
+
+def _sequential_reference(quantizer: DLQuantizer, x: torch.Tensor, batch: int) -> dict[str, list[float]]:
+    """The definition, computed the plain way: for each layer in network order, a fresh network carrying
+    the corrections before it, run batch by batch; the layer's mean pre-activation output minus the float one."""
+    from dlqnb.emulation.network import EmulatedLayer
+
+    corrections: dict[str, list[float]] = {}
+    for name in quantizer.with_bias_corrections({}).plan().layers:
+        network = quantizer.with_bias_corrections(corrections).quantize()
+        (emulated,) = [m for m in network.modules() if isinstance(m, EmulatedLayer) and m.plan.name == name]
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+
+        def add(key: str, y: torch.Tensor) -> None:
+            sums[key] = sums.get(key, 0) + y.double().sum(dim=(0, 2, 3))
+            counts[key] = counts.get(key, 0) + y.numel() // y.shape[1]
+
+        hooks = [quantizer.optimized.fused(name).layer.register_forward_hook(lambda _m, _a, y: add("float", y))]
+        if emulated.activation is None:
+            hooks.append(emulated.register_forward_hook(lambda _m, _a, y: add("int8", y)))
+        else:
+            hooks.append(emulated.activation.register_forward_pre_hook(lambda _m, a: add("int8", a[0])))
+        with torch.no_grad():
+            for start in range(0, len(x), batch):
+                quantizer.optimized.module(x[start:start + batch])
+                network(x[start:start + batch])
+        for hook in hooks:
+            hook.remove()
+        corrections[name] = (sums["int8"] / counts["int8"] - sums["float"] / counts["float"]).tolist()
+    return corrections
+
+
+@pytest.mark.parametrize("environment", ["gpu", "cpu"])
+def test_sequential_corrections_follow_their_definition_on_a_branching_network(environment):
+    x = images(13, 8)
+    quantizer = DLQuantizer(_Branching().eval(), execution_environment=environment)
+    quantizer.calibrate(x, progress=False)
+    expected = _sequential_reference(quantizer, x, batch=5)
+    assert len(expected) == 4
+    quantizer.correct_bias(x, mini_batch_size=5, progress=False)
+    assert list(quantizer.bias_corrections) == list(expected)
+    for name, values in expected.items():
+        assert quantizer.bias_corrections[name] == pytest.approx(values, abs=1e-9), name
+    one_pass = quantizer.with_bias_corrections({})
+    one_pass.correct_bias(x, mini_batch_size=5, sequential=False, progress=False)
+    last = list(expected)[-1]  # after three corrected layers, measuring on the uncorrected network differs
+    assert one_pass.bias_corrections[last] != pytest.approx(expected[last], abs=1e-6)
+
+
 def test_cpu_bias_codes_are_the_corrected_bias_at_input_times_weight_scale():
     quantizer = DLQuantizer(biased_network(), execution_environment="cpu")
     x = images(16, 6)

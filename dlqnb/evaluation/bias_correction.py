@@ -12,9 +12,13 @@ both add the corrected bias.
 **Order.** With ``sequential=True`` (the default) the layers are corrected one at a time in network
 order, and each layer is measured on the emulated network that already carries the corrections of the
 layers before it: a layer then only makes up for its own bias, not for one its inputs no longer have.
-This runs the emulated network once per quantized layer. With ``sequential=False`` every layer is
-measured in one pass over the uncorrected network (one run; later layers' corrections then also
-include the shift of earlier layers that their own corrections remove).
+That costs about two runs of the emulated network, not one per layer: the network is run node by node
+over all the data at once (:func:`_corrected_layer_by_layer`), each quantized layer once with its
+uncorrected bias to measure it and once corrected to feed the layers after it. The price is memory: the
+activations of all the images at the network's widest point are held at once (a few hundred images are
+plenty for a mean). With ``sequential=False`` every layer is measured in one ordinary pass over the
+uncorrected network (later layers' corrections then also include the shift of earlier layers that their
+own corrections remove).
 
 Example:
     >>> import torch
@@ -35,6 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -131,13 +136,18 @@ def _emulated_means(network: nn.Module, layers: set[str], images: list[Tensor], 
     means = _ChannelMeans(stop=len(layers) == 1)
     for module in network.modules():
         if isinstance(module, EmulatedLayer) and module.plan.name in layers:
-            axis = 1 if module.spec.kind == "conv" else -1
-            if module.activation is not None:
-                means.watch_input(module.activation, module.plan.name, axis)
-            else:
-                means.watch_output(module, module.plan.name, axis)
+            _watch_pre_activation(means, module)
     _run(network, images, input_shape)
     return means.means()
+
+
+def _watch_pre_activation(means: _ChannelMeans, module: EmulatedLayer) -> None:
+    """Record the layer's output before its fused activation: the activation's input, or the output where none is fused."""
+    axis = 1 if module.spec.kind == "conv" else -1
+    if module.activation is not None:
+        means.watch_input(module.activation, module.plan.name, axis)
+    else:
+        means.watch_output(module, module.plan.name, axis)
 
 
 def empirical_bias_corrections(
@@ -168,12 +178,57 @@ def empirical_bias_corrections(
     uncorrected = quantizer.with_bias_corrections({})
     layers = list(uncorrected.plan().layers)
     reference = _float_means(quantizer, layers, images)
-    corrections: Corrections = {}
     if not sequential:
         measured = _emulated_means(uncorrected.quantize(), set(layers), images, quantizer.input_shape_)
         return {name: tuple((measured[name] - reference[name]).tolist()) for name in layers}
-    for name in tqdm(layers, desc="Correcting bias", unit="layer", disable=not progress):
-        network = quantizer.with_bias_corrections(corrections).quantize()
-        measured = _emulated_means(network, {name}, images, quantizer.input_shape_)
-        corrections[name] = tuple((measured[name] - reference[name]).tolist())
+    return _corrected_layer_by_layer(quantizer, uncorrected.quantize(), reference, images, progress)
+
+
+def _corrected_layer_by_layer(
+    quantizer: DLQuantizer, network: nn.Module, reference: dict[str, Tensor], images: list[Tensor], progress: bool
+) -> Corrections:
+    """The sequential corrections, from one node-by-node run of the emulated ``network`` over all ``images``.
+
+    Every node computes its output for every batch before the next node runs, so when a quantized layer
+    is reached its inputs already carry the corrections of the layers before it: the layer is measured
+    (uncorrected), its bias codes are replaced by the corrected plan's, and it runs again to give the
+    layers after it their corrected input. Outputs are dropped once their last reader has run.
+    """
+    assert isinstance(network, fx.GraphModule)
+    corrections: Corrections = {}
+    interpreters = [fx.Interpreter(network, garbage_collect_values=False) for _ in images]
+    for interpreter, batch in zip(interpreters, images):
+        interpreter.args_iter = iter([batch])
+    last_reader = {}
+    for node in network.graph.nodes:
+        for source in node.all_input_nodes:
+            last_reader[source] = node
+    bar = tqdm(total=len(reference), desc="Correcting bias", unit="layer", disable=not progress)
+    with torch.no_grad():
+        for node in network.graph.nodes:
+            if node.op == "output":
+                break
+            module = network.get_submodule(str(node.target)) if node.op == "call_module" else None
+            if isinstance(module, EmulatedLayer) and module.plan.name in reference and module.plan.name not in corrections:
+                name = module.plan.name
+                means = _ChannelMeans()
+                _watch_pre_activation(means, module)
+                _run_node(interpreters, node, images, quantizer.input_shape_)  # uncorrected: measured, then run again below
+                measured = means.means()
+                corrections[name] = tuple((measured[name] - reference[name]).tolist())
+                corrected = quantizer.with_bias_corrections(corrections).plan().layers[name]
+                module.bias_codes.copy_(corrected.bias_codes if corrected.bias_codes is not None else corrected.bias)
+                bar.update()
+            _run_node(interpreters, node, images, quantizer.input_shape_)
+            for source in node.all_input_nodes:
+                if last_reader[source] is node:
+                    for interpreter in interpreters:
+                        del interpreter.env[source]
+    bar.close()
     return corrections
+
+
+def _run_node(interpreters: list[fx.Interpreter], node: fx.Node, images: list[Tensor], input_shape: tuple[int, ...] | None) -> None:
+    """Run one node on every batch (each batch's values live in its own interpreter)."""
+    for index, (interpreter, batch) in enumerate(zip(interpreters, images)):
+        interpreter.env[node] = run_on_data(lambda _batch: interpreter.run_node(node), batch, index, "correct_bias", input_shape)
