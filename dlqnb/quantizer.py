@@ -141,6 +141,7 @@ class DLQuantizer:
         self._row_stats_cache: dict[CalibrationRow, RangeStats] | None = None
         self._plans: dict[PlanOptions, QuantizationPlan] = {}
         self._bias_corrections: dict[str, tuple[float, ...]] = {}
+        self._corrections_measured_for: tuple[str, str, bool] | None = None  # the settings the corrections belong to
         self.excluded_layers: set[str] = set()
         self.exclude(*excluded_layers)
 
@@ -339,13 +340,33 @@ class DLQuantizer:
     def _set_bias_corrections(self, corrections: dict[str, Iterable[float]]) -> None:
         self._check_layer_names(corrections)  # their lengths are checked where the plan is built
         self._bias_corrections = {name: tuple(float(v) for v in values) for name, values in corrections.items()}
+        self._corrections_measured_for = self._correction_settings()
         self._plans = {}
+
+    def _correction_settings(self) -> tuple[str, str, bool]:
+        """What bias corrections depend on besides the calibration: the target and the weight and activation types."""
+        return (self.execution_environment, self.exponent_scheme, self.per_channel_weights)
+
+    def _drop_corrections_of_other_settings(self) -> None:
+        """Clear the bias corrections, with a warning, once the target, exponent scheme or per-channel flag
+        they were measured with has been changed: they correct weight codes this quantizer no longer uses."""
+        if self._bias_corrections and self._corrections_measured_for != self._correction_settings():
+            measured_for = dict(zip(("execution_environment", "exponent_scheme", "per_channel_weights"), self._corrections_measured_for or ()))
+            self._bias_corrections = {}
+            warnings.warn(
+                f"the bias corrections were measured with {measured_for}; these settings changed since, so they were "
+                "cleared: call correct_bias(data) again",
+                UserWarning,
+                stacklevel=4,
+            )
 
     # ------------------------------------------------------------------ recovery beyond MATLAB
     @property
     def bias_corrections(self) -> dict[str, tuple[float, ...]]:
         """The empirical bias corrections (:meth:`correct_bias`): per optimized layer, one value per
-        output channel subtracted from its bias; empty when none were measured."""
+        output channel subtracted from its bias; empty when none were measured, and cleared (with a
+        warning) once the target, exponent scheme or per-channel flag changes."""
+        self._drop_corrections_of_other_settings()
         return dict(self._bias_corrections)
 
     def correct_bias(self, data: Any, mini_batch_size: int | None = None, sequential: bool = True, progress: bool = True) -> DLQuantizer:
@@ -429,6 +450,7 @@ class DLQuantizer:
     def plan_options(self, rounding: Rounding | None = None) -> PlanOptions:
         """What a plan is built for: this quantizer's target, exclusions, exponent scheme, per-channel
         flag and bias corrections, and the activation rounding (None: the target's rule)."""
+        self._drop_corrections_of_other_settings()
         return PlanOptions(
             self.execution_environment, frozenset(self.excluded_layers), self.exponent_scheme, self.per_channel_weights, rounding, self._bias_corrections
         )
@@ -555,7 +577,7 @@ class DLQuantizer:
                 "excluded_layers": sorted(self.excluded_layers),
                 "per_channel_weights": self.per_channel_weights,
                 "network_fingerprint": self.network_fingerprint(),
-                "bias_corrections": {name: list(values) for name, values in self._bias_corrections.items()},
+                "bias_corrections": {name: list(values) for name, values in self.bias_corrections.items()},
             },
         )
 

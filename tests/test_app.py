@@ -131,6 +131,11 @@ def test_the_display_carries_the_widgets_and_a_static_view(tmp_path):
     assert page.count("<tr class='dlqnb-layer-row") == len(app.quantizer.calibration_table)
     assert "Plotly.newPlot" in page and "LearnableParameterMemory(bytes)" in page
     assert page.count("<input type='checkbox' disabled checked") == 3 * len(app.switches)  # each layer's Weights, Bias and Activations rows
+    # every view embeds plotly.js: shown again (its cell run again), the new output replaces the one that had it
+    from plotly.offline import get_plotlyjs
+
+    plotlyjs_start = get_plotlyjs()[:2000]
+    assert plotlyjs_start in page and plotlyjs_start in app._repr_mimebundle_()["text/html"]
 
 
 def test_error_analysis_shows_the_selected_layers_clipping_and_rounding(tmp_path):

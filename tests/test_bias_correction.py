@@ -178,6 +178,27 @@ def test_cpu_bias_codes_are_the_corrected_bias_at_input_times_weight_scale():
     assert torch.equal(layer.weight_codes, uncorrected.weight_codes)
 
 
+@pytest.mark.parametrize("setting, value", [("per_channel_weights", True), ("exponent_scheme", "histogram"), ("execution_environment", "cpu")])
+def test_changing_a_setting_the_corrections_depend_on_clears_them(setting, value, tmp_path):
+    quantizer = DLQuantizer(biased_network())
+    x = images(16, 9)
+    quantizer.calibrate(x, progress=False)
+    quantizer.correct_bias(x, progress=False)
+    assert quantizer.bias_corrections
+    setattr(quantizer, setting, value)
+    with pytest.warns(UserWarning, match=f"measured with .*'{setting}'.*correct_bias"):
+        plan = quantizer.plan()
+    assert quantizer.bias_corrections == {}
+    layer, fused_bias = plan.layers["2"], quantizer.optimized.fused("2").layer.bias.detach().double()
+    if layer.bias_codes is None:  # "gpu": the float bias itself
+        assert torch.equal(layer.bias.double(), fused_bias)
+    else:  # "cpu": the uncorrected bias coded at the input scale times the weight scale
+        scale = 2.0 ** -(layer.input_type.fraction_length + layer.weight_type.fraction_length)
+        assert torch.equal(layer.bias_codes.double(), torch.round(fused_bias / scale))
+    quantizer.save(tmp_path / "q.safetensors")
+    assert DLQuantizer.load(tmp_path / "q.safetensors", quantizer.network).bias_corrections == {}
+
+
 def test_corrections_survive_save_and_load_and_older_files_load(tmp_path):
     net = biased_network()
     x = images(16, 7)

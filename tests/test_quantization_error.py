@@ -16,7 +16,7 @@ TYPE_COLUMNS = [
     "Optimized Layer Name", "Network Layer Name", "Learnables / Activations", "MinValue", "MaxValue",
     "FractionLength", "MSB", "LSB", "Overflow", "Underflow", "Zeros", "Count",
 ]
-ERROR_COLUMNS = ["SQNR(dB)", "ClippingSQNR(dB)", "RoundingSQNR(dB)", "Dominant"]
+ERROR_COLUMNS = ["SQNR(dB)", "ClippingSQNR(dB)", "RoundingSQNR(dB)", "Dominant", "Quantized"]
 
 
 def convolution() -> nn.Module:
@@ -115,6 +115,18 @@ def test_quantization_types_gains_the_columns_only_with_data():
     bias = with_errors[with_errors["Learnables / Activations"] == "Bias"]
     assert bias["SQNR(dB)"].isna().all() and (bias["Dominant"] == "").all()
     assert set(with_errors.loc[with_errors["Learnables / Activations"] != "Bias", "Dominant"]) <= {"clipping", "rounding", "none"}
+
+
+def test_rows_of_a_layer_kept_in_float_say_they_are_not_quantized():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1)).eval()
+    quantizer = DLQuantizer(net)
+    data = images(8, 7)
+    quantizer.calibrate(data, progress=False)
+    quantizer.exclude("2")
+    table = quantizer.quantization_error(data, progress=False).set_index("Optimized Layer Name")
+    # the first conv is int8 and reads a quantized input; the excluded conv's weights and output stay float
+    assert table.loc["0_1_Weights", "Quantized"] and table.loc["0_1_Activations", "Quantized"]
+    assert not table.loc["2_Weights", "Quantized"] and not table.loc["2_Activations", "Quantized"]
 
 
 def test_figure_draws_three_groups_and_leaves_infinite_ratios_out():

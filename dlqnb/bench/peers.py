@@ -56,7 +56,7 @@ def peer_onnxruntime(fp32: str, calibration: torch.Tensor, path: str, per_channe
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    prepared = path.replace(".onnx", "_prepared.onnx")
+    prepared = os.path.splitext(path)[0] + "_prepared.onnx"
     quant_pre_process(fp32, prepared)
     quantize_static(
         prepared,

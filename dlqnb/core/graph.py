@@ -86,9 +86,9 @@ def layer_name(node: fx.Node) -> str:
         ...         super().__init__()
         ...         self.input = nn.Identity()
         ...     def forward(self, x):
-        ...         return self.input(x)
+        ...         return self.input(self.input(x))
         >>> [layer_name(n) for n in fx.symbolic_trace(Digits()).graph.nodes]
-        ['x', 'input', 'output']
+        ['x', 'input', 'input_1', 'output']
     """
     name = node.name
     if node.op != "call_module":
@@ -101,7 +101,8 @@ def layer_name(node: fx.Node) -> str:
     if _shadows_a_builtin(identifier) and suffix:  # fx numbers such a name from its first call: input_1, input_2, …
         calls = int(suffix[1:])
         shown = own + (f"_{calls - 1}" if calls > 1 else "")
-        if not any(other.name == shown for other in node.graph.nodes):  # a node of that name would be confused with it
+        # unless another node shows that name (the calls of this module are renamed alike, so they do not count)
+        if not any(other.name == shown and not (other.op == "call_module" and other.target == node.target) for other in node.graph.nodes):
             return shown
     return own + suffix
 

@@ -105,6 +105,8 @@ def run_on_data(run: Callable[[Tensor], Any], batch: Tensor, index: int, what: s
     try:
         return run(batch)
     except RuntimeError as error:
+        if isinstance(error, getattr(torch, "OutOfMemoryError", ())) or "allocate" in str(error):
+            raise  # out of memory: not the data's shape
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(
             f"{what}: data batch {index} has shape {tuple(batch.shape)}; calibration saw inputs of shape {input_shape} "

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from dlqnb.plan.builder import QuantizationPlan
     from dlqnb.quantizer import DLQuantizer
 
-__all__ = ["METRIC_COLUMNS", "estimate_network_metrics"]
+__all__ = ["MEGABYTE", "METRIC_COLUMNS", "estimate_network_metrics"]
 
 METRIC_COLUMNS = [
     "LayerName",
@@ -71,7 +71,8 @@ METRIC_COLUMNS = [
 ]
 #: Bytes of a float learnable or activation (MATLAB's single precision; ``learnable_memory``'s float rule).
 _FLOAT_BYTES = 4
-_MEGABYTE = 2**20
+#: The MB of dlqnb's tables and figures: 2**20 bytes (MATLAB's page does not say which it means).
+MEGABYTE = 2**20
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -195,7 +196,7 @@ def _rows(gm: fx.GraphModule, input_size: tuple[int, ...], plan: QuantizationPla
                 "LayerType": _layer_type(module) if module is not None else "Parameter",
                 "NumberOfLearnables": learnables,
                 "NumberOfOperations": operations,
-                "ParameterMemory (MB)": (parameter_bytes if new else 0) / _MEGABYTE,
+                "ParameterMemory (MB)": (parameter_bytes if new else 0) / MEGABYTE,
                 "NumberOfMACs": macs,
                 "ArithmeticIntensity (FLOP/B)": operations / touched if operations is not None and touched else math.nan,
             }

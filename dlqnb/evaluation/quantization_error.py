@@ -30,7 +30,7 @@ Example:
     >>> _ = q.calibrate(x, progress=False)
     >>> table = quantization_error(q, x, progress=False)
     >>> list(table.columns)
-    ['Optimized Layer Name', 'SQNR(dB)', 'ClippingSQNR(dB)', 'RoundingSQNR(dB)', 'Dominant']
+    ['Optimized Layer Name', 'SQNR(dB)', 'ClippingSQNR(dB)', 'RoundingSQNR(dB)', 'Dominant', 'Quantized']
     >>> table["Dominant"].tolist()  # MinMax ranges fit the calibration data: rounding dominates
     ['rounding', 'rounding', 'rounding']
 """
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_COLUMNS", "ErrorSplit", "quantization_error", "split_error"]
 
 #: The columns of :func:`quantization_error`'s table.
-ERROR_COLUMNS = ["Optimized Layer Name", "SQNR(dB)", "ClippingSQNR(dB)", "RoundingSQNR(dB)", "Dominant"]
+ERROR_COLUMNS = ["Optimized Layer Name", "SQNR(dB)", "ClippingSQNR(dB)", "RoundingSQNR(dB)", "Dominant", "Quantized"]
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -102,10 +102,10 @@ class ErrorSplit:
             return "none"
         return "clipping" if self.clipping > self.rounding else "rounding"
 
-    def row(self, name: str) -> dict[str, Any]:
-        """One row of the table."""
+    def row(self, name: str, quantized: bool = True) -> dict[str, Any]:
+        """One row of the table (``quantized``: whether the target really quantizes the tensor)."""
         values = (_sqnr(self.signal, self.clipping + self.rounding), _sqnr(self.signal, self.clipping), _sqnr(self.signal, self.rounding))
-        return dict(zip(ERROR_COLUMNS, (name, *values, self.dominant)))
+        return dict(zip(ERROR_COLUMNS, (name, *values, self.dominant, quantized)))
 
 
 def split_error(x: Tensor, tensor_type: FixedPointType, rounding: Rounding = "half_away") -> ErrorSplit:
@@ -150,8 +150,11 @@ def quantization_error(quantizer: DLQuantizer, data: Any, mini_batch_size: int |
 
     Returns:
         A DataFrame, one row per Weights and Activations row in calibration-table order:
-        ``Optimized Layer Name``, ``SQNR(dB)`` (total), ``ClippingSQNR(dB)``, ``RoundingSQNR(dB)``
-        and ``Dominant`` (``"clipping"``, ``"rounding"``, or ``"none"`` for an exact tensor).
+        ``Optimized Layer Name``, ``SQNR(dB)`` (total), ``ClippingSQNR(dB)``, ``RoundingSQNR(dB)``,
+        ``Dominant`` (``"clipping"``, ``"rounding"``, or ``"none"`` for an exact tensor) and ``Quantized``:
+        whether the target quantizes the tensor at all. For one it computes in float (an excluded layer,
+        a layer with no int8 form on the target) the SQNRs say what its 8-bit type would cost, not an
+        error the quantized network makes.
 
     Raises:
         NotCalibratedError: Before :meth:`DLQuantizer.calibrate`.
@@ -176,4 +179,9 @@ def quantization_error(quantizer: DLQuantizer, data: Any, mini_batch_size: int |
         batches = tqdm(batches, total=count_batches(data, mini_batch_size), desc="Quantization error", unit="batch", disable=not progress)
         for index, (images, _labels) in enumerate(batches):
             run_on_data(reader.run, images, index, "quantization_error", quantizer.input_shape_)
-    return pd.DataFrame([splits[row].row(row.name) for row in rows if row in splits], columns=ERROR_COLUMNS)
+    int8_activations = set(plan.quantize_after) | set(plan.quantize_for) | {name for name, node in plan.nodes.items() if node.run == "int8"}
+
+    def quantized(row: CalibrationRow) -> bool:
+        return row.layer in plan.layers if row.part == "Weights" else row.layer in int8_activations
+
+    return pd.DataFrame([splits[row].row(row.name, quantized(row)) for row in rows if row in splits], columns=ERROR_COLUMNS)

@@ -66,7 +66,7 @@ RESULT_COLUMNS = ["NetworkImplementation", "MetricOutput", "LearnableParameterMe
 def top1_accuracy(scores: Tensor, labels: Tensor | None) -> float:
     """Share of samples whose highest score is their label (MATLAB's ``hComputeModelAccuracy``)."""
     if labels is None:
-        raise ValueError("top-1 accuracy needs labels: validate with (images, labels) data or give a metric_fcn")
+        raise ValueError("top-1 accuracy needs labels: give the data as (images, labels), or a metric that needs none")
     return float((scores.argmax(1) == labels).float().mean())
 
 

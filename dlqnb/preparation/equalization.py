@@ -230,7 +230,10 @@ def _with_reason(
 def _equalization_scales(optimized: OptimizedNetwork, pairs: list[EqualizationPair], max_iterations: int, tolerance: float) -> dict[EqualizationPair, Tensor]:
     """The total scale of every pair, found by equalizing the optimized network's folded weights pair
     by pair until no scale moves by more than ``tolerance`` (relative)."""
-    totals = {pair: torch.ones(optimized.fused(pair.first).layer.weight.shape[0], dtype=torch.float64) for pair in pairs}
+    totals = {
+        pair: torch.ones(optimized.fused(pair.first).layer.weight.shape[0], dtype=torch.float64, device=optimized.fused(pair.first).layer.weight.device)
+        for pair in pairs
+    }
     with torch.no_grad():
         for _ in range(max_iterations):
             largest_step = 0.0

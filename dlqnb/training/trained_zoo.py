@@ -67,8 +67,9 @@ Split = Literal["train", "calibration", "validation"]
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
 #: How every trained-zoo network is trained (an architecture adds its epochs and learn rate). One
-#: thread: it sums gradients in one order on any machine, and on a 2-core machine shared with other
-#: work a single busy thread trains faster than two that wait for each other.
+#: thread: it sums gradients in one order, so a machine trains the same network every time (another
+#: instruction set may round differently), and on a 2-core machine shared with other work a single
+#: busy thread trains faster than two that wait for each other.
 TRAINED_ZOO_RECIPE: dict[str, Any] = {
     "data": "digits",
     "input_size": 32,

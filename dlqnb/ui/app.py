@@ -87,9 +87,6 @@ def _number(value: float) -> str:
     return "0" if value == 0 else f"{value:.5g}" if math.isfinite(value) else str(value)
 
 
-_plotlyjs_in_output = False  # whether a static view in this kernel's output has embedded plotly.js
-
-
 class _TableRow(NamedTuple):
     name: str  # Optimized Layer Name (the row)
     layer: str  # its optimized layer
@@ -188,15 +185,14 @@ class QuantizerApp:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """The live widgets and, for frontends without the widget state (exported HTML), :meth:`to_html`.
 
-        The first static view a kernel shows embeds plotly.js, so its figures draw offline; later ones use it.
+        A static view with a figure embeds plotly.js, so it draws offline on its own (an output shown
+        earlier may have been replaced when its cell ran again).
         """
-        global _plotlyjs_in_output
         bundle = dict(self.widget._repr_mimebundle_() or {})
         bundle["text/plain"] = f"QuantizerApp ({html.unescape(re.sub('<[^>]+>', '', self.status.value))})"
-        # Plotly's own renderers embed plotly.js only once a figure is shown through them, which an app
-        # display is not: the app embeds it itself, once per kernel.
-        bundle["text/html"] = self.to_html(include_plotlyjs=not _plotlyjs_in_output)
-        _plotlyjs_in_output = _plotlyjs_in_output or self.quantizer.is_calibrated or self.sensitivity_table is not None
+        # Plotly's own renderers embed plotly.js only once a figure is shown through them, which an app display is not
+        has_figure = self.quantizer.is_calibrated or self.sensitivity_table is not None
+        bundle["text/html"] = self.to_html(include_plotlyjs=has_figure)
         return bundle
 
     def to_html(self, include_plotlyjs: bool = True) -> str:

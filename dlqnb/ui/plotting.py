@@ -28,6 +28,7 @@ import plotly.io as pio
 
 from dlqnb.calibration.rows import CalibrationRow
 from dlqnb.core.numerics import MSBHistogram, representable_bits
+from dlqnb.evaluation.metrics import MEGABYTE
 
 if TYPE_CHECKING:
     from dlqnb.evaluation.sensitivity import FloatLayerChoice
@@ -539,11 +540,11 @@ def recipe_pareto_figure(table: pd.DataFrame, title: str | None = None) -> go.Fi
 
     # one marker per (memory, accuracy): recipes that quantize alike land on the same spot
     groups = list(shown.groupby(["memory_bytes", "accuracy"], sort=False))
-    memory_mb = [memory / 1e6 for (memory, _), _ in groups]
+    memory_mb = [memory / MEGABYTE for (memory, _), _ in groups]
     accuracy = [100 * value for (_, value), _ in groups]
     hover = [
         "<br>".join(f"{r['recipe']}: {latency_text(r['latency_ms'])}" for _, r in group.iterrows())
-        + f"<br>accuracy {100 * value:.4g} %, memory {memory / 1e6:.4g} MB"
+        + f"<br>accuracy {100 * value:.4g} %, memory {memory / MEGABYTE:.4g} MB"
         for (memory, value), group in groups
     ]
     on_front = [bool(group["pareto"].any()) for _, group in groups]
@@ -555,14 +556,14 @@ def recipe_pareto_figure(table: pd.DataFrame, title: str | None = None) -> go.Fi
                                 hovertemplate="%{text}<extra></extra>", showlegend=False), row=1, col=1)
     front = shown[shown["pareto"].astype(bool)]
     along_memory = front.sort_values(["memory_bytes", "accuracy"])
-    figure.add_trace(go.Scatter(x=list(along_memory["memory_bytes"] / 1e6), y=list(100 * along_memory["accuracy"]), mode="lines",
+    figure.add_trace(go.Scatter(x=list(along_memory["memory_bytes"] / MEGABYTE), y=list(100 * along_memory["accuracy"]), mode="lines",
                                 name="Pareto front", line={"dash": "dash", "color": _BOX}, hoverinfo="skip"), row=1, col=1)
-    figure.update_xaxes(title="learnable memory (MB)", row=1, col=1)
+    figure.update_xaxes(title="learnable memory (MB, 2^20 bytes)", row=1, col=1)
     if timed:
         figure.add_trace(go.Scatter(
             x=list(shown["latency_ms"]), y=list(100 * shown["accuracy"]), mode="markers", name="recipes", showlegend=False,
             marker={"size": 11, "symbol": ["diamond" if p else "circle" for p in shown["pareto"]], "line": {"width": 1, "color": "black"}},
-            text=[f"{r['recipe']}<br>accuracy {100 * r['accuracy']:.4g} %, memory {r['memory_bytes'] / 1e6:.4g} MB, {latency_text(r['latency_ms'])}"
+            text=[f"{r['recipe']}<br>accuracy {100 * r['accuracy']:.4g} %, memory {r['memory_bytes'] / MEGABYTE:.4g} MB, {latency_text(r['latency_ms'])}"
                   for _, r in shown.iterrows()],
             hovertemplate="%{text}<extra></extra>"), row=1, col=2)
         along_latency = front.dropna(subset=["latency_ms"]).sort_values(["latency_ms", "accuracy"])
