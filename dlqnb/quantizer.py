@@ -369,7 +369,9 @@ class DLQuantizer:
         self._drop_corrections_of_other_settings()
         return dict(self._bias_corrections)
 
-    def correct_bias(self, data: Any, mini_batch_size: int | None = None, sequential: bool = True, progress: bool = True) -> DLQuantizer:
+    def correct_bias(
+        self, data: Any, mini_batch_size: int | None = None, sequential: bool = True, progress: bool = True, rounding: Rounding | None = None
+    ) -> DLQuantizer:
         """Empirical bias correction: restore each quantized layer's float mean output per channel.
 
         For every quantized conv/linear layer, the float and the emulated int8 networks run on ``data``;
@@ -388,9 +390,13 @@ class DLQuantizer:
         Args:
             data: Images in any form :meth:`calibrate` takes (labels are not needed).
             mini_batch_size: Batch size for a tensor or Dataset.
-            sequential: Correct the layers one at a time in network order (one run per layer), or all
-                from one run.
+            sequential: Correct the layers one at a time in network order, or all from one run.
             progress: Show a progress bar.
+            rounding: The activation rounding of the network the corrections are measured on (see
+                :meth:`quantize`): None, the target's rule; ``"half_even"`` on ``"gpu"`` for a model deployed
+                with TensorRT (or ONNX Runtime), which rounds ties to even. With power-of-two scales ties are
+                common, and rounding them away from zero shifts the mean: corrections measured with one rule
+                over-correct a network that rounds with the other.
 
         Returns:
             This quantizer (corrections in :attr:`bias_corrections`).
@@ -408,7 +414,7 @@ class DLQuantizer:
             >>> sorted(q.correct_bias(x, progress=False).bias_corrections)
             ['0_1', '2']
         """
-        self._set_bias_corrections(empirical_bias_corrections(self, data, mini_batch_size, sequential, progress))
+        self._set_bias_corrections(empirical_bias_corrections(self, data, mini_batch_size, sequential, progress, rounding))
         return self
 
     def choose_float_layers(self, data: Any, max_accuracy_drop: float = 0.01, **options: Any) -> FloatLayerChoice:

@@ -48,6 +48,7 @@ from dlqnb.emulation.network import EmulatedLayer
 from dlqnb.errors import DataError
 
 if TYPE_CHECKING:
+    from dlqnb.core.numerics import Rounding
     from dlqnb.quantizer import DLQuantizer
 
 __all__ = ["empirical_bias_corrections", "run_on_data"]
@@ -153,7 +154,12 @@ def _watch_pre_activation(means: _ChannelMeans, module: EmulatedLayer) -> None:
 
 
 def empirical_bias_corrections(
-    quantizer: DLQuantizer, data: Any, mini_batch_size: int | None = None, sequential: bool = True, progress: bool = True
+    quantizer: DLQuantizer,
+    data: Any,
+    mini_batch_size: int | None = None,
+    sequential: bool = True,
+    progress: bool = True,
+    rounding: Rounding | None = None,
 ) -> Corrections:
     """The empirical bias correction of every quantized layer (see the module docstring).
 
@@ -165,6 +171,8 @@ def empirical_bias_corrections(
         mini_batch_size: Batch size for a tensor or Dataset.
         sequential: Correct the layers one at a time in network order (True), or all from one pass.
         progress: Show a progress bar.
+        rounding: The activation rounding of the emulated network measured (:meth:`DLQuantizer.quantize`;
+            None: the target's rule).
 
     Returns:
         For every quantized layer, one value per output channel: the mean of (quantized − float)
@@ -181,13 +189,13 @@ def empirical_bias_corrections(
     layers = list(uncorrected.plan().layers)
     reference = _float_means(quantizer, layers, images)
     if not sequential:
-        measured = _emulated_means(uncorrected.quantize(), set(layers), images, quantizer.input_shape_)
+        measured = _emulated_means(uncorrected.quantize(rounding), set(layers), images, quantizer.input_shape_)
         return {name: tuple((measured[name] - reference[name]).tolist()) for name in layers}
-    return _corrected_layer_by_layer(quantizer, uncorrected.quantize(), reference, images, progress)
+    return _corrected_layer_by_layer(quantizer, uncorrected.quantize(rounding), reference, images, progress, rounding)
 
 
 def _corrected_layer_by_layer(
-    quantizer: DLQuantizer, network: nn.Module, reference: dict[str, Tensor], images: list[Tensor], progress: bool
+    quantizer: DLQuantizer, network: nn.Module, reference: dict[str, Tensor], images: list[Tensor], progress: bool, rounding: Rounding | None
 ) -> Corrections:
     """The sequential corrections, from one node-by-node run of the emulated ``network`` over all ``images``.
 
@@ -218,7 +226,7 @@ def _corrected_layer_by_layer(
                 _run_node(interpreters, node, images, quantizer.input_shape_)  # uncorrected: measured, then run again below
                 measured = means.means()
                 corrections[name] = tuple((measured[name] - reference[name]).tolist())
-                corrected = quantizer.with_bias_corrections(corrections).plan().layers[name]
+                corrected = quantizer.with_bias_corrections(corrections).plan(rounding).layers[name]
                 module.bias_codes.copy_(corrected.bias_codes if corrected.bias_codes is not None else corrected.bias)
                 bar.update()
             _run_node(interpreters, node, images, quantizer.input_shape_)
