@@ -618,7 +618,15 @@ class DLQuantizer:
                 f"the {type(net).__name__} given); calibrate this network instead"
             )
         quantizer.restore_calibration(state)
-        quantizer._set_bias_corrections(stored_bias_corrections(path, settings))
+        corrections = stored_bias_corrections(path, settings)
+        try:
+            quantizer._set_bias_corrections(corrections)
+            for name, values in corrections.items():
+                channels = quantizer.optimized.fused(name).layer.weight.shape[0]
+                if len(values) != channels:
+                    raise ValueError(f"layer {name!r} has {channels} output channels, its bias correction {len(values)} values")
+        except (ValueError, KeyError) as error:
+            raise CalibrationFileError(f"{str(path)!r} has bias corrections that do not fit this network: {error}") from error
         return quantizer
 
     def __repr__(self) -> str:

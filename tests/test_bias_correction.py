@@ -226,6 +226,24 @@ def test_corrections_survive_save_and_load_and_older_files_load(tmp_path):
     assert torch.equal(old.plan().layers["2"].bias_codes, fresh.plan().layers["2"].bias_codes)
 
 
+@pytest.mark.parametrize("corrections, message", [
+    ({"2": [float("nan"), 0.0, 0.0]}, "malformed bias_corrections"),
+    ({"nope": [0.0, 0.0, 0.0]}, "do not fit this network.*nope"),
+    ({"2": [0.0, 0.0]}, "do not fit this network.*'2' has 3 output channels"),
+])
+def test_a_file_with_bad_bias_corrections_is_an_error_naming_the_file(corrections, message, tmp_path):
+    from dlqnb.calibration.file import CalibrationFileError
+
+    net = biased_network()
+    quantizer = DLQuantizer(net, execution_environment="cpu")
+    quantizer.calibrate(images(8, 3), progress=False)
+    settings = {"execution_environment": "cpu", "exponent_scheme": "minmax", "per_channel_weights": False, "excluded_layers": [],
+                "network_fingerprint": quantizer.network_fingerprint(), "bias_corrections": corrections}
+    write_calibration(tmp_path / "bad.safetensors", quantizer.calibration_state(), settings)
+    with pytest.raises(CalibrationFileError, match=f"bad.safetensors.*{message}"):
+        DLQuantizer.load(tmp_path / "bad.safetensors", net)
+
+
 def test_exported_model_carries_the_corrected_bias_and_runs_like_the_emulation(tmp_path):
     x = images(8, 8)
     quantizer = DLQuantizer(biased_network(), execution_environment="cpu")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,10 +181,11 @@ def stored_bias_corrections(path: str | os.PathLike[str], settings: dict[str, An
     """
     entry = settings.get("bias_corrections", {})
     valid = isinstance(entry, dict) and all(
-        isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) for values in entry.values()
+        isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        for values in entry.values()
     )
     if not valid:
-        raise CalibrationFileError(f"{os.fspath(path)!r} has malformed bias_corrections: expected a mapping of layer names to lists of numbers")
+        raise CalibrationFileError(f"{os.fspath(path)!r} has malformed bias_corrections: expected a mapping of layer names to lists of finite numbers")
     return {str(name): tuple(float(v) for v in values) for name, values in entry.items()}
 
 

@@ -117,13 +117,27 @@ def _shadows_a_builtin(identifier: str) -> bool:
 
 
 def is_input_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether ``node`` calls an input layer (:class:`dlqnb.models.networks.ImageInput`): MATLAB's input layer."""
+    """Whether ``node`` calls an input layer (:class:`dlqnb.models.networks.ImageInput`): MATLAB's input layer.
+
+    Example:
+        >>> from dlqnb.models.networks import DigitsNet
+        >>> gm = optimize_network(DigitsNet()).module
+        >>> [layer_name(node) for node in gm.graph.nodes if is_input_layer(gm, node)]
+        ['input']
+    """
     return getattr(called_module(gm, node), "dlqnb_op", None) == "input"
 
 
 def feeds_input_layers_only(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node`` is the forward argument of a network whose input layers take it: the input
-    layer then stands for the network's input (MATLAB has no separate row or layer for it)."""
+    layer then stands for the network's input (MATLAB has no separate row or layer for it).
+
+    Example:
+        >>> from dlqnb.models.networks import DigitsNet
+        >>> gm = optimize_network(DigitsNet()).module
+        >>> [layer_name(node) for node in gm.graph.nodes if feeds_input_layers_only(gm, node)]
+        ['x']
+    """
     return node.op == "placeholder" and bool(node.users) and all(is_input_layer(gm, user) for user in node.users)
 
 
