@@ -89,7 +89,8 @@ def test_report_and_index_render_without_errors(browser, tmp_path):
     headers = page.locator("th").all_inner_texts()
     assert headers[:5] == ["notebook", "key figure", "seed", "status", "duration"] and "seed_used" in headers
     thumbnails = page.locator("img.thumbnail")
-    assert thumbnails.count() == 2  # each report's key figure, drawn from the PNG embedded in the page (no file fetched)
+    # each report's key figure, drawn from the PNG embedded in the page (no file fetched)
+    assert thumbnails.count() == 2, [r.figure_note for r in results]
     sizes = thumbnails.evaluate_all("images => images.map(image => [image.complete, image.naturalWidth, image.naturalHeight])")
     assert all(complete and width >= 200 and height >= 100 for complete, width, height in sizes), sizes
     seed_column = headers.index("seed")

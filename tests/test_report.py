@@ -172,6 +172,22 @@ def test_the_key_figure_becomes_a_thumbnail_embedded_in_the_index(tmp_path):
     assert pd.read_csv(tmp_path / "out" / "summary.csv")["figure"].tolist() == ["figure.png"]
 
 
+def test_a_thumbnail_whose_browser_fails_once_is_drawn_on_the_second_try(tmp_path, monkeypatch):
+    import plotly.io
+
+    calls = []
+
+    def flaky_browser(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("browser did not start in time")
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plotly.io, "to_image", flaky_browser)
+    assert report.render_thumbnail({"data": [], "layout": {}}, tmp_path / "t.png") == ("t.png", "")
+    assert len(calls) == 2 and (tmp_path / "t.png").read_bytes() == b"\x89PNG fake"
+
+
 def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, monkeypatch):
     import plotly.io
 

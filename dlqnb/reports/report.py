@@ -316,7 +316,8 @@ def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, heigh
 
     Returns:
         (file name, "") when written, or ("", why not): a missing kaleido or Chromium leaves the
-        report without a thumbnail, never without its row.
+        report without a thumbnail, never without its row. A drawing that fails is tried once more
+        (a headless Chromium can fail to start on a loaded machine).
     """
     try:
         import plotly.io as pio
@@ -325,12 +326,24 @@ def render_thumbnail(figure: dict[str, Any], path: Path, width: int = 480, heigh
         drawing.update_layout(margin={"l": 10, "r": 10, "t": 50, "b": 10}, title={"x": 0.01, "xanchor": "left"}, height=None, width=None)
         drawing.update_xaxes(automargin=True)
         drawing.update_yaxes(automargin=True)
-        png = pio.to_image(drawing, format="png", width=round(width * 1.5), height=round(height * 1.5), scale=1 / 1.5)
-    except Exception as exc:  # kaleido missing, no Chromium, a figure it cannot draw: report it, go on
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        return "", f"no thumbnail: {type(exc).__name__}: {first_line[:200]}"
+    except Exception as exc:  # plotly missing, or a figure it cannot read: report it, go on
+        return "", _no_thumbnail(exc)
+    for attempt in range(2):
+        try:
+            png = pio.to_image(drawing, format="png", width=round(width * 1.5), height=round(height * 1.5), scale=1 / 1.5)
+            break
+        except ImportError as exc:  # kaleido missing: trying again changes nothing
+            return "", _no_thumbnail(exc)
+        except Exception as exc:  # no Chromium, a browser that did not start in time, a figure it cannot draw
+            if attempt == 1:
+                return "", _no_thumbnail(exc)
     atomic_write_bytes(path, png)
     return path.name, ""
+
+
+def _no_thumbnail(exc: Exception) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"no thumbnail: {type(exc).__name__}: {first_line[:200]}"
 
 
 def write_index(results: list[ReportResult], out_dir: Path) -> Path:
