@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 import copy
 import warnings
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
@@ -55,7 +55,7 @@ from dlqnb.errors import CalibrationError, NotCalibratedError
 from dlqnb.core.graph import OptimizedNetwork, optimize_network
 from dlqnb.core.numerics import ExponentScheme, FixedPointType, Rounding, representable_bits
 from dlqnb.evaluation.bias_correction import empirical_bias_corrections
-from dlqnb.plan.builder import QuantizationPlan, build_plan
+from dlqnb.plan.builder import QuantizationPlan, build_plan, check_bias_corrections
 from dlqnb.plan.types import PlanOptions, TypeChoice, row_fraction_length
 from dlqnb.evaluation.validation import (
     OutputChoice,
@@ -75,6 +75,14 @@ __all__ = ["CALIBRATION_COLUMNS", "CalibrationError", "DLQuantizer", "NotCalibra
 ExecutionEnvironment = Literal["gpu", "cpu"]
 #: Plans kept per quantizer (one per options: exclusions, rounding).
 _PLANS_KEPT = 4
+
+
+class _CorrectionSettings(NamedTuple):
+    """The settings bias corrections are measured for (they correct these weight codes and types)."""
+
+    execution_environment: str
+    exponent_scheme: str
+    per_channel_weights: bool
 
 
 class DLQuantizer:
@@ -141,7 +149,7 @@ class DLQuantizer:
         self._row_stats_cache: dict[CalibrationRow, RangeStats] | None = None
         self._plans: dict[PlanOptions, QuantizationPlan] = {}
         self._bias_corrections: dict[str, tuple[float, ...]] = {}
-        self._corrections_measured_for: tuple[str, str, bool] | None = None  # the settings the corrections belong to
+        self._corrections_measured_for: _CorrectionSettings | None = None  # the settings the corrections belong to
         self.excluded_layers: set[str] = set()
         self.exclude(*excluded_layers)
 
@@ -338,20 +346,22 @@ class DLQuantizer:
         return variant
 
     def _set_bias_corrections(self, corrections: dict[str, Iterable[float]]) -> None:
-        self._check_layer_names(corrections)  # their lengths are checked where the plan is built
-        self._bias_corrections = {name: tuple(float(v) for v in values) for name, values in corrections.items()}
+        self._check_layer_names(corrections)
+        values = {name: tuple(float(v) for v in layer_values) for name, layer_values in corrections.items()}
+        check_bias_corrections(self.optimized, values.items())
+        self._bias_corrections = values
         self._corrections_measured_for = self._correction_settings()
         self._plans = {}
 
-    def _correction_settings(self) -> tuple[str, str, bool]:
+    def _correction_settings(self) -> _CorrectionSettings:
         """What bias corrections depend on besides the calibration: the target and the weight and activation types."""
-        return (self.execution_environment, self.exponent_scheme, self.per_channel_weights)
+        return _CorrectionSettings(self.execution_environment, self.exponent_scheme, self.per_channel_weights)
 
     def _drop_corrections_of_other_settings(self) -> None:
         """Clear the bias corrections, with a warning, once the target, exponent scheme or per-channel flag
         they were measured with has been changed: they correct weight codes this quantizer no longer uses."""
         if self._bias_corrections and self._corrections_measured_for != self._correction_settings():
-            measured_for = dict(zip(("execution_environment", "exponent_scheme", "per_channel_weights"), self._corrections_measured_for or ()))
+            measured_for = self._corrections_measured_for._asdict() if self._corrections_measured_for else {}
             self._bias_corrections = {}
             warnings.warn(
                 f"the bias corrections were measured with {measured_for}; these settings changed since, so they were "
@@ -539,7 +549,14 @@ class DLQuantizer:
         metadata = {k: v for k, v in network_metadata(self.network).items() if k in ("class_names", "input_size") and v}
         return build_emulated_network(self.optimized.module, self.plan(rounding), metadata)
 
-    def validate(self, data: Any, options: QuantizationOptions | None = None, mini_batch_size: int | None = None, progress: bool = True) -> ValidationResult:
+    def validate(
+        self,
+        data: Any,
+        options: QuantizationOptions | None = None,
+        mini_batch_size: int | None = None,
+        progress: bool = True,
+        rounding: Rounding | None = None,
+    ) -> ValidationResult:
         """Quantize, run float and quantized networks on ``data``, and compare them.
 
         Args:
@@ -547,6 +564,9 @@ class DLQuantizer:
             options: :class:`~dlqnb.QuantizationOptions` (metric functions; top-1 accuracy by default).
             mini_batch_size: Batch size for a tensor or Dataset.
             progress: Show a progress bar.
+            rounding: The quantized network's activation rounding (see :meth:`quantize`): None, the
+                target's rule, as MATLAB validates; ``"half_even"`` scores a ``"gpu"`` model as TensorRT and
+                ONNX Runtime compute its exported file.
 
         Returns:
             A :class:`~dlqnb.evaluation.validation.ValidationResult` (``num_samples``, ``metric_results``). A
@@ -559,7 +579,7 @@ class DLQuantizer:
         """
         self.check_calibrated("validate")
         options = options or QuantizationOptions()
-        float_scores, quantized_scores, labels = run_both(self.network, self.quantize(), data, mini_batch_size, progress, self.output)
+        float_scores, quantized_scores, labels = run_both(self.network, self.quantize(rounding), data, mini_batch_size, progress, self.output)
         table = validation_table(options.metric_fcn, float_scores, quantized_scores, labels, learnable_memory(self.network, self.plan()))
         return ValidationResult(len(float_scores), table, float_scores, quantized_scores, labels)
 
@@ -621,10 +641,6 @@ class DLQuantizer:
         corrections = stored_bias_corrections(path, settings)
         try:
             quantizer._set_bias_corrections(corrections)
-            for name, values in corrections.items():
-                channels = quantizer.optimized.fused(name).layer.weight.shape[0]
-                if len(values) != channels:
-                    raise ValueError(f"layer {name!r} has {channels} output channels, its bias correction {len(values)} values")
         except (ValueError, KeyError) as error:
             raise CalibrationFileError(f"{str(path)!r} has bias corrections that do not fit this network: {error}") from error
         return quantizer

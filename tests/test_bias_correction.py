@@ -98,7 +98,7 @@ def test_one_pass_and_sequential_differ_only_downstream():
     assert one_pass.bias_corrections["2"] != pytest.approx(sequential.bias_corrections["2"], abs=1e-6)
 
 
-class _Branching(nn.Module):
+class BranchingNet(nn.Module):
     """Two branches that meet in an addition, and a layer after them: later layers read corrected earlier ones."""
 
     def __init__(self) -> None:
@@ -148,7 +148,7 @@ def _sequential_reference(quantizer: DLQuantizer, x: torch.Tensor, batch: int, r
 @pytest.mark.parametrize("environment, rounding", [("gpu", None), ("cpu", None), ("gpu", "half_even")])
 def test_sequential_corrections_follow_their_definition_on_a_branching_network(environment, rounding):
     x = images(13, 8)
-    quantizer = DLQuantizer(_Branching().eval(), execution_environment=environment)
+    quantizer = DLQuantizer(BranchingNet().eval(), execution_environment=environment)
     quantizer.calibrate(x, progress=False)
     expected = _sequential_reference(quantizer, x, batch=5, rounding=rounding)
     assert len(expected) == 4
@@ -288,8 +288,8 @@ def test_bad_corrections_and_order_errors():
     with pytest.raises(NotCalibratedError, match="correct_bias"):
         quantizer.correct_bias(images(2, 0), progress=False)
     quantizer.calibrate(images(4, 0), progress=False)
-    with pytest.raises(ValueError, match="layer '2' has 2 values; the layer has 3 output channels"):
-        quantizer.with_bias_corrections({"2": [0.1, 0.2]}).plan()
+    with pytest.raises(ValueError, match="layer '2' has 3 output channels; its bias correction has 2 values"):
+        quantizer.with_bias_corrections({"2": [0.1, 0.2]})  # refused when given, not when first used
     with pytest.raises(KeyError, match="no optimized layer named"):
         quantizer.with_bias_corrections({"conv9": [0.1]})
     with pytest.raises(ValueError, match="finite"):
@@ -301,6 +301,19 @@ def test_data_of_the_wrong_shape_is_a_data_error_naming_the_argument():
     quantizer.calibrate(images(4, 11), progress=False)
     with pytest.raises(DataError, match=r"correct_bias: data batch 0 has shape \(2, 3, 8, 8\); calibration saw inputs of shape \(8, 8, 8\)"):
         quantizer.correct_bias(torch.rand(2, 3, 8, 8), progress=False)
+
+
+def test_a_failure_on_data_of_the_calibrations_shape_is_raised_as_it_is():
+    from dlqnb.evaluation.bias_correction import run_on_data
+
+    def out_of_memory(_batch):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    with pytest.raises(RuntimeError, match="not enough memory") as raised:
+        run_on_data(out_of_memory, torch.zeros(2, 8, 8, 8), 0, "correct_bias", (8, 8, 8))
+    assert not isinstance(raised.value, DataError)
+    with pytest.raises(DataError, match="batch 3 has shape"):
+        run_on_data(out_of_memory, torch.zeros(2, 3, 8, 8), 3, "correct_bias", (8, 8, 8))
 
 
 def test_cpu_corrected_bias_codes_saturate_at_the_int32_bounds():

@@ -15,6 +15,7 @@ from dlqnb import DLQuantizer
 from dlqnb.recipes import RESULT_COLUMNS, Recipe, as_recipes, best_recipe, compare_recipes, pareto_front, pareto_mask, quantizer_for
 
 from conftest import broken_by_quantization
+from test_bias_correction import BranchingNet, images
 
 
 # ---------------------------------------------------------------------------------------------- Recipe
@@ -32,6 +33,8 @@ from conftest import broken_by_quantization
         ({"max_accuracy_drop": float("nan")}, ValueError, "max_accuracy_drop"),
         ({"max_accuracy_drop": "0.01"}, TypeError, "max_accuracy_drop"),
         ({"max_accuracy_drop": True}, TypeError, "max_accuracy_drop"),
+        ({"rounding": "nearest"}, ValueError, "rounding"),
+        ({"rounding": "half_up"}, ValueError, "rounding"),
     ],
 )
 def test_a_recipe_with_a_bad_field_is_refused_naming_the_field_and_the_recipe(fields, error, named):
@@ -228,6 +231,41 @@ def test_float_layers_chosen_by_accuracy_keep_the_layer_that_quantization_breaks
     assert kept["memory_bytes"] == kept["float_memory_bytes"] == 4 * (8 + 2)  # the one layer stays float
     assert table.loc["all int8", "memory_bytes"] == 8 + 4 * 2  # int8 weights, 32-bit biases
     assert table["pareto"].all()  # one is smaller, the other more accurate
+
+
+def test_a_recipe_with_the_runtimes_rounding_is_tuned_and_scored_with_it():
+    from dlqnb.evaluation.sensitivity import sensitivity_analysis
+
+    net, x = BranchingNet().eval(), images(13, 8)  # ties after its residual addition
+    y = torch.randint(0, 3, (13,), generator=torch.Generator().manual_seed(1))
+    net = nn.Sequential(net, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    by_hand = {}
+    with torch.no_grad():
+        for rounding in (None, "half_even"):
+            q = DLQuantizer(net)
+            q.calibrate(x, progress=False)
+            q.correct_bias(x, progress=False, rounding=rounding)
+            by_hand[rounding] = q
+        # power-of-two scales make ties common: the two rules give other corrections and other scores
+        assert by_hand[None].bias_corrections != by_hand["half_even"].bias_corrections
+        plain = by_hand["half_even"].with_bias_corrections({})
+        assert not torch.equal(plain.quantize("half_even")(x), plain.quantize()(x))
+        recipe = Recipe("te", bias_correction=True, rounding="half_even")
+        built = quantizer_for(net, recipe, x)
+        assert built.bias_corrections == by_hand["half_even"].bias_corrections
+        table = compare_recipes(net, [recipe], x, (x, y), measure_latency=False, progress=False)
+        assert table.loc[0, "rounding"] == "half_even" and table.loc[0, "error"] == ""
+        assert table.loc[0, "accuracy"] == pytest.approx(_top1(by_hand["half_even"].quantize("half_even")(x), y), abs=1e-12)
+        validated = plain.validate((x, y), progress=False, rounding="half_even")
+        torch.testing.assert_close(torch.as_tensor(validated.quantized_scores), plain.quantize("half_even")(x), rtol=0, atol=0)
+        # the sensitivity ranking runs each variant with the rounding asked for
+        ranking = sensitivity_analysis(plain, (x, y), progress=False, rounding="half_even").set_index("Layer")
+        for layer in plain.quantized_layers():
+            others = set(plain.quantized_layers()) - {layer}
+            alone = plain.with_excluded(others).quantize("half_even")(x)
+            assert ranking.loc[layer, "MetricOutput"] == pytest.approx(_top1(alone, y), abs=1e-12)
+            error = float((alone - net(x)).abs().mean() / net(x).abs().mean())
+            assert ranking.loc[layer, "OutputError"] == pytest.approx(error, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- quantizer_for

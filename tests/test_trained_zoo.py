@@ -118,12 +118,20 @@ def test_the_quick_path_on_a_tiny_network_measures_every_column(tmp_path):
     net = _tiny_net()
     with torch.no_grad():
         validation = (images, net(images).argmax(1))  # labels the float network gets right: float top-1 is 1
-    result = bench.measure_network("tiny", net, calibration, validation, str(tmp_path), targets=("cpu",), recipes=bench.RECIPES[:2], openvino=False)
+        calibration_labels = net(calibration).argmax(1)
+    ties_to_even = next(r for r in bench.RECIPES if r.rounding == "half_even")
+    recipes = (*bench.RECIPES[:2], ties_to_even)  # the last is "cpu"'s own rule: not run again
+    result = bench.measure_network(
+        "tiny", net, calibration, validation, str(tmp_path), targets=("cpu",), recipes=recipes, openvino=False, calibration_labels=calibration_labels
+    )
     assert result["float"] == 1.0 and len(set(validation[1].tolist())) > 1
     accuracies = [result["float"], *result["dlqnb"]["cpu"].values(), result["best"]["emulation"], *result["peers"].values()]
     accuracies += [row["accuracy"] for row in result["recipes"]]
     assert all(a is None or 0 <= a <= 1 for a in accuracies) and result["float"] is not None
     assert [(r["recipe"], r["target"], r["status"]) for r in result["recipes"]] == [("default", "cpu", "ok"), ("per-channel", "cpu", "ok")]
+    # the deployed recipe is the one the labelled calibration images pick, whatever the validation images say
+    assert result["best"]["recipe"] == bench.best_on_calibration(result["recipes"])["recipe"]
+    assert all(0 <= r["calibration_accuracy"] <= 1 and r["calibration_error"] >= 0 for r in result["recipes"])
     # the ORT peer's figure is the top-1 of the file it wrote, run here without dlqnb
     session = ort.InferenceSession(result["files"]["ort_per_tensor"], providers=["CPUExecutionProvider"])
     scores = session.run(None, {session.get_inputs()[0].name: validation[0].numpy()})[0]
@@ -140,13 +148,29 @@ def test_the_float_layers_recipe_runs_on_each_target_choosing_on_the_labelled_ca
     row, q = bench._run_recipe(net, dataclasses.replace(recipe, target="cpu"), x, (x, y), (x, y))
     assert (row["recipe"], row["target"], row["status"]) == ("float layers", "cpu", "ok")
     assert q.execution_environment == "cpu" and row["accuracy"] == 1.0 and row["float_layers"] == list(q.quantizable_layers)
+    assert row["calibration_accuracy"] == 1.0 and row["calibration_error"] == 0.0  # all float: the float scores
     default, _ = bench._run_recipe(net, dataclasses.replace(bench.RECIPES[0], target="cpu"), x, (x, y), (x, y))
     assert default["accuracy"] == 0.0 and default["float_layers"] == []
+    assert default["calibration_accuracy"] == 0.0 and default["calibration_error"] > 0
     # without labels to choose on, the recipe is an error of its own and the table says so
     row, q = bench._run_recipe(net, recipe, x, (x, y))
     assert q is None and row["accuracy"] is None and row["status"].startswith("error: ValueError") and "validation_data" in row["status"]
     result = {"networks": [{"network": "n", "recipes": [row, default]}]}
     assert bench.recipes_table(result).splitlines()[2] == "| n | error | 0.0 |"
+
+
+def test_the_deployed_recipe_is_chosen_on_calibration_images_then_by_score_error():
+    def row(name, accuracy, calibration_accuracy, calibration_error):
+        return {"recipe": name, "accuracy": accuracy, "calibration_accuracy": calibration_accuracy, "calibration_error": calibration_error}
+
+    rows = [row("a", 0.99, 0.90, 0.1), row("b", 0.90, 0.95, 0.3), row("c", 0.95, 0.95, 0.2), row("failed", None, None, None)]
+    assert bench.best_on_calibration(rows)["recipe"] == "c"  # not "a", the best on the validation images
+    assert bench.best_on_calibration([row("x", 0.9, 0.9, 0.1), row("y", 0.9, 0.9, 0.1)])["recipe"] == "x"
+    # without labelled calibration images the validation top-1 decides
+    assert bench.best_on_calibration([row("a", 0.8, None, None), row("b", 0.9, None, None)])["recipe"] == "b"
+    with pytest.raises(ValueError, match="every one failed"):
+        bench.best_on_calibration([row("failed", None, None, None)])
+    assert bench.relative_score_error(np.array([[1.0, -3.0]]), np.array([[2.0, -2.0]])) == pytest.approx(0.5)
 
 
 def test_the_table_shows_percentages_and_na(capsys):

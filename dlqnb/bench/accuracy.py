@@ -11,8 +11,11 @@ validation images, in one run:
   :func:`dlqnb.recipes.quantizer_for`): per-channel weights, the histogram exponent scheme, cross-layer
   equalization (``equalize_layers``), empirical bias correction (``q.correct_bias``) and float layers
   chosen by accuracy (``q.choose_float_layers`` on the labelled calibration images, then ``q.exclude``),
-  alone and combined, on both targets, scored by the emulation; the best of them (defaults included) is
-  also deployed and run on ONNX Runtime and OpenVINO;
+  alone and combined, on both targets, scored by the emulation (a recipe with ``rounding="half_even"``
+  is tuned and scored as the runtimes compute its ``"gpu"`` file; it is not run on ``"cpu"``, whose own
+  rule that is). The best of them (defaults included) is chosen on the labelled calibration images, never
+  on the validation images that score it: the highest top-1 there, then the scores closest to the float
+  network's. It is deployed and run on ONNX Runtime and OpenVINO;
 * **the peers**: ONNX Runtime's ``quantize_static`` (QDQ, uint8 activations, int8 weights, per tensor
   and per channel) and NNCF's ``nncf.quantize`` on the OpenVINO model, both calibrated with the same
   images through :func:`dlqnb.bench.peers.calibration_reader` and its NNCF twin.
@@ -43,10 +46,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlqnb.bench.peers import openvino_call, peer_nncf, peer_onnxruntime
+from dlqnb.plan.types import TARGET_ROUNDING
 from dlqnb.recipes import Recipe, quantizer_for
 from dlqnb.recipes.build import SharedCalibrations
 
-__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "measure_network"]
+__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "best_on_calibration", "measure_network", "relative_score_error"]
 
 #: The largest accuracy drop the "float layers" recipes accept when they choose layers.
 MAX_ACCURACY_DROP = 0.005
@@ -63,7 +67,10 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("bias correction", bias_correction=True),
     Recipe("equalized + per-channel + bias correction", per_channel=True, equalize=True, bias_correction=True),
     Recipe("float layers", max_accuracy_drop=MAX_ACCURACY_DROP),
+    Recipe("histogram + bias correction", exponent_scheme="histogram", bias_correction=True),
+    Recipe("histogram + bias correction (ties to even)", exponent_scheme="histogram", bias_correction=True, rounding="half_even"),
     Recipe("all", per_channel=True, exponent_scheme="histogram", equalize=True, bias_correction=True, max_accuracy_drop=MAX_ACCURACY_DROP),
+    Recipe("all (ties to even)", per_channel=True, exponent_scheme="histogram", equalize=True, bias_correction=True, max_accuracy_drop=MAX_ACCURACY_DROP, rounding="half_even"),
 )
 
 
@@ -99,17 +106,64 @@ def _run_recipe(
     labelled_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     calibrations: SharedCalibrations | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    row: dict[str, Any] = {"recipe": recipe.name, "target": recipe.target, "accuracy": None, "status": "ok", "float_layers": []}
+    row: dict[str, Any] = {
+        "recipe": recipe.name,
+        "target": recipe.target,
+        "accuracy": None,
+        "calibration_accuracy": None,
+        "calibration_error": None,
+        "status": "ok",
+        "float_layers": [],
+    }
     try:
-        # float layers are chosen on the calibration images: the validation images only score
+        # float layers are chosen, and the best recipe is picked, on the calibration images: the
+        # validation images only score
         q = quantizer_for(net, recipe, calibration, labelled_calibration, calibrations=calibrations)
-        result = q.validate(validation, progress=False)
+        result = q.validate(validation, progress=False, rounding=recipe.rounding)
+        if labelled_calibration is not None:
+            on_calibration = q.validate(labelled_calibration, progress=False, rounding=recipe.rounding)
+            row["calibration_accuracy"] = top1(on_calibration.quantized_scores, labelled_calibration[1])
+            row["calibration_error"] = relative_score_error(on_calibration.quantized_scores, on_calibration.float_scores)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
         row["status"] = f"error: {type(error).__name__}: {error}"
         return row, None
     row["accuracy"] = top1(result.quantized_scores, validation[1])
     row["float_layers"] = sorted(q.excluded_layers)
     return row, q
+
+
+def relative_score_error(quantized: Any, reference: Any) -> float:
+    """Mean absolute difference of two score arrays, relative to the mean absolute ``reference`` score.
+
+    Example:
+        >>> relative_score_error([[1.0, 3.0]], [[2.0, 2.0]])
+        0.5
+    """
+    quantized, reference = torch.as_tensor(np.asarray(quantized)), torch.as_tensor(np.asarray(reference))
+    return float((quantized - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12))
+
+
+def best_on_calibration(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The recipe row the benchmark deploys: the highest top-1 on the labelled calibration images, then
+    the smallest relative score error there (scores closest to the float network's); the first of equals.
+
+    Rows without calibration figures (no labels) fall back to their validation top-1.
+
+    Raises:
+        ValueError: No row was measured.
+
+    Example:
+        >>> rows = [{"recipe": "a", "accuracy": 0.9, "calibration_accuracy": 0.95, "calibration_error": 0.2},
+        ...         {"recipe": "b", "accuracy": 0.8, "calibration_accuracy": 0.95, "calibration_error": 0.1}]
+        >>> best_on_calibration(rows)["recipe"]
+        'b'
+    """
+    measured = [row for row in rows if row["accuracy"] is not None]
+    if not measured:
+        raise ValueError("no recipe was measured: every one failed (see the recipes' status)")
+    if all(row.get("calibration_accuracy") is not None for row in measured):
+        return min(measured, key=lambda row: (-row["calibration_accuracy"], row["calibration_error"]))
+    return max(measured, key=lambda row: row["accuracy"])
 
 
 def _peers(
@@ -149,6 +203,7 @@ def measure_network(
     recipes: tuple[Recipe, ...] = RECIPES,
     openvino: bool = True,
     calibration_labels: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Every accuracy of the benchmark for one network (see the module's description).
 
@@ -163,12 +218,15 @@ def measure_network(
         recipes: The recipes, :data:`RECIPES` by default; the first should be ``"default"``.
         openvino: Run the deployed files on OpenVINO and measure NNCF + OpenVINO (where installed).
         calibration_labels: The calibration images' labels, which the recipes with float layers choose
-            them by; None: those recipes are reported as errors.
+            them by and the deployed recipe is picked on; None: those recipes are reported as errors, and
+            the validation images pick.
+        progress: Show a progress bar over the recipes.
 
     Returns:
         ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
-        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``status``, ``float_layers``), ``best``
-        (the most accurate recipe, with its deployed accuracies), ``peers``, ``files``, ``not_measured``
+        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``calibration_accuracy``,
+        ``calibration_error``, ``status``, ``float_layers``), ``best`` (the recipe
+        :func:`best_on_calibration` picks, with its deployed accuracies), ``peers``, ``files``, ``not_measured``
         and ``seconds``. Accuracies are shares in [0, 1]; None where not measured.
     """
     from dlqnb.deploy import export_qdq_onnx
@@ -183,20 +241,27 @@ def measure_network(
     quantizers: dict[tuple[str, str], Any] = {}
     labelled = None if calibration_labels is None else (calibration, calibration_labels)
     calibrations: SharedCalibrations = {}  # calibration ranges depend on neither the target nor the recipe's types
+    # a recipe asking for the target's own rounding is the same recipe without it
+    runs_of = {target: [r for r in recipes if r.rounding is None or r.rounding != TARGET_ROUNDING[target]] for target in targets}
+    bar = tqdm(total=sum(map(len, runs_of.values())), desc=f"{name}: recipes", unit="recipe", leave=False, disable=not progress)
     for target in targets:
-        for recipe in recipes:
+        runs = runs_of[target]
+        for recipe in runs:
+            bar.set_postfix_str(f"{recipe.name} ({target})")
             row, q = _run_recipe(net, dataclasses.replace(recipe, target=target), calibration, validation, labelled, calibrations)
             result["recipes"].append(row)
             quantizers[(recipe.name, target)] = q
+            bar.update()
         default = quantizers.get((recipes[0].name, target))
         if default is None:
-            raise RuntimeError(f"{name}: dlqnb's {target!r} defaults failed: {result['recipes'][-len(recipes)]['status']}")
+            raise RuntimeError(f"{name}: dlqnb's {target!r} defaults failed: {result['recipes'][-len(runs)]['status']}")
         files[f"dlqnb_{target}"] = str(export_qdq_onnx(default, os.path.join(folder, f"{name}_dlqnb_{target}.onnx")))
-        result["dlqnb"][target] = {"emulation": result["recipes"][-len(recipes)]["accuracy"]}
+        result["dlqnb"][target] = {"emulation": result["recipes"][-len(runs)]["accuracy"]}
         result["dlqnb"][target].update({backend: _deployed(files[f"dlqnb_{target}"], images, labels, backend) for backend in backends})
-    measured = [row for row in result["recipes"] if row["accuracy"] is not None]
-    best = max(measured, key=lambda row: row["accuracy"])  # the first of equals: the simpler recipe
-    result["best"] = {"recipe": best["recipe"], "target": best["target"], "emulation": best["accuracy"], "float_layers": best["float_layers"]}
+    bar.close()
+    best = best_on_calibration(result["recipes"])
+    result["best"] = {key: best[key] for key in ("recipe", "target", "calibration_accuracy", "float_layers")}
+    result["best"]["emulation"] = best["accuracy"]
     files["dlqnb_best"] = str(export_qdq_onnx(quantizers[(best["recipe"], best["target"])], os.path.join(folder, f"{name}_dlqnb_best.onnx")))
     result["best"].update({backend: _deployed(files["dlqnb_best"], images, labels, backend) for backend in backends})
     peers, peer_files, not_measured = _peers(quantizers[(recipes[0].name, targets[0])], calibration, validation, folder, name, openvino)
@@ -243,7 +308,7 @@ def bench_accuracy(
     options["calibration_labels"] = calibration_labels
     networks = []
     for name in tqdm(names, desc="accuracy benchmark", unit="network", disable=not progress):
-        row = measure_network(name, trained_network(name, progress=progress), calibration, validation, folder, **options)
+        row = measure_network(name, trained_network(name, progress=progress), calibration, validation, folder, progress=progress, **options)
         row["family"] = ARCHITECTURES[name].family
         networks.append(row)
         # each network's row as soon as it is measured: a long run shows its results as it goes

@@ -91,8 +91,9 @@ class _ChannelMeans:
 
 
 def run_on_data(run: Callable[[Tensor], Any], batch: Tensor, index: int, what: str, input_shape: tuple[int, ...] | None) -> Any:
-    """``run(batch)``, with a failure of the network on it reported as bad ``data`` (its shape beside
-    the one calibration saw) rather than as torch's message from deep inside a layer.
+    """``run(batch)``, with a failure of the network on a batch of another shape than calibration saw
+    reported as bad ``data`` (its shape beside that one) rather than as torch's message from deep inside
+    a layer; on a batch of the calibration's shape the error is the network's own, raised as it is.
 
     Raises:
         DataError: The network cannot run on the batch; the message names ``what`` and the batch.
@@ -106,8 +107,9 @@ def run_on_data(run: Callable[[Tensor], Any], batch: Tensor, index: int, what: s
     try:
         return run(batch)
     except RuntimeError as error:
-        if isinstance(error, getattr(torch, "OutOfMemoryError", ())) or "allocate" in str(error):
-            raise  # out of memory: not the data's shape
+        same_shape = input_shape is not None and tuple(batch.shape[1:]) == tuple(input_shape)
+        if same_shape or isinstance(error, getattr(torch, "OutOfMemoryError", ())):
+            raise  # the data has the calibration's shape: its failure is something else (e.g. memory)
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(
             f"{what}: data batch {index} has shape {tuple(batch.shape)}; calibration saw inputs of shape {input_shape} "

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dlqnb.core.batches import iter_batches
+from dlqnb.core.numerics import Rounding
 from dlqnb.evaluation.validation import Metric, OutputChoice, learnable_memory, scored_output, top1_accuracy
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def sensitivity_analysis(
     mode: Literal["only", "all_but"] = "only",
     mini_batch_size: int | None = None,
     progress: bool = True,
+    rounding: Rounding | None = None,
 ) -> pd.DataFrame:
     """Rank the quantized layers by the harm quantizing them does.
 
@@ -93,6 +95,8 @@ def sensitivity_analysis(
         mode: ``"only"``: quantize just the layer; ``"all_but"``: quantize all layers but it.
         mini_batch_size: Batch size for a tensor or Dataset.
         progress: Show a progress bar.
+        rounding: The activation rounding of the emulation (see :meth:`DLQuantizer.quantize`; None: the
+            target's rule).
 
     Returns:
         A DataFrame ``Layer``, ``MetricOutput``, ``Harm``, ``OutputError``, most harmful first.
@@ -106,12 +110,12 @@ def sensitivity_analysis(
     layers = quantizer.quantized_layers()
     baseline = float_metric
     if mode == "all_but":  # harm = what keeping the layer in float regains over quantizing everything
-        baseline = float(metric(_scores(quantizer.quantize(), images, quantizer.output), labels))
+        baseline = float(metric(_scores(quantizer.quantize(rounding), images, quantizer.output), labels))
     rows = []
     for layer in tqdm(layers, desc="Sensitivity", disable=not progress):
         others = [name for name in layers if name != layer]
         variant = quantizer.with_excluded(set(quantizer.excluded_layers) | (set(others) if mode == "only" else {layer}))
-        scores = _scores(variant.quantize(), images, quantizer.output)
+        scores = _scores(variant.quantize(rounding), images, quantizer.output)
         value = float(metric(scores, labels))
         error = float((scores - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12))
         harm = baseline - value if mode == "only" else value - baseline
@@ -177,6 +181,7 @@ def choose_float_layers(
     full_curve: bool = False,
     mini_batch_size: int | None = None,
     progress: bool = True,
+    rounding: Rounding | None = None,
 ) -> FloatLayerChoice:
     """The smallest prefix of the sensitivity ranking to keep in float so that the metric drops by at
     most ``max_accuracy_drop``.
@@ -195,6 +200,9 @@ def choose_float_layers(
         full_curve: Validate every prefix, not only up to the choice (a complete ``trade_off`` curve).
         mini_batch_size: Batch size for a tensor or Dataset.
         progress: Show progress bars.
+        rounding: The activation rounding the ranking and every re-validation use (see
+            :meth:`DLQuantizer.quantize`; ``"half_even"`` judges a ``"gpu"`` model as TensorRT and ONNX
+            Runtime run its exported file). None: the target's rule.
 
     Returns:
         A :class:`FloatLayerChoice`.
@@ -219,7 +227,7 @@ def choose_float_layers(
     target = _check_drop(max_accuracy_drop)
     quantizer.check_calibrated("choose_float_layers")
     if ranking is None:
-        ranking = sensitivity_analysis(quantizer, data, metric, mode, mini_batch_size, progress)
+        ranking = sensitivity_analysis(quantizer, data, metric, mode, mini_batch_size, progress, rounding)
     order = list(ranking["Layer"])
     images, labels = _labelled_images(data, mini_batch_size)
     float_metric = float(metric(_scores(quantizer.optimized.module, images, quantizer.output), labels))
@@ -228,7 +236,7 @@ def choose_float_layers(
     steps = tqdm(range(len(order) + 1), desc="Choosing float layers", disable=not progress)
     for count in steps:
         variant = quantizer.with_excluded(set(quantizer.excluded_layers) | set(order[:count]))
-        value = float(metric(_scores(variant.quantize(), images, quantizer.output), labels))
+        value = float(metric(_scores(variant.quantize(rounding), images, quantizer.output), labels))
         float_bytes, quantized_bytes = learnable_memory(quantizer.network, variant.plan())
         meets = float_metric - value <= target + 1e-12  # metrics are sums of floats: no spurious miss
         rows.append((count, tuple(order[:count]), value, float_metric - value, quantized_bytes, 1 - quantized_bytes / float_bytes, meets))

@@ -37,7 +37,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,7 +55,7 @@ from dlqnb.core.ops import fused_activation_name, fused_activation_runs_int8, gl
 from dlqnb.core.targets import plan_library
 from dlqnb.plan.types import PlanOptions, TypeChoice, choose_types
 
-__all__ = ["LayerPlan", "NodePlan", "PoolPlan", "QuantizationPlan", "TensorType", "build_plan"]
+__all__ = ["LayerPlan", "NodePlan", "PoolPlan", "QuantizationPlan", "TensorType", "build_plan", "check_bias_corrections"]
 
 #: The type of a quantized tensor (the name earlier versions used).
 TensorType = FixedPointType
@@ -235,7 +235,7 @@ def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, 
         >>> layer.input_type.signed, layer.accumulator_type.fraction_length - layer.weight_type.fraction_length, layer.integer_bias
         (False, 6, True)
     """
-    _check_bias_corrections(optimized, options)
+    check_bias_corrections(optimized, options.bias_corrections)
     types = choose_types(optimized, statistics, options)
     library = plan_library(options.target)
     gm = optimized.module
@@ -320,15 +320,25 @@ def _layer_float_reason(layer: OptimizedLayer, module: nn.Module, options: PlanO
     return ""
 
 
-def _check_bias_corrections(optimized: OptimizedNetwork, options: PlanOptions) -> None:
+def check_bias_corrections(optimized: OptimizedNetwork, corrections: Iterable[tuple[str, Sequence[float]]]) -> None:
     """Raise a ValueError naming the layer when a bias correction names no optimized layer or has
-    another number of values than the layer has output channels."""
-    for name, values in options.bias_corrections:
+    another number of values than the layer has output channels.
+
+    Example:
+        >>> from torch import nn
+        >>> from dlqnb.core.graph import optimize_network
+        >>> optimized = optimize_network(nn.Sequential(nn.Conv2d(3, 2, 1)).eval())
+        >>> check_bias_corrections(optimized, [("0", [0.0])])
+        Traceback (most recent call last):
+        ...
+        ValueError: layer '0' has 2 output channels; its bias correction has 1 values
+    """
+    for name, values in corrections:
         if name not in optimized.layers:
             raise ValueError(f"bias_corrections name {name!r}, which is not an optimized layer; layers are {list(optimized.layers)[:6]}...")
         channels = optimized.fused(name).layer.weight.shape[0]
         if len(values) != channels:
-            raise ValueError(f"the bias correction of layer {name!r} has {len(values)} values; the layer has {channels} output channels")
+            raise ValueError(f"layer {name!r} has {channels} output channels; its bias correction has {len(values)} values")
 
 
 def _code_magnitude_bound(tensor_type: FixedPointType) -> int:

@@ -8,11 +8,14 @@
    flag, calibrated on ``calibration_data``. Calibration ranges do not depend on the target, the exponent
    scheme or per-channel weights, so recipes on the same network and calibration data can share them
    (the ``calibrations`` argument).
-3. **Bias correction.** With ``bias_correction``: ``q.correct_bias(calibration_data)``.
+3. **Bias correction.** With ``bias_correction``: ``q.correct_bias(calibration_data, rounding=...)``.
 4. **Float layers by accuracy.** With ``max_accuracy_drop``, where the fully quantized network drops more
    than that on ``validation_data``, ``q.choose_float_layers(validation_data, max_accuracy_drop=...)``
    picks the layers and ``q.exclude(*choice.layers)`` keeps them in float (bias corrections are then
    measured again for the layers left quantized).
+
+Steps 3 and 4 run the quantized network with the recipe's ``rounding``; score it with
+``q.validate(data, rounding=recipe.rounding)``.
 
 Example:
     >>> import torch
@@ -100,13 +103,15 @@ def quantizer_for(
     quantizer = DLQuantizer(network, execution_environment=recipe.target, exponent_scheme=recipe.exponent_scheme, per_channel_weights=recipe.per_channel)
     quantizer.restore_calibration(state)
     if recipe.bias_correction:
-        quantizer.correct_bias(calibration_data, mini_batch_size=mini_batch_size, progress=progress)
-    if recipe.max_accuracy_drop is not None and _drop(quantizer, validation_data, mini_batch_size, progress) > recipe.max_accuracy_drop + 1e-12:
+        quantizer.correct_bias(calibration_data, mini_batch_size=mini_batch_size, progress=progress, rounding=recipe.rounding)
+    if recipe.max_accuracy_drop is not None and _drop(quantizer, validation_data, mini_batch_size, progress, recipe) > recipe.max_accuracy_drop + 1e-12:
         # The choice ranks every layer by sensitivity first; a network already within the drop needs none.
-        choice = quantizer.choose_float_layers(validation_data, max_accuracy_drop=recipe.max_accuracy_drop, mini_batch_size=mini_batch_size, progress=progress)
+        choice = quantizer.choose_float_layers(
+            validation_data, max_accuracy_drop=recipe.max_accuracy_drop, mini_batch_size=mini_batch_size, progress=progress, rounding=recipe.rounding
+        )
         quantizer.exclude(*choice.layers)
         if recipe.bias_correction and choice.layers:  # the layers left quantized see other inputs now
-            quantizer.correct_bias(calibration_data, mini_batch_size=mini_batch_size, progress=progress)
+            quantizer.correct_bias(calibration_data, mini_batch_size=mini_batch_size, progress=progress, rounding=recipe.rounding)
     return quantizer
 
 
@@ -119,8 +124,8 @@ def _network(net: nn.Module, recipe: Recipe) -> nn.Module:
     return equalize_layers(net)
 
 
-def _drop(quantizer: DLQuantizer, validation_data: Any, mini_batch_size: int | None, progress: bool) -> float:
-    """Float minus quantized top-1 on ``validation_data``."""
-    result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=progress)
+def _drop(quantizer: DLQuantizer, validation_data: Any, mini_batch_size: int | None, progress: bool, recipe: Recipe) -> float:
+    """Float minus quantized top-1 on ``validation_data``, the quantized network rounding as ``recipe`` says."""
+    result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=progress, rounding=recipe.rounding)
     accuracy = result.metric_results.set_index("NetworkImplementation")["MetricOutput"]
     return float(accuracy["Floating-Point"] - accuracy["Quantized"])

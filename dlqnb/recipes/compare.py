@@ -7,7 +7,7 @@ measures what each costs and gives:
    describes (equalization, target, exponent scheme, per-channel weights, bias correction, float layers
    chosen by accuracy on ``validation_data``). Each of the (at most two) networks, plain and equalized,
    is calibrated once and its ranges are shared by the recipes that quantize it.
-2. **Accuracy and memory.** ``q.validate(validation_data)``: top-1 accuracy of the quantized and float
+2. **Accuracy and memory.** ``q.validate(validation_data, rounding=recipe.rounding)``: top-1 accuracy of the quantized and float
    networks and their learnable parameter memory, as MATLAB counts it.
 3. **Latency.** The deployed file (``export_qdq_onnx``) loaded with ``load_int8`` and timed in a block of
    its own: warm-up calls, then several timed calls on one batch, the median kept. ONNX Runtime's worker
@@ -66,6 +66,7 @@ RESULT_COLUMNS = [
     "equalize",
     "bias_correction",
     "max_accuracy_drop",
+    "rounding",
     "accuracy",
     "float_accuracy",
     "accuracy_drop",
@@ -149,7 +150,7 @@ def compare_recipes(
             row = _settings(recipe)
             try:
                 quantizer = quantizer_for(net, recipe, calibration_data, validation_data, mini_batch_size=mini_batch_size, calibrations=calibrations)
-                result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
+                result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False, rounding=recipe.rounding)
             except Exception as error:  # a failed recipe is a result of the comparison, not its end
                 rows.append({**row, "error": _error_text(error)})
                 continue

@@ -3,7 +3,8 @@
 A :class:`Recipe` names a target (``"gpu"`` or ``"cpu"``), an exponent scheme, per-channel weights,
 and the recovery steps applied around :class:`~dlqnb.DLQuantizer`: cross-layer equalization of the float
 network first (MATLAB's ``equalizeLayers``), empirical bias correction after calibration, and float
-layers chosen by accuracy. Every field is checked when the recipe is made, so a typo in a notebook's
+layers chosen by accuracy; and the activation rounding the recipe is judged by (the target's rule, or
+the rule of the runtime that will run the exported file). Every field is checked when the recipe is made, so a typo in a notebook's
 parameters fails at once with the field's name. Recipes written as dicts (papermill parameters, JSON or
 YAML sweep files) become recipes with :meth:`Recipe.from_dict`; :func:`as_recipes` takes a recipe, a
 dict, or a list of either.
@@ -25,12 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["EXPONENT_SCHEMES", "TARGETS", "Recipe", "as_recipes"]
+__all__ = ["EXPONENT_SCHEMES", "ROUNDINGS", "TARGETS", "Recipe", "as_recipes"]
 
 #: The execution environments a recipe may target (:class:`~dlqnb.DLQuantizer`'s).
 TARGETS = ("gpu", "cpu")
 #: How a recipe chooses the 8-bit types from the calibrated ranges.
 EXPONENT_SCHEMES = ("minmax", "histogram")
+#: The activation roundings a recipe may be judged by (None: the target's own rule).
+ROUNDINGS = ("half_away", "half_even")
 _FLAGS = ("per_channel", "equalize", "bias_correction")
 
 
@@ -47,6 +50,11 @@ class Recipe:
         bias_correction: Empirical bias correction on the calibration data (``q.correct_bias``).
         max_accuracy_drop: Keep in float the fewest layers that hold the accuracy drop to at most this
             (``q.choose_float_layers``, then ``q.exclude``); None: quantize every layer the target can.
+        rounding: How the quantized network's activations round ties when the recipe measures bias
+            corrections, chooses float layers and is scored (``q.quantize(rounding)``). None: the
+            target's rule (MATLAB's: away from zero on ``"gpu"``). ``"half_even"`` on ``"gpu"`` is what
+            TensorRT and ONNX Runtime compute from the exported file, so the recipe is tuned and scored
+            for that deployment. The exported file is the same either way except for bias corrections.
 
     Raises:
         ValueError: A field outside its allowed values (the message names the field).
@@ -64,6 +72,7 @@ class Recipe:
     equalize: bool = False
     bias_correction: bool = False
     max_accuracy_drop: float | None = None
+    rounding: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -77,6 +86,8 @@ class Recipe:
             value = getattr(self, flag)
             if not isinstance(value, bool):  # "false" from a command line would otherwise read as True
                 raise TypeError(f"{where}: {flag} must be True or False, got {value!r}")
+        if self.rounding is not None and self.rounding not in ROUNDINGS:
+            raise ValueError(f"{where}: rounding must be None (the target's rule), 'half_away' or 'half_even', got {self.rounding!r}")
         drop = self.max_accuracy_drop
         if drop is not None:
             if isinstance(drop, bool) or not isinstance(drop, numbers.Real):
@@ -116,11 +127,18 @@ class Recipe:
         return asdict(self)
 
     def describe(self) -> str:
-        """A short label of what the recipe does, e.g. ``"cpu, histogram, per-channel, bias correction"``."""
+        """A short label of what the recipe does, e.g. ``"cpu, histogram, per-channel, bias correction"``.
+
+        Example:
+            >>> Recipe("r", bias_correction=True, rounding="half_even").describe()
+            'gpu, minmax, bias correction, ties to even'
+        """
         parts = [self.target, self.exponent_scheme]
         parts += [label for flag, label in zip(_FLAGS, ("per-channel", "equalized", "bias correction")) if getattr(self, flag)]
         if self.max_accuracy_drop is not None:
             parts.append(f"float layers for a drop ≤ {self.max_accuracy_drop:g}")
+        if self.rounding is not None:
+            parts.append({"half_away": "ties away from zero", "half_even": "ties to even"}[self.rounding])
         return ", ".join(parts)
 
 
