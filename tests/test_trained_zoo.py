@@ -159,6 +159,21 @@ def test_the_float_layers_recipe_runs_on_each_target_choosing_on_the_labelled_ca
     assert bench.recipes_table(result).splitlines()[2] == "| n | error | 0.0 |"
 
 
+def test_recipes_are_picked_on_the_calibration_images_as_their_deployed_files_round():
+    from test_bias_correction import BranchingNet, images
+
+    net = nn.Sequential(BranchingNet(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = images(13, 8)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+        row, q = bench._run_recipe(net, bench.RECIPES[0], x, (x, y), (x, y))  # the "gpu" default: MATLAB's ties away
+        deployed, emulated = q.quantize("half_even")(x), q.quantize()(x)
+        assert not torch.equal(deployed, emulated)  # ties occur in this network
+        assert row["accuracy"] == bench.top1(emulated, y)  # the table's emulation column keeps MATLAB's rule
+        assert row["calibration_error"] == pytest.approx(bench.relative_score_error(deployed, net(x)), rel=1e-9)
+        assert row["calibration_accuracy"] == bench.top1(deployed, y)
+
+
 def test_the_deployed_recipe_is_chosen_on_calibration_images_then_by_score_error():
     def row(name, accuracy, calibration_accuracy, calibration_error):
         return {"recipe": name, "accuracy": accuracy, "calibration_accuracy": calibration_accuracy, "calibration_error": calibration_error}

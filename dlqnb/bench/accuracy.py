@@ -14,8 +14,9 @@ validation images, in one run:
   alone and combined, on both targets, scored by the emulation (a recipe with ``rounding="half_even"``
   is tuned and scored as the runtimes compute its ``"gpu"`` file; it is not run on ``"cpu"``, whose own
   rule that is). The best of them (defaults included) is chosen on the labelled calibration images, never
-  on the validation images that score it: the highest top-1 there, then the scores closest to the float
-  network's. It is deployed and run on ONNX Runtime and OpenVINO;
+  on the validation images that score it, as its deployed file computes them (ties to even, see
+  :data:`DEPLOYED_ROUNDING`): the highest top-1 there, then the scores closest to the float network's. It
+  is deployed and run on ONNX Runtime and OpenVINO;
 * **the peers**: ONNX Runtime's ``quantize_static`` (QDQ, uint8 activations, int8 weights, per tensor
   and per channel) and NNCF's ``nncf.quantize`` on the OpenVINO model, both calibrated with the same
   images through :func:`dlqnb.bench.peers.calibration_reader` and its NNCF twin.
@@ -54,6 +55,9 @@ __all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "best_on_calibration",
 
 #: The largest accuracy drop the "float layers" recipes accept when they choose layers.
 MAX_ACCURACY_DROP = 0.005
+#: How the runtimes that run the exported files (TensorRT, ONNX Runtime, OpenVINO: ONNX's QuantizeLinear)
+#: round ties, on both targets: recipes are picked for deployment by what their files compute.
+DEPLOYED_ROUNDING = "half_even"
 
 
 #: The recipes measured on every network, each on every target (``dataclasses.replace(recipe, target=...)``);
@@ -116,12 +120,12 @@ def _run_recipe(
         "float_layers": [],
     }
     try:
-        # float layers are chosen, and the best recipe is picked, on the calibration images: the
+        # float layers are chosen, and the recipe to deploy is picked, on the calibration images: the
         # validation images only score
         q = quantizer_for(net, recipe, calibration, labelled_calibration, calibrations=calibrations)
         result = q.validate(validation, progress=False, rounding=recipe.rounding)
         if labelled_calibration is not None:
-            on_calibration = q.validate(labelled_calibration, progress=False, rounding=recipe.rounding)
+            on_calibration = q.validate(labelled_calibration, progress=False, rounding=DEPLOYED_ROUNDING)
             row["calibration_accuracy"] = top1(on_calibration.quantized_scores, labelled_calibration[1])
             row["calibration_error"] = relative_score_error(on_calibration.quantized_scores, on_calibration.float_scores)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
@@ -224,8 +228,9 @@ def measure_network(
 
     Returns:
         ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
-        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``calibration_accuracy``,
-        ``calibration_error``, ``status``, ``float_layers``), ``best`` (the recipe
+        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``calibration_accuracy`` and
+        ``calibration_error`` (as the deployed file computes the calibration images), ``status``,
+        ``float_layers``), ``best`` (the recipe
         :func:`best_on_calibration` picks, with its deployed accuracies), ``peers``, ``files``, ``not_measured``
         and ``seconds``. Accuracies are shares in [0, 1]; None where not measured.
     """
