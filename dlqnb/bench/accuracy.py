@@ -369,17 +369,29 @@ def accuracy_table(result: dict[str, Any]) -> str:
 
 
 def recipes_table(result: dict[str, Any]) -> str:
-    """Every recipe's emulated top-1 (percent; "error" where it failed, "n/a" where not measured) per network and target."""
-    columns = list(dict.fromkeys((r["recipe"], r["target"]) for row in result["networks"] for r in row["recipes"]))
-    lines = ["| network | " + " | ".join(f"{recipe} ({target})" for recipe, target in columns) + " |", "|---|" + "---|" * len(columns)]
-    for row in result["networks"]:
-        by_key = {(r["recipe"], r["target"]): r for r in row["recipes"]}
+    """Every recipe's emulated top-1 (percent; "error" where it failed, "n/a" where not measured), one row
+    per recipe and target, one column per network; the recipe each network deploys is marked with ``*``.
+
+    Example:
+        >>> rows = [{"recipe": "default", "target": "gpu", "accuracy": 0.9}, {"recipe": "bc", "target": "gpu", "accuracy": None}]
+        >>> print(recipes_table({"networks": [{"network": "n", "recipes": rows, "best": {"recipe": "default", "target": "gpu"}}]}))
+        | recipe | n |
+        |---|---|
+        | default (gpu) | 90.0* |
+        | bc (gpu) | error |
+    """
+    networks = result["networks"]
+    keys = list(dict.fromkeys((r["recipe"], r["target"]) for row in networks for r in row["recipes"]))
+    lines = ["| recipe | " + " | ".join(row["network"] for row in networks) + " |", "|---|" + "---|" * len(networks)]
+    for key in keys:
         cells = []
-        for key in columns:
-            recipe = by_key.get(key)
+        for row in networks:
+            recipe = {(r["recipe"], r["target"]): r for r in row["recipes"]}.get(key)
+            best = row.get("best", {})
+            mark = "*" if (best.get("recipe"), best.get("target")) == key else ""
             if recipe is None:
                 cells.append("n/a")
             else:
-                cells.append("error" if recipe["accuracy"] is None else _percent(recipe["accuracy"]))
-        lines.append(f"| {row['network']} | " + " | ".join(cells) + " |")
+                cells.append("error" if recipe["accuracy"] is None else _percent(recipe["accuracy"]) + mark)
+        lines.append(f"| {key[0]} ({key[1]}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
