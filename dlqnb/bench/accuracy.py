@@ -47,11 +47,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlqnb.bench.peers import openvino_call, peer_nncf, peer_onnxruntime
+from dlqnb.evaluation.sensitivity import relative_score_error
 from dlqnb.plan.types import TARGET_ROUNDING
 from dlqnb.recipes import Recipe, quantizer_for
 from dlqnb.recipes.build import SharedCalibrations
 
-__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "best_on_calibration", "measure_network", "relative_score_error"]
+__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "best_on_calibration", "measure_network"]
 
 #: The largest accuracy drop the "float layers" recipes accept when they choose layers.
 MAX_ACCURACY_DROP = 0.005
@@ -134,17 +135,6 @@ def _run_recipe(
     row["accuracy"] = top1(result.quantized_scores, validation[1])
     row["float_layers"] = sorted(q.excluded_layers)
     return row, q
-
-
-def relative_score_error(quantized: Any, reference: Any) -> float:
-    """Mean absolute difference of two score arrays, relative to the mean absolute ``reference`` score.
-
-    Example:
-        >>> relative_score_error([[1.0, 3.0]], [[2.0, 2.0]])
-        0.5
-    """
-    quantized, reference = torch.as_tensor(np.asarray(quantized)), torch.as_tensor(np.asarray(reference))
-    return float((quantized - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12))
 
 
 def best_on_calibration(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -383,10 +373,11 @@ def recipes_table(result: dict[str, Any]) -> str:
     networks = result["networks"]
     keys = list(dict.fromkeys((r["recipe"], r["target"]) for row in networks for r in row["recipes"]))
     lines = ["| recipe | " + " | ".join(row["network"] for row in networks) + " |", "|---|" + "---|" * len(networks)]
+    by_key = [{(r["recipe"], r["target"]): r for r in row["recipes"]} for row in networks]
     for key in keys:
         cells = []
-        for row in networks:
-            recipe = {(r["recipe"], r["target"]): r for r in row["recipes"]}.get(key)
+        for row, recipes in zip(networks, by_key):
+            recipe = recipes.get(key)
             best = row.get("best", {})
             mark = "*" if (best.get("recipe"), best.get("target")) == key else ""
             if recipe is None:

@@ -51,7 +51,7 @@ from dlqnb.evaluation.validation import Metric, OutputChoice, learnable_memory, 
 if TYPE_CHECKING:
     from dlqnb.quantizer import DLQuantizer
 
-__all__ = ["TRADE_OFF_COLUMNS", "FloatLayerChoice", "choose_float_layers", "sensitivity_analysis"]
+__all__ = ["TRADE_OFF_COLUMNS", "FloatLayerChoice", "choose_float_layers", "relative_score_error", "sensitivity_analysis"]
 
 #: The columns of :attr:`FloatLayerChoice.trade_off`.
 TRADE_OFF_COLUMNS = [
@@ -75,6 +75,18 @@ def _labelled_images(data: Any, mini_batch_size: int | None) -> tuple[list[Tenso
 def _scores(network: nn.Module, images: list[Tensor], output: OutputChoice) -> Tensor:
     with torch.no_grad():
         return torch.cat([scored_output(network(x), output) for x in images])
+
+
+def relative_score_error(scores: Any, reference: Any) -> float:
+    """Mean absolute difference of two score arrays (tensors or array-likes), relative to the mean
+    absolute ``reference`` score: the ``OutputError`` of :func:`sensitivity_analysis`.
+
+    Example:
+        >>> relative_score_error([[1.0, 3.0]], [[2.0, 2.0]])
+        0.5
+    """
+    scores, reference = torch.as_tensor(scores), torch.as_tensor(reference)
+    return float((scores - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12))
 
 
 def sensitivity_analysis(
@@ -117,7 +129,7 @@ def sensitivity_analysis(
         variant = quantizer.with_excluded(set(quantizer.excluded_layers) | (set(others) if mode == "only" else {layer}))
         scores = _scores(variant.quantize(rounding), images, quantizer.output)
         value = float(metric(scores, labels))
-        error = float((scores - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12))
+        error = relative_score_error(scores, reference)
         harm = baseline - value if mode == "only" else value - baseline
         rows.append({"Layer": layer, "MetricOutput": value, "Harm": harm, "OutputError": error})
     table = pd.DataFrame(rows, columns=["Layer", "MetricOutput", "Harm", "OutputError"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import get_args
 
 from dlqnb.calibration.observers import RangeStats
 from dlqnb.calibration.rows import CalibrationRow
@@ -92,7 +93,7 @@ class PlanOptions:
     def __post_init__(self) -> None:
         if self.target not in TARGET_ROUNDING:
             raise ValueError(f"target must be one of {sorted(TARGET_ROUNDING)}, got {self.target!r}")
-        if self.rounding not in (None, "half_away", "half_even"):
+        if self.rounding is not None and self.rounding not in get_args(Rounding):
             raise ValueError(f"rounding must be 'half_away' or 'half_even' (or None for the target's rule), got {self.rounding!r}")
         object.__setattr__(self, "excluded_layers", frozenset(self.excluded_layers))
         object.__setattr__(self, "bias_corrections", _frozen_corrections(self.bias_corrections))

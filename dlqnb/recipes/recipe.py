@@ -24,7 +24,9 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, get_args
+
+from dlqnb.core.numerics import Rounding
 
 __all__ = ["EXPONENT_SCHEMES", "ROUNDINGS", "TARGETS", "Recipe", "as_recipes"]
 
@@ -33,7 +35,7 @@ TARGETS = ("gpu", "cpu")
 #: How a recipe chooses the 8-bit types from the calibrated ranges.
 EXPONENT_SCHEMES = ("minmax", "histogram")
 #: The activation roundings a recipe may be judged by (None: the target's own rule).
-ROUNDINGS = ("half_away", "half_even")
+ROUNDINGS: tuple[str, ...] = get_args(Rounding)
 _FLAGS = ("per_channel", "equalize", "bias_correction")
 
 
