@@ -56,7 +56,7 @@ from dlqnb.core.graph import OptimizedNetwork, optimize_network
 from dlqnb.core.numerics import ExponentScheme, FixedPointType, Rounding, representable_bits
 from dlqnb.evaluation.bias_correction import empirical_bias_corrections
 from dlqnb.plan.builder import QuantizationPlan, build_plan, check_bias_corrections
-from dlqnb.plan.types import PlanOptions, TypeChoice, row_fraction_length
+from dlqnb.plan.types import PlanOptions, TypeChoice, choose_types, row_fraction_length, type_settings
 from dlqnb.evaluation.validation import (
     OutputChoice,
     QuantizationOptions,
@@ -148,6 +148,7 @@ class DLQuantizer:
         self._state = CalibrationState.empty()
         self._row_stats_cache: dict[CalibrationRow, RangeStats] | None = None
         self._plans: dict[PlanOptions, QuantizationPlan] = {}
+        self._types: dict[tuple[str, str, bool], TypeChoice] = {}  # by type_settings: shared by the plans
         self._bias_corrections: dict[str, tuple[float, ...]] = {}
         self._corrections_measured_for: _CorrectionSettings | None = None  # the settings the corrections belong to
         self.excluded_layers: set[str] = set()
@@ -206,6 +207,7 @@ class DLQuantizer:
         self._state = state
         self._row_stats_cache = None
         self._plans = {}
+        self._types = {}
         if self._bias_corrections:
             self._bias_corrections = {}
             warnings.warn(
@@ -487,7 +489,10 @@ class DLQuantizer:
         if options not in self._plans:  # restore_calibration clears them
             if len(self._plans) >= _PLANS_KEPT:  # the app toggles exclusions: keep the recent few only
                 del self._plans[next(iter(self._plans))]
-            self._plans[options] = build_plan(self.optimized, self._row_stats(), options)
+            settings = type_settings(options)
+            if settings not in self._types:
+                self._types[settings] = choose_types(self.optimized, self._row_stats(), options)
+            self._plans[options] = build_plan(self.optimized, self._row_stats(), options, self._types[settings])
         return self._plans[options]
 
     def unsupported_layers(self) -> pd.DataFrame:

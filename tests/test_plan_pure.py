@@ -17,6 +17,7 @@ from dlqnb.core.numerics import FixedPointType
 from dlqnb.core.targets import plan_library
 from dlqnb.emulation.network import EmulatedLayer, QuantizedGlobalAveragePool
 from dlqnb.plan import PlanOptions, build_plan, choose_types
+from dlqnb.plan.builder import corrected_layer_plan
 
 PLAN_DIR = Path(__file__).resolve().parent.parent / "dlqnb" / "plan"
 FORBIDDEN = ("dlqnb.quantizer", "dlqnb.emulation", "dlqnb.evaluation", "dlqnb.deploy", "dlqnb.ui")
@@ -73,6 +74,36 @@ def test_types_come_from_the_type_choice(images):
     assert layer.input_type == choice.activations["input_1"] and layer.weight_type == choice.weights["0_1_2"]
     assert layer.accumulator_type.fraction_length == layer.input_type.fraction_length + layer.weight_type.fraction_length
     assert layer.bias_type is layer.accumulator_type and layer.accumulator_type.word_length == 32
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_one_corrected_layer_is_what_the_whole_corrected_plan_codes(target, images):
+    quantizer = calibrated(target, images, per_channel_weights=True)
+    name = "7"  # the linear layer: 4 output channels
+    correction = (0.25, -0.125, 1e-3, 0.0)
+    layer = corrected_layer_plan(quantizer.optimized, quantizer.plan(), name, correction)
+    whole = quantizer.with_bias_corrections({name: correction}).plan().layers[name]
+    assert not torch.equal(whole.bias, quantizer.plan().layers[name].bias)  # the correction moved the bias
+    assert torch.equal(layer.bias, whole.bias) and torch.equal(layer.weight_codes, whole.weight_codes)
+    assert (layer.bias_codes is None) == (target == "gpu")
+    if target == "cpu":
+        assert torch.equal(layer.bias_codes, whole.bias_codes)
+    with pytest.raises(ValueError, match="4 output channels"):
+        corrected_layer_plan(quantizer.optimized, quantizer.plan(), name, correction[:3])
+    with pytest.raises(KeyError, match="not a quantized layer"):
+        corrected_layer_plan(quantizer.optimized, quantizer.with_excluded([name]).plan(), name, correction)
+
+
+def test_plans_share_their_types_until_the_calibration_changes(images):
+    quantizer = calibrated("cpu", images, exponent_scheme="histogram", per_channel_weights=True)
+    types = quantizer.plan().types
+    assert quantizer.with_excluded(["7"]).plan().types is types and quantizer.plan("half_away").types is types
+    quantizer.per_channel_weights = False
+    assert quantizer.plan().types is not types
+    assert quantizer.plan().types == choose_types(quantizer.optimized, quantizer._row_stats(), quantizer.plan_options())
+    quantizer.calibrate(images * 4, progress=False)  # wider ranges: other activation types
+    assert quantizer.plan().types == choose_types(quantizer.optimized, quantizer._row_stats(), quantizer.plan_options())
+    assert quantizer.plan().types.activations != types.activations
 
 
 def test_the_fused_activation_decision_is_the_plans(images):

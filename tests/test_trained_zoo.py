@@ -89,6 +89,13 @@ def test_zoo_data_is_deterministic_balanced_and_validation_is_never_trained_on()
     rows = {image.numpy().tobytes() for image in train}
     assert all(image.numpy().tobytes() in rows for image in calibration)
     assert not any(image.numpy().tobytes() in rows for image in validation)
+    # the selection images are the training images calibration leaves: each training image is in exactly one
+    selection, selection_labels = zoo_data("selection")
+    assert len(selection) + len(calibration) == len(train)
+    picked = {image.numpy().tobytes() for image in selection}
+    assert picked <= rows and not picked & {image.numpy().tobytes() for image in calibration}
+    assert torch.bincount(zoo_data("selection", per_class=3)[1]).tolist() == [3] * 10
+    assert set(selection_labels.tolist()) == set(range(10))
     with pytest.raises(ValueError, match="split must be one of"):
         zoo_data("test")
     with pytest.raises(ValueError, match="per_class"):
@@ -121,17 +128,21 @@ def test_the_quick_path_on_a_tiny_network_measures_every_column(tmp_path):
         calibration_labels = net(calibration).argmax(1)
     ties_to_even = next(r for r in bench.RECIPES if r.rounding == "half_even")
     recipes = (*bench.RECIPES[:2], ties_to_even)  # the last is "cpu"'s own rule: not run again
+    selection_images, _ = zoo_data("selection", per_class=2)
+    with torch.no_grad():
+        selection = (selection_images, net(selection_images).argmax(1))
     result = bench.measure_network(
-        "tiny", net, calibration, validation, str(tmp_path), targets=("cpu",), recipes=recipes, openvino=False, calibration_labels=calibration_labels
+        "tiny", net, calibration, validation, str(tmp_path), targets=("cpu",), recipes=recipes, openvino=False,
+        calibration_labels=calibration_labels, selection=selection,
     )
     assert result["float"] == 1.0 and len(set(validation[1].tolist())) > 1
     accuracies = [result["float"], *result["dlqnb"]["cpu"].values(), result["best"]["emulation"], *result["peers"].values()]
     accuracies += [row["accuracy"] for row in result["recipes"]]
     assert all(a is None or 0 <= a <= 1 for a in accuracies) and result["float"] is not None
     assert [(r["recipe"], r["target"], r["status"]) for r in result["recipes"]] == [("default", "cpu", "ok"), ("per-channel", "cpu", "ok")]
-    # the deployed recipe is the one the labelled calibration images pick, whatever the validation images say
-    assert result["best"]["recipe"] == bench.best_on_calibration(result["recipes"])["recipe"]
-    assert all(0 <= r["calibration_accuracy"] <= 1 and r["calibration_error"] >= 0 for r in result["recipes"])
+    # the deployed recipe is the one the selection images pick, whatever the validation images say
+    assert result["best"]["recipe"] == bench.best_on_selection(result["recipes"])["recipe"]
+    assert all(0 <= r["selection_accuracy"] <= 1 and r["selection_error"] >= 0 for r in result["recipes"])
     # the ORT peer's figure is the top-1 of the file it wrote, run here without dlqnb
     session = ort.InferenceSession(result["files"]["ort_per_tensor"], providers=["CPUExecutionProvider"])
     scores = session.run(None, {session.get_inputs()[0].name: validation[0].numpy()})[0]
@@ -148,10 +159,10 @@ def test_the_float_layers_recipe_runs_on_each_target_choosing_on_the_labelled_ca
     row, q = bench._run_recipe(net, dataclasses.replace(recipe, target="cpu"), x, (x, y), (x, y))
     assert (row["recipe"], row["target"], row["status"]) == ("float layers", "cpu", "ok")
     assert q.execution_environment == "cpu" and row["accuracy"] == 1.0 and row["float_layers"] == list(q.quantizable_layers)
-    assert row["calibration_accuracy"] == 1.0 and row["calibration_error"] == 0.0  # all float: the float scores
+    assert row["selection_accuracy"] == 1.0 and row["selection_error"] == 0.0  # all float: the float scores
     default, _ = bench._run_recipe(net, dataclasses.replace(bench.RECIPES[0], target="cpu"), x, (x, y), (x, y))
     assert default["accuracy"] == 0.0 and default["float_layers"] == []
-    assert default["calibration_accuracy"] == 0.0 and default["calibration_error"] > 0
+    assert default["selection_accuracy"] == 0.0 and default["selection_error"] > 0
     # without labels to choose on, the recipe is an error of its own and the table says so
     row, q = bench._run_recipe(net, recipe, x, (x, y))
     assert q is None and row["accuracy"] is None and row["status"].startswith("error: ValueError") and "validation_data" in row["status"]
@@ -159,7 +170,7 @@ def test_the_float_layers_recipe_runs_on_each_target_choosing_on_the_labelled_ca
     assert bench.recipes_table(result).splitlines()[2:] == ["| float layers (gpu) | error |", "| default (cpu) | 0.0 |"]
 
 
-def test_recipes_are_picked_on_the_calibration_images_as_their_deployed_files_round():
+def test_recipes_are_picked_on_the_selection_images_as_their_deployed_files_round():
     from test_bias_correction import BranchingNet, images
 
     net = nn.Sequential(BranchingNet(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
@@ -170,21 +181,28 @@ def test_recipes_are_picked_on_the_calibration_images_as_their_deployed_files_ro
         deployed, emulated = q.quantize("half_even")(x), q.quantize()(x)
         assert not torch.equal(deployed, emulated)  # ties occur in this network
         assert row["accuracy"] == bench.top1(emulated, y)  # the table's emulation column keeps MATLAB's rule
-        assert row["calibration_error"] == pytest.approx(bench.relative_score_error(deployed, net(x)), rel=1e-9)
-        assert row["calibration_accuracy"] == bench.top1(deployed, y)
+        assert row["selection_error"] == pytest.approx(bench.relative_score_error(deployed, net(x)), rel=1e-9)
+        assert row["selection_accuracy"] == bench.top1(deployed, y)
+        # given selection images of their own, the pick's figures are theirs, not the calibration images'
+        other = images(7, 1)
+        labels = (net(other).argmax(1) + 1) % 3  # every one wrong for the float network
+        picked, _ = bench._run_recipe(net, bench.RECIPES[0], x, (x, y), (x, y), selection=(other, labels))
+        on_other = q.quantize("half_even")(other)
+        assert picked["selection_error"] == pytest.approx(bench.relative_score_error(on_other, net(other)), rel=1e-9)
+        assert picked["selection_accuracy"] == bench.top1(on_other, labels) != row["selection_accuracy"]
 
 
-def test_the_deployed_recipe_is_chosen_on_calibration_images_then_by_score_error():
-    def row(name, accuracy, calibration_accuracy, calibration_error):
-        return {"recipe": name, "accuracy": accuracy, "calibration_accuracy": calibration_accuracy, "calibration_error": calibration_error}
+def test_the_deployed_recipe_is_chosen_on_selection_images_then_by_score_error():
+    def row(name, accuracy, selection_accuracy, selection_error):
+        return {"recipe": name, "accuracy": accuracy, "selection_accuracy": selection_accuracy, "selection_error": selection_error}
 
     rows = [row("a", 0.99, 0.90, 0.1), row("b", 0.90, 0.95, 0.3), row("c", 0.95, 0.95, 0.2), row("failed", None, None, None)]
-    assert bench.best_on_calibration(rows)["recipe"] == "c"  # not "a", the best on the validation images
-    assert bench.best_on_calibration([row("x", 0.9, 0.9, 0.1), row("y", 0.9, 0.9, 0.1)])["recipe"] == "x"
-    # without labelled calibration images the validation top-1 decides
-    assert bench.best_on_calibration([row("a", 0.8, None, None), row("b", 0.9, None, None)])["recipe"] == "b"
+    assert bench.best_on_selection(rows)["recipe"] == "c"  # not "a", the best on the validation images
+    assert bench.best_on_selection([row("x", 0.9, 0.9, 0.1), row("y", 0.9, 0.9, 0.1)])["recipe"] == "x"
+    # without labelled selection images the validation top-1 decides
+    assert bench.best_on_selection([row("a", 0.8, None, None), row("b", 0.9, None, None)])["recipe"] == "b"
     with pytest.raises(ValueError, match="every one failed"):
-        bench.best_on_calibration([row("failed", None, None, None)])
+        bench.best_on_selection([row("failed", None, None, None)])
     assert bench.relative_score_error(np.array([[1.0, -3.0]]), np.array([[2.0, -2.0]])) == pytest.approx(0.5)
 
 

@@ -13,10 +13,12 @@ validation images, in one run:
   chosen by accuracy (``q.choose_float_layers`` on the labelled calibration images, then ``q.exclude``),
   alone and combined, on both targets, scored by the emulation (a recipe with ``rounding="half_even"``
   is tuned and scored as the runtimes compute its ``"gpu"`` file; it is not run on ``"cpu"``, whose own
-  rule that is). The best of them (defaults included) is chosen on the labelled calibration images, never
-  on the validation images that score it, as its deployed file computes them (ties to even, see
-  :data:`DEPLOYED_ROUNDING`): the highest top-1 there, then the scores closest to the float network's. It
-  is deployed and run on ONNX Runtime and OpenVINO;
+  rule that is). The best of them (defaults included) is chosen on labelled selection images that
+  neither calibrate nor score (the trained zoo's ``"selection"`` split: the training images calibration
+  leaves), as its deployed file computes them (ties to even, see :data:`DEPLOYED_ROUNDING`): the highest
+  top-1 there, then the scores closest to the float network's. Choosing on the calibration images would
+  favour the recipes fitted to them (bias corrections, float layers); choosing on the validation images
+  would flatter the pick. It is deployed and run on ONNX Runtime and OpenVINO;
 * **the peers**: ONNX Runtime's ``quantize_static`` (QDQ, uint8 activations, int8 weights, per tensor
   and per channel) and NNCF's ``nncf.quantize`` on the OpenVINO model, both calibrated with the same
   images through :func:`dlqnb.bench.peers.calibration_reader` and its NNCF twin.
@@ -52,7 +54,7 @@ from dlqnb.plan.types import TARGET_ROUNDING
 from dlqnb.recipes import Recipe, quantizer_for
 from dlqnb.recipes.build import SharedCalibrations
 
-__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "best_on_calibration", "measure_network"]
+__all__ = ["RECIPES", "accuracy_table", "bench_accuracy", "best_on_selection", "measure_network"]
 
 #: The largest accuracy drop the "float layers" recipes accept when they choose layers.
 MAX_ACCURACY_DROP = 0.005
@@ -110,25 +112,27 @@ def _run_recipe(
     validation: tuple[torch.Tensor, torch.Tensor],
     labelled_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     calibrations: SharedCalibrations | None = None,
+    selection: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], Any]:
     row: dict[str, Any] = {
         "recipe": recipe.name,
         "target": recipe.target,
         "accuracy": None,
-        "calibration_accuracy": None,
-        "calibration_error": None,
+        "selection_accuracy": None,
+        "selection_error": None,
         "status": "ok",
         "float_layers": [],
     }
     try:
-        # float layers are chosen, and the recipe to deploy is picked, on the calibration images: the
-        # validation images only score
+        # float layers are chosen on the calibration images, the recipe to deploy is picked on the selection
+        # images (default: the calibration images): the validation images only score
         q = quantizer_for(net, recipe, calibration, labelled_calibration, calibrations=calibrations)
         result = q.validate(validation, progress=False, rounding=recipe.rounding)
-        if labelled_calibration is not None:
-            on_calibration = q.validate(labelled_calibration, progress=False, rounding=DEPLOYED_ROUNDING)
-            row["calibration_accuracy"] = top1(on_calibration.quantized_scores, labelled_calibration[1])
-            row["calibration_error"] = relative_score_error(on_calibration.quantized_scores, on_calibration.float_scores)
+        selection = labelled_calibration if selection is None else selection
+        if selection is not None:
+            on_selection = q.validate(selection, progress=False, rounding=DEPLOYED_ROUNDING)
+            row["selection_accuracy"] = top1(on_selection.quantized_scores, selection[1])
+            row["selection_error"] = relative_score_error(on_selection.quantized_scores, on_selection.float_scores)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
         row["status"] = f"error: {type(error).__name__}: {error}"
         return row, None
@@ -137,26 +141,26 @@ def _run_recipe(
     return row, q
 
 
-def best_on_calibration(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The recipe row the benchmark deploys: the highest top-1 on the labelled calibration images, then
+def best_on_selection(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The recipe row the benchmark deploys: the highest top-1 on the labelled selection images, then
     the smallest relative score error there (scores closest to the float network's); the first of equals.
 
-    Rows without calibration figures (no labels) fall back to their validation top-1.
+    Rows without selection figures (no labelled images to select on) fall back to their validation top-1.
 
     Raises:
         ValueError: No row was measured.
 
     Example:
-        >>> rows = [{"recipe": "a", "accuracy": 0.9, "calibration_accuracy": 0.95, "calibration_error": 0.2},
-        ...         {"recipe": "b", "accuracy": 0.8, "calibration_accuracy": 0.95, "calibration_error": 0.1}]
-        >>> best_on_calibration(rows)["recipe"]
+        >>> rows = [{"recipe": "a", "accuracy": 0.9, "selection_accuracy": 0.95, "selection_error": 0.2},
+        ...         {"recipe": "b", "accuracy": 0.8, "selection_accuracy": 0.95, "selection_error": 0.1}]
+        >>> best_on_selection(rows)["recipe"]
         'b'
     """
     measured = [row for row in rows if row["accuracy"] is not None]
     if not measured:
         raise ValueError("no recipe was measured: every one failed (see the recipes' status)")
-    if all(row.get("calibration_accuracy") is not None for row in measured):
-        return min(measured, key=lambda row: (-row["calibration_accuracy"], row["calibration_error"]))
+    if all(row.get("selection_accuracy") is not None for row in measured):
+        return min(measured, key=lambda row: (-row["selection_accuracy"], row["selection_error"]))
     return max(measured, key=lambda row: row["accuracy"])
 
 
@@ -197,6 +201,7 @@ def measure_network(
     recipes: tuple[Recipe, ...] = RECIPES,
     openvino: bool = True,
     calibration_labels: torch.Tensor | None = None,
+    selection: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Every accuracy of the benchmark for one network (see the module's description).
@@ -212,16 +217,18 @@ def measure_network(
         recipes: The recipes, :data:`RECIPES` by default; the first should be ``"default"``.
         openvino: Run the deployed files on OpenVINO and measure NNCF + OpenVINO (where installed).
         calibration_labels: The calibration images' labels, which the recipes with float layers choose
-            them by and the deployed recipe is picked on; None: those recipes are reported as errors, and
-            the validation images pick.
+            them by; None: those recipes are reported as errors.
+        selection: ``(images, labels)`` the deployed recipe is picked on, neither calibration nor
+            validation images (default: the labelled calibration images; without those either, the
+            validation images pick).
         progress: Show a progress bar over the recipes.
 
     Returns:
         ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
-        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``calibration_accuracy`` and
-        ``calibration_error`` (as the deployed file computes the calibration images), ``status``,
+        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``selection_accuracy`` and
+        ``selection_error`` (as the deployed file computes the selection images), ``status``,
         ``float_layers``), ``best`` (the recipe
-        :func:`best_on_calibration` picks, with its deployed accuracies), ``peers``, ``files``, ``not_measured``
+        :func:`best_on_selection` picks, with its deployed accuracies), ``peers``, ``files``, ``not_measured``
         and ``seconds``. Accuracies are shares in [0, 1]; None where not measured.
     """
     from dlqnb.deploy import export_qdq_onnx
@@ -243,7 +250,7 @@ def measure_network(
         runs = runs_of[target]
         for recipe in runs:
             bar.set_postfix_str(f"{recipe.name} ({target})")
-            row, q = _run_recipe(net, dataclasses.replace(recipe, target=target), calibration, validation, labelled, calibrations)
+            row, q = _run_recipe(net, dataclasses.replace(recipe, target=target), calibration, validation, labelled, calibrations, selection)
             result["recipes"].append(row)
             quantizers[(recipe.name, target)] = q
             bar.update()
@@ -254,8 +261,8 @@ def measure_network(
         result["dlqnb"][target] = {"emulation": result["recipes"][-len(runs)]["accuracy"]}
         result["dlqnb"][target].update({backend: _deployed(files[f"dlqnb_{target}"], images, labels, backend) for backend in backends})
     bar.close()
-    best = best_on_calibration(result["recipes"])
-    result["best"] = {key: best[key] for key in ("recipe", "target", "calibration_accuracy", "float_layers")}
+    best = best_on_selection(result["recipes"])
+    result["best"] = {key: best[key] for key in ("recipe", "target", "selection_accuracy", "float_layers")}
     result["best"]["emulation"] = best["accuracy"]
     files["dlqnb_best"] = str(export_qdq_onnx(quantizers[(best["recipe"], best["target"])], os.path.join(folder, f"{name}_dlqnb_best.onnx")))
     result["best"].update({backend: _deployed(files["dlqnb_best"], images, labels, backend) for backend in backends})
@@ -272,15 +279,15 @@ def bench_accuracy(
 
     Args:
         models: Trained-zoo names (default: all of them; with ``quick``, the first).
-        quick: A tiny run: 2 calibration and 5 validation images per class, the ``"cpu"`` target only,
+        quick: A tiny run: 2 calibration, 2 selection and 5 validation images per class, the ``"cpu"`` target only,
             the defaults and per-channel recipes only.
         folder: Where the exported files go (default: a new temporary folder).
         progress: Show a progress bar over the networks.
         recipes: Names of :data:`RECIPES` to measure (default: all); ``"default"`` is always measured.
 
     Returns:
-        ``cpu`` (the CPU model and int8 instruction sets), ``versions``, ``images`` (calibration and
-        validation counts) and ``networks`` (one :func:`measure_network` result each).
+        ``cpu`` (the CPU model and int8 instruction sets), ``versions``, ``images`` (calibration,
+        selection and validation counts) and ``networks`` (one :func:`measure_network` result each).
 
     Raises:
         ValueError: An unknown model or recipe name (the message lists the known ones).
@@ -297,10 +304,11 @@ def bench_accuracy(
         raise ValueError(f"unknown recipes {sorted(set(recipes) - set(known))}; expected some of {known}")
     chosen = tuple(r for r in RECIPES if recipes is None or r.name in recipes or r is RECIPES[0])
     calibration, calibration_labels = zoo_data("calibration", per_class=2 if quick else None)
+    selection = zoo_data("selection", per_class=2 if quick else None)
     validation = zoo_data("validation", per_class=5 if quick else None)
     folder = folder or tempfile.mkdtemp(prefix="dlqnb-accuracy-")
     options: dict[str, Any] = {"targets": ("cpu",), "recipes": chosen[:2]} if quick else {"recipes": chosen}
-    options["calibration_labels"] = calibration_labels
+    options.update(calibration_labels=calibration_labels, selection=selection)
     networks = []
     for name in tqdm(names, desc="accuracy benchmark", unit="network", disable=not progress):
         row = measure_network(name, trained_network(name, progress=progress), calibration, validation, folder, progress=progress, **options)
@@ -312,7 +320,7 @@ def bench_accuracy(
         "benchmark": "accuracy",
         "cpu": cpu_summary(),
         "versions": {module: installed_version(module) for module in ("torch", "torchvision", "onnxruntime", "openvino", "nncf")},
-        "images": {"calibration": len(calibration), "validation": len(validation[1])},
+        "images": {"calibration": len(calibration), "selection": len(selection[1]), "validation": len(validation[1])},
         "max_accuracy_drop": MAX_ACCURACY_DROP,
         "networks": networks,
     }

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from dlqnb.core.batches import iter_batches
 from dlqnb.emulation.network import EmulatedLayer
 from dlqnb.errors import DataError
+from dlqnb.plan.builder import QuantizationPlan, corrected_layer_plan
 
 if TYPE_CHECKING:
     from dlqnb.core.numerics import Rounding
@@ -193,18 +194,19 @@ def empirical_bias_corrections(
     if not sequential:
         measured = _emulated_means(uncorrected.quantize(rounding), set(layers), images, quantizer.input_shape_)
         return {name: tuple((measured[name] - reference[name]).tolist()) for name in layers}
-    return _corrected_layer_by_layer(quantizer, uncorrected.quantize(rounding), reference, images, progress, rounding)
+    return _corrected_layer_by_layer(quantizer, uncorrected.quantize(rounding), uncorrected.plan(rounding), reference, images, progress)
 
 
 def _corrected_layer_by_layer(
-    quantizer: DLQuantizer, network: nn.Module, reference: dict[str, Tensor], images: list[Tensor], progress: bool, rounding: Rounding | None
+    quantizer: DLQuantizer, network: nn.Module, plan: QuantizationPlan, reference: dict[str, Tensor], images: list[Tensor], progress: bool
 ) -> Corrections:
-    """The sequential corrections, from one node-by-node run of the emulated ``network`` over all ``images``.
+    """The sequential corrections, from one node-by-node run of the emulated ``network`` (built from the
+    uncorrected ``plan``) over all ``images``.
 
     Every node computes its output for every batch before the next node runs, so when a quantized layer
     is reached its inputs already carry the corrections of the layers before it: the layer is measured
-    (uncorrected), its bias codes are replaced by the corrected plan's, and it runs again to give the
-    layers after it their corrected input. Outputs are dropped once their last reader has run.
+    (uncorrected), its bias codes are replaced by those of its corrected plan, and it runs again to give
+    the layers after it their corrected input. Outputs are dropped once their last reader has run.
     """
     assert isinstance(network, fx.GraphModule)
     corrections: Corrections = {}
@@ -228,7 +230,7 @@ def _corrected_layer_by_layer(
                 _run_node(interpreters, node, images, quantizer.input_shape_)  # uncorrected: measured, then run again below
                 measured = means.means()
                 corrections[name] = tuple((measured[name] - reference[name]).tolist())
-                corrected = quantizer.with_bias_corrections(corrections).plan(rounding).layers[name]
+                corrected = corrected_layer_plan(quantizer.optimized, plan, name, corrections[name])
                 module.bias_codes.copy_(corrected.bias_codes if corrected.bias_codes is not None else corrected.bias)
                 bar.update()
             _run_node(interpreters, node, images, quantizer.input_shape_)

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -55,7 +56,7 @@ from dlqnb.core.ops import fused_activation_name, fused_activation_runs_int8, gl
 from dlqnb.core.targets import plan_library
 from dlqnb.plan.types import PlanOptions, TypeChoice, choose_types
 
-__all__ = ["LayerPlan", "NodePlan", "PoolPlan", "QuantizationPlan", "TensorType", "build_plan", "check_bias_corrections"]
+__all__ = ["LayerPlan", "NodePlan", "PoolPlan", "QuantizationPlan", "TensorType", "build_plan", "check_bias_corrections", "corrected_layer_plan"]
 
 #: The type of a quantized tensor (the name earlier versions used).
 TensorType = FixedPointType
@@ -212,13 +213,18 @@ class QuantizationPlan:
         return [(name, node.reason) for name, node in self.nodes.items() if node.reason]
 
 
-def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, RangeStats], options: PlanOptions) -> QuantizationPlan:
+def build_plan(
+    optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, RangeStats], options: PlanOptions, types: TypeChoice | None = None
+) -> QuantizationPlan:
     """The plan of a calibrated network (:meth:`DLQuantizer.plan` builds it once per calibration and options).
 
     Args:
         optimized: The optimized network (BatchNorm folded, activations fused).
         statistics: The calibrated statistics of every calibration row (:mod:`dlqnb.calibration.rows`).
         options: Target, exclusions, exponent scheme, per-channel weights and rounding.
+        types: ``choose_types(optimized, statistics, options)``, where the caller has it already (it
+            depends only on :func:`~dlqnb.plan.types.type_settings` of the options; choosing per-channel
+            histogram types reads every weight).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -236,7 +242,8 @@ def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, 
         (False, 6, True)
     """
     check_bias_corrections(optimized, options.bias_corrections)
-    types = choose_types(optimized, statistics, options)
+    if types is None:
+        types = choose_types(optimized, statistics, options)
     library = plan_library(options.target)
     gm = optimized.module
     activation_types = types.activations
@@ -300,6 +307,24 @@ def build_plan(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, 
             float_node(name, traits.kind, float_reason(node) or f"{traits.kind} has no int8 implementation for {library}: computed in float")
     quantize_after = {name: activation_types[name] for name in produced_int8}
     return QuantizationPlan(options, types, nodes, layers, quantize_after, quantize_for, pools, sum(p.numel() for p in gm.parameters()))
+
+
+def corrected_layer_plan(optimized: OptimizedNetwork, plan: QuantizationPlan, name: str, correction: Sequence[float]) -> LayerPlan:
+    """Layer ``name`` of ``plan`` with ``correction`` subtracted from its float bias before it is coded: what
+    building the whole plan with that correction gives this layer, without coding the other layers again
+    (sequential bias correction asks for it once per layer).
+
+    Raises:
+        KeyError: ``name`` is not a quantized layer of ``plan``.
+        ValueError: ``correction`` does not have one finite value per output channel.
+    """
+    if name not in plan.layers:
+        raise KeyError(f"{name!r} is not a quantized layer of this plan; quantized layers are {list(plan.layers)[:6]}...")
+    check_bias_corrections(optimized, [(name, correction)])
+    options = dataclasses.replace(plan.options, bias_corrections=((name, tuple(correction)),))
+    layer = plan.layers[name]
+    module = optimized.module.get_submodule(name).layer
+    return _layer_plan(optimized.layers[name], module, layer.input_type, layer.output_type, plan.types, options)
 
 
 def _keeps_pooled_dims(node: fx.Node) -> bool:

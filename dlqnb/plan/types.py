@@ -40,7 +40,7 @@ from dlqnb.core.graph import OptimizedNetwork, layer_name
 from dlqnb.core.numerics import ExponentScheme, FixedPointType, MSBHistogram, Rounding, choose_fraction_length
 from dlqnb.core.ops import op_traits, tensor_args
 
-__all__ = ["TARGET_ROUNDING", "PlanOptions", "TypeChoice", "choose_types", "row_fraction_length", "target_rounding"]
+__all__ = ["TARGET_ROUNDING", "PlanOptions", "TypeChoice", "choose_types", "row_fraction_length", "target_rounding", "type_settings"]
 
 #: How each target rounds ties: away from zero on ``"gpu"`` (MATLAB's cuDNN target), to even on
 #: ``"cpu"`` (ONNX's QuantizeLinear).
@@ -154,6 +154,18 @@ def row_fraction_length(stats: RangeStats, scheme: ExponentScheme) -> int:
         2
     """
     return choose_fraction_length(stats.min_value, stats.max_value, stats.histogram, scheme)
+
+
+def type_settings(options: PlanOptions) -> tuple[str, str, bool]:
+    """What :func:`choose_types` reads of ``options`` (target, exponent scheme, per-channel flag): plans of
+    one calibration whose options agree on it share their types, whatever their exclusions, rounding or
+    bias corrections.
+
+    Example:
+        >>> type_settings(PlanOptions("cpu", excluded_layers=frozenset({"fc"}), rounding="half_away"))
+        ('cpu', 'minmax', False)
+    """
+    return (options.target, options.exponent_scheme, options.per_channel_weights)
 
 
 def choose_types(optimized: OptimizedNetwork, statistics: Mapping[CalibrationRow, RangeStats], options: PlanOptions) -> TypeChoice:

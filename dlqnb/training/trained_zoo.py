@@ -13,8 +13,8 @@ epochs of 4,800 images; dlqnb's SqueezeNet needed 10 epochs of 10,800 images at 
   (:mod:`dlqnb.training.zoo`: keyed by everything that produced it, built under a file lock so that
   parallel runs train it once); training runs inside :func:`~dlqnb.training.train.reproducible`
   (seeded, deterministic algorithms, one thread);
-* :func:`zoo_data` — the deterministic ``"train"``, ``"calibration"`` and ``"validation"`` images
-  (float N×3×32×32 in [0, 1], with labels);
+* :func:`zoo_data` — the deterministic ``"train"``, ``"calibration"``, ``"selection"`` (the training
+  images calibration leaves) and ``"validation"`` images (float N×3×32×32 in [0, 1], with labels);
 * :func:`shapes_tensor`, :func:`train_epoch`, :func:`held_out_accuracy`, :func:`warmup_cosine` — the
   rendering and training loop this zoo shares with the shipped SqueezeNet's pretraining
   (:mod:`dlqnb.bench.pretrain`).
@@ -62,7 +62,7 @@ __all__ = [
     "zoo_data",
 ]
 
-Split = Literal["train", "calibration", "validation"]
+Split = Literal["train", "calibration", "selection", "validation"]
 #: The trained zoo's classes: the digits' folder names.
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
@@ -214,7 +214,7 @@ def shapes_tensor(per_class: int, size: int, seed: int, progress: bool = True) -
     return torch.stack(images), torch.tensor(labels)
 
 
-SPLITS = ("train", "calibration", "validation")
+SPLITS = ("train", "calibration", "selection", "validation")
 
 
 @functools.lru_cache(maxsize=2)
@@ -243,12 +243,13 @@ def zoo_data(split: Split, per_class: int | None = None) -> tuple[torch.Tensor, 
     10 classes, at 32×32, gray repeated in three channels), split per label (:data:`TRAINED_ZOO_RECIPE`'s
     ``train_fraction``) into ``"train"`` and ``"validation"``; ``"calibration"`` is the first
     ``calibration_per_class`` training images of each digit, so validation images are never seen before
-    they are scored.
+    they are scored, and ``"selection"`` is the rest of the training images: labelled images that neither
+    calibrate nor score, on which a choice between quantized networks can be made without selection bias.
 
     Args:
-        split: ``"train"``, ``"calibration"`` or ``"validation"``.
+        split: ``"train"``, ``"calibration"``, ``"selection"`` or ``"validation"``.
         per_class: At most this many images per class (the first ones of the split); default: all of
-            ``"train"`` and ``"validation"``, ``calibration_per_class`` for ``"calibration"``.
+            ``"train"``, ``"selection"`` and ``"validation"``, ``calibration_per_class`` for ``"calibration"``.
 
     Raises:
         ValueError: An unknown split or a ``per_class`` below 1.
@@ -266,6 +267,10 @@ def zoo_data(split: Split, per_class: int | None = None) -> tuple[torch.Tensor, 
     images, labels = _digits(recipe["input_size"], recipe["train_fraction"], recipe["seed"])["validation" if split == "validation" else "train"]
     if split == "calibration":
         per_class = min(per_class or recipe["calibration_per_class"], recipe["calibration_per_class"])
+    if split == "selection":
+        rest = torch.ones(len(labels), dtype=torch.bool)
+        rest[_first_per_class(labels, recipe["calibration_per_class"])] = False
+        images, labels = images[rest], labels[rest]
     if per_class is not None:
         index = _first_per_class(labels, per_class)
         images, labels = images[index], labels[index]
