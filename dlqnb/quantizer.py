@@ -512,7 +512,9 @@ class DLQuantizer:
 
     # ------------------------------------------------------------------ types, quantize, validate
     def type_choice(self) -> TypeChoice:
-        """The type of every activation and weight for this target (:func:`dlqnb.plan.types.choose_types`).
+        """The type of every activation and weight for this target (:func:`dlqnb.plan.types.choose_types`);
+        every plan of this calibration with the same target, exponent scheme and per-channel flag is built
+        from this one choice, so read it without changing it (:meth:`tensor_types` gives a copy).
 
         Raises:
             NotCalibratedError: Before :meth:`calibrate`.
@@ -527,7 +529,7 @@ class DLQuantizer:
         calibrated minimum is >= 0 (zero point 0, as ONNX Runtime's QLinearConv wants). Scales are
         shared as TensorRT and ONNX Runtime share them (:mod:`dlqnb.plan.types`).
         """
-        return self.type_choice().activations
+        return dict(self.type_choice().activations)
 
     def weight_fraction_lengths(self) -> dict[str, int | list[int]]:
         """The int8 weight fraction length of every optimized layer (with ``per_channel_weights``, a

@@ -4,6 +4,7 @@ decides types, codes, rounding and accumulator precision; the emulation reads on
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -76,18 +77,18 @@ def test_types_come_from_the_type_choice(images):
     assert layer.bias_type is layer.accumulator_type and layer.accumulator_type.word_length == 32
 
 
-@pytest.mark.parametrize("target", ["gpu", "cpu"])
-def test_one_corrected_layer_is_what_the_whole_corrected_plan_codes(target, images):
+@pytest.mark.parametrize(("target", "rounding"), [("gpu", None), ("gpu", "half_even"), ("cpu", None)])
+def test_one_corrected_layer_is_what_the_whole_corrected_plan_codes(target, rounding, images):
     quantizer = calibrated(target, images, per_channel_weights=True)
     name = "7"  # the linear layer: 4 output channels
     correction = (0.25, -0.125, 1e-3, 0.0)
-    layer = corrected_layer_plan(quantizer.optimized, quantizer.plan(), name, correction)
-    whole = quantizer.with_bias_corrections({name: correction}).plan().layers[name]
-    assert not torch.equal(whole.bias, quantizer.plan().layers[name].bias)  # the correction moved the bias
-    assert torch.equal(layer.bias, whole.bias) and torch.equal(layer.weight_codes, whole.weight_codes)
+    layer = corrected_layer_plan(quantizer.optimized, quantizer.plan(rounding), name, correction)
+    whole = quantizer.with_bias_corrections({name: correction}).plan(rounding).layers[name]
+    assert not torch.equal(whole.bias, quantizer.plan(rounding).layers[name].bias)  # the correction moved the bias
     assert (layer.bias_codes is None) == (target == "gpu")
-    if target == "cpu":
-        assert torch.equal(layer.bias_codes, whole.bias_codes)
+    for field in dataclasses.fields(layer):
+        mine, theirs = getattr(layer, field.name), getattr(whole, field.name)
+        assert torch.equal(mine, theirs) if isinstance(mine, torch.Tensor) else mine == theirs, field.name
     with pytest.raises(ValueError, match="4 output channels"):
         corrected_layer_plan(quantizer.optimized, quantizer.plan(), name, correction[:3])
     with pytest.raises(KeyError, match="not a quantized layer"):

@@ -1,7 +1,7 @@
 """The accuracy benchmark: ``python -m dlqnb.bench accuracy``.
 
-For every network of the trained zoo (:mod:`dlqnb.training.trained_zoo`), on the same calibration and
-validation images, in one run:
+For every network of the trained zoo (:mod:`dlqnb.training.trained_zoo`), on the same calibration,
+selection and validation images, in one run:
 
 * **float** top-1 of the network;
 * **dlqnb's defaults** (MATLAB's: MinMax power-of-two types, one weight scale per layer) for the

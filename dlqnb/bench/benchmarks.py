@@ -450,7 +450,10 @@ def _main_accuracy(models: str | None, quick: bool, json_path: str | None, recip
         return 2
     images = result["images"]
     print(f"CPU: {result['cpu']}")
-    print(f"Top-1 (%) on {images['validation']} validation images, calibrated on {images['calibration']}; dlqnb cells: emulation / ONNX Runtime / OpenVINO\n")
+    print(
+        f"Top-1 (%) on {images['validation']} validation images, calibrated on {images['calibration']}, the deployed recipe "
+        f"picked on {images['selection']} selection images; dlqnb cells: emulation / ONNX Runtime / OpenVINO\n"
+    )
     print(accuracy_table(result) + "\n")
     print(recipes_table(result) + "\n")
     for row in result["networks"]:
