@@ -489,10 +489,10 @@ class DLQuantizer:
         if options not in self._plans:  # restore_calibration clears them
             if len(self._plans) >= _PLANS_KEPT:  # the app toggles exclusions: keep the recent few only
                 del self._plans[next(iter(self._plans))]
-            settings = type_settings(options)
+            statistics, settings = self._row_stats(), type_settings(options)
             if settings not in self._types:
-                self._types[settings] = choose_types(self.optimized, self._row_stats(), options)
-            self._plans[options] = build_plan(self.optimized, self._row_stats(), options, self._types[settings])
+                self._types[settings] = choose_types(self.optimized, statistics, options)
+            self._plans[options] = build_plan(self.optimized, statistics, options, self._types[settings])
         return self._plans[options]
 
     def unsupported_layers(self) -> pd.DataFrame:

@@ -382,12 +382,12 @@ def recipes_table(result: dict[str, Any]) -> str:
     keys = list(dict.fromkeys((r["recipe"], r["target"]) for row in networks for r in row["recipes"]))
     lines = ["| recipe | " + " | ".join(row["network"] for row in networks) + " |", "|---|" + "---|" * len(networks)]
     by_key = [{(r["recipe"], r["target"]): r for r in row["recipes"]} for row in networks]
+    picked = [(row.get("best", {}).get("recipe"), row.get("best", {}).get("target")) for row in networks]
     for key in keys:
         cells = []
-        for row, recipes in zip(networks, by_key):
+        for recipes, pick in zip(by_key, picked):
             recipe = recipes.get(key)
-            best = row.get("best", {})
-            mark = "*" if (best.get("recipe"), best.get("target")) == key else ""
+            mark = "*" if pick == key else ""
             if recipe is None:
                 cells.append("n/a")
             else:
