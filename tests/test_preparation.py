@@ -116,6 +116,62 @@ def test_relu6_pairs_are_skipped_with_the_reason_and_left_untouched():
     assert all(torch.equal(a, b) for a, b in zip(equalized.state_dict().values(), net.state_dict().values()))
 
 
+def _relu6_as_relu(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
+    """The reference for relu6="relu": a copy of ``net`` with every ReLU6 module but ``keep`` a ReLU, nothing rescaled."""
+    reference = copy.deepcopy(net)
+    for name, module in list(reference.named_modules()):
+        if isinstance(module, nn.ReLU6) and name not in keep:
+            reference.set_submodule(name, nn.ReLU())
+    return reference
+
+
+def test_relu6_relu_replaces_the_clips_equalizes_the_pairs_and_computes_what_relu_computes():
+    net = _chain(nn.ReLU6)
+    before = copy.deepcopy(net.state_dict())
+    equalized, table = equalize_layers(net, report=True, relu6="relu")
+    assert table.Change.tolist() == ["replaced", "equalized", "replaced", "equalized"]
+    assert table[table.Change == "replaced"].Layer.tolist() == ["2", "5"]
+    assert [type(m) for m in equalized if isinstance(m, (nn.ReLU, nn.ReLU6))] == [nn.ReLU, nn.ReLU]
+    x = 4 * torch.randn(2, 3, 16, 16)
+    _same_output(equalized, _relu6_as_relu(net), x)
+    with torch.no_grad():  # the clip mattered on these inputs: the float output did change, as the report says
+        assert not torch.allclose(_relu6_as_relu(net)(x), net(x), rtol=RTOL, atol=RTOL * float(net(x).abs().max()))
+    first, dw, last = _folded_weight(equalized[0], equalized[1]), _folded_weight(equalized[3], equalized[4]), _folded_weight(equalized[6], None)
+    assert _proportional(_out_ranges(first), _in_ranges(dw, 12))
+    assert _proportional(_out_ranges(dw), _in_ranges(last, 1))
+    assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())
+    assert all(isinstance(net[i], nn.ReLU6) for i in (2, 5))  # the caller's network keeps its clips
+
+
+def test_relu6_relu_leaves_a_functional_or_shared_clip_alone_with_the_reason():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.relu6(self.a(x)))
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.clip = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1), nn.ReLU6()
+
+        def forward(self, x):
+            return self.c(self.clip(self.b(self.clip(self.a(x)))))
+
+    for net, words in ((Functional().eval(), "function"), (Shared().eval(), "called more than once")):
+        equalized, table = equalize_layers(net, report=True, relu6="relu")
+        assert set(table.Change) == {"not equalized"} and table.Detail.str.contains(words).all(), table.Detail.tolist()
+        assert all(torch.equal(a, b) for a, b in zip(equalized.state_dict().values(), net.state_dict().values()))
+
+
+def test_relu6_must_be_keep_or_relu():
+    for call in (equalize_layers, prepare_network):
+        with pytest.raises(ValueError, match="relu6 must be 'keep'.*'relu'.*got 'ReLU'"):
+            call(_chain(nn.ReLU6), relu6="ReLU")
+
+
 @pytest.mark.parametrize("activation", [nn.LeakyReLU(0.1), nn.Identity()], ids=["leaky_relu", "identity"])
 def test_linear_layers_through_leaky_relu_or_nothing_are_equalized_exactly(activation):
     torch.manual_seed(2)
@@ -277,6 +333,22 @@ def test_mobilenet_v2_computes_the_same_its_relu6_pairs_stay_and_its_linear_bott
     project, project_bn = equalized.features[1].conv[1], equalized.features[1].conv[2]
     expand, expand_bn = equalized.features[2].conv[0][0], equalized.features[2].conv[0][1]
     assert _proportional(_out_ranges(_folded_weight(project, project_bn)), _in_ranges(_folded_weight(expand, expand_bn), 1))
+
+
+def test_mobilenet_v2_with_relu6_relu_equalizes_every_pair_its_clips_held_back():
+    net = _mobilenet_v2()
+    _, kept = equalize_layers(net, report=True)
+    held_back = kept[kept.Detail.str.contains("ReLU6")].Layer.tolist()
+    equalized, table = equalize_layers(net, report=True, relu6="relu")
+    assert sorted(table[table.Change == "equalized"].Layer) == sorted([*held_back, *kept[kept.Change == "equalized"].Layer])
+    assert (table.Change == "replaced").sum() == len(held_back) > 0
+    # the last clip feeds the pooling, not a layer: it is no pair's, so it stays
+    assert isinstance(equalized.features[18][2], nn.ReLU6)
+    reference = _relu6_as_relu(net, keep=("features.18.2",))
+    _same_output(equalized, reference, 4 * torch.randn(2, 3, 32, 32))
+    prepared, changes = prepare_network(net, report=True, relu6="relu")
+    assert (changes.Change == "replaced").sum() == len(held_back)  # MobileNetV2 has no BatchNorm to replace
+    _same_output(prepared, reference, torch.randn(2, 3, 32, 32))
 
 
 def test_prepare_network_folds_replaces_and_equalizes_and_computes_the_same():

@@ -35,6 +35,8 @@ from test_bias_correction import BranchingNet, images
         ({"max_accuracy_drop": True}, TypeError, "max_accuracy_drop"),
         ({"rounding": "nearest"}, ValueError, "rounding"),
         ({"rounding": "half_up"}, ValueError, "rounding"),
+        ({"relu6": "clip"}, ValueError, "relu6"),
+        ({"relu6": "relu"}, ValueError, "relu6='relu'.*equalize=True"),  # replacing clips is a step of equalization
     ],
 )
 def test_a_recipe_with_a_bad_field_is_refused_naming_the_field_and_the_recipe(fields, error, named):
@@ -288,7 +290,7 @@ def test_quantizer_for_matches_the_quantizer_built_by_hand_and_calibrates_each_n
     monkeypatch.setattr(DLQuantizer, "calibrate", counting)
     shared = {}
     built = [quantizer_for(net, recipe, x, calibrations=shared) for recipe in recipes]
-    assert len(calls) == 2 and sorted(shared) == [False, True]  # the plain network once, the equalized once
+    assert len(calls) == 2 and sorted(shared) == ["equalized", "plain"]  # the plain network once, the equalized once
     alone = quantizer_for(net, recipes[0], x)
     assert len(calls) == 3  # without a shared dict, it calibrates
     monkeypatch.setattr(DLQuantizer, "calibrate", calibrate)
@@ -306,6 +308,18 @@ def test_quantizer_for_matches_the_quantizer_built_by_hand_and_calibrates_each_n
                 reference.per_channel_weights,
             )
             torch.testing.assert_close(q.quantize()(x), reference.quantize()(x), rtol=0, atol=0)
+
+
+def test_a_recipe_with_relu6_relu_quantizes_the_network_with_its_clips_replaced_and_keep_leaves_them():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.rand(16, 3, 6, 6)
+    shared = {}
+    replaced = quantizer_for(net, Recipe("r", equalize=True, relu6="relu"), x, calibrations=shared)
+    kept = quantizer_for(net, Recipe("k", equalize=True), x, calibrations=shared)
+    assert sorted(shared) == ["equalized", "equalized, ReLU6 → ReLU"]
+    assert type(replaced.network[1]) is nn.ReLU and type(kept.network[1]) is nn.ReLU6 and type(net[1]) is nn.ReLU6
+    assert Recipe("r", equalize=True, relu6="relu").describe() == "gpu, minmax, equalized, ReLU6 → ReLU"
 
 
 def test_quantizer_for_refuses_a_dict_and_float_layers_without_validation_data(tiny):

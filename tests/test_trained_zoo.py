@@ -195,6 +195,26 @@ def test_recipes_are_picked_on_the_selection_images_as_their_deployed_files_roun
         assert picked["selection_accuracy"] == bench.top1(on_other, labels) != row["selection_accuracy"]
 
 
+def test_a_recipe_that_replaces_clipped_relus_is_scored_against_the_users_float_network():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(8.0)  # pre-activations well above 6: the clip matters
+    x = torch.rand(24, 3, 8, 8)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    recipe = next(r for r in bench.RECIPES if r.relu6 == "relu")
+    row, q = bench._run_recipe(net, recipe, x, (x, y), (x, y))
+    assert row["status"] == "ok" and type(q.network[1]) is nn.ReLU
+    with torch.no_grad():
+        changed = q.network(x)
+        assert not torch.allclose(changed, net(x), rtol=1e-3, atol=1e-3)  # a float network of its own
+        assert row["float_accuracy"] == bench.top1(changed, y)
+        deployed = q.quantize("half_even")(x)
+        assert row["selection_error"] == pytest.approx(bench.relative_score_error(deployed, net(x)), rel=1e-9)
+        assert row["selection_error"] != pytest.approx(bench.relative_score_error(deployed, changed), rel=1e-6)
+
+
 def test_the_deployed_recipe_is_chosen_on_selection_images_then_by_score_error():
     def row(name, accuracy, selection_accuracy, selection_error):
         return {"recipe": name, "accuracy": accuracy, "selection_accuracy": selection_accuracy, "selection_error": selection_error}

@@ -9,7 +9,7 @@ selection and validation images, in one run:
   file's on ONNX Runtime and on OpenVINO (``export_qdq_onnx`` → ``load_int8(path, backend=...)``);
 * **dlqnb's recovery recipes** (:data:`RECIPES`, :class:`dlqnb.recipes.Recipe` values quantized by
   :func:`dlqnb.recipes.quantizer_for`): per-channel weights, the histogram exponent scheme, cross-layer
-  equalization (``equalize_layers``), empirical bias correction (``q.correct_bias``) and float layers
+  equalization (``equalize_layers``; also with its clipped ReLUs replaced by ReLUs), empirical bias correction (``q.correct_bias``) and float layers
   chosen by accuracy (``q.choose_float_layers`` on the labelled calibration images, then ``q.exclude``),
   alone and combined, on both targets, scored by the emulation (a recipe with ``rounding="half_even"``
   is tuned and scored as the runtimes compute its ``"gpu"`` file; it is not run on ``"cpu"``, whose own
@@ -71,6 +71,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("histogram", exponent_scheme="histogram"),
     Recipe("per-channel + histogram", per_channel=True, exponent_scheme="histogram"),
     Recipe("equalized", equalize=True),
+    Recipe("equalized (ReLU6 → ReLU)", equalize=True, relu6="relu"),
     Recipe("bias correction", bias_correction=True),
     Recipe("equalized + per-channel + bias correction", per_channel=True, equalize=True, bias_correction=True),
     Recipe("float layers", max_accuracy_drop=MAX_ACCURACY_DROP),
@@ -90,9 +91,13 @@ def _batched(call: Callable[[np.ndarray], Any], images: torch.Tensor, batch: int
     return np.concatenate([np.array(call(chunk.numpy())) for chunk in images.split(batch)])
 
 
-def _float_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def _scores(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return top1(torch.cat([net(chunk) for chunk in images.split(256)]), labels)
+        return torch.cat([net(chunk) for chunk in images.split(256)])
+
+
+def _float_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return top1(_scores(net, images), labels)
 
 
 def _deployed(path: str, images: torch.Tensor, labels: torch.Tensor, backend: str) -> float:
@@ -118,6 +123,7 @@ def _run_recipe(
         "recipe": recipe.name,
         "target": recipe.target,
         "accuracy": None,
+        "float_accuracy": None,
         "selection_accuracy": None,
         "selection_error": None,
         "status": "ok",
@@ -132,11 +138,14 @@ def _run_recipe(
         if selection is not None:
             on_selection = q.validate(selection, progress=False, rounding=DEPLOYED_ROUNDING)
             row["selection_accuracy"] = top1(on_selection.quantized_scores, selection[1])
-            row["selection_error"] = relative_score_error(on_selection.quantized_scores, on_selection.float_scores)
+            # against the user's network: a recipe that replaces clipped ReLUs quantizes another float network
+            reference = on_selection.float_scores if q.network is net else _scores(net, selection[0])
+            row["selection_error"] = relative_score_error(on_selection.quantized_scores, reference)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
         row["status"] = f"error: {type(error).__name__}: {error}"
         return row, None
     row["accuracy"] = top1(result.quantized_scores, validation[1])
+    row["float_accuracy"] = top1(result.float_scores, validation[1])  # of the network the recipe quantized
     row["float_layers"] = sorted(q.excluded_layers)
     return row, q
 
@@ -225,7 +234,8 @@ def measure_network(
 
     Returns:
         ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
-        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``selection_accuracy`` and
+        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``float_accuracy`` (of the float network
+        the recipe quantized: the network's own, unless its clipped ReLUs were replaced), ``selection_accuracy`` and
         ``selection_error`` (as the deployed file computes the selection images), ``status``,
         ``float_layers``), ``best`` (the recipe
         :func:`best_on_selection` picks, with its deployed accuracies), ``peers``, ``files``, ``not_measured``

@@ -25,7 +25,11 @@ and bias; the second layer's weights (grouped and depthwise convolutions include
 
 A pair is left as it is, and the report says why, where rescaling would change the float output:
 
-* through a clipped ReLU (ReLU6): ``relu6(x / s) * s`` clips at ``6 s``, not at 6;
+* through a clipped ReLU (ReLU6): ``relu6(x / s) * s`` clips at ``6 s``, not at 6. Keeping it exact would
+  take a clip at ``6 / s_i`` per channel, which no int8 runtime fuses into a convolution (the layer would
+  compute in float). ``relu6="relu"`` does what Nagel et al. did for MobileNetV2: it replaces each such
+  clipped ReLU module with a ReLU and equalizes the pair. That changes the float output wherever a value
+  exceeded 6, so it is a choice to measure (the report lists every replacement), never a default;
 * a convolution feeding a fully connected layer, or the reverse: a convolution's channels are
   dimension 1 of its output, a fully connected layer reads the last dimension;
 * a layer or BatchNorm module called more than once (its other call would change too);
@@ -59,12 +63,14 @@ from dlqnb.core.capture import CaptureWarning
 from dlqnb.core.graph import OptimizedNetwork, layer_name, optimize_network, trace_network
 from dlqnb.core.ops import called_module, fused_activation_name, is_batchnorm, op_traits, tensor_args
 
-__all__ = ["CHANGE_COLUMNS", "EqualizationPair", "equalization_pairs", "equalize_layers", "input_channel_ranges", "module_call_counts", "output_channel_ranges"]
+__all__ = ["CHANGE_COLUMNS", "RELU6_CHOICES", "EqualizationPair", "check_relu6", "equalization_pairs", "equalize_layers", "input_channel_ranges", "module_call_counts", "output_channel_ranges"]
 
 #: The columns of the report of :func:`equalize_layers` and :func:`dlqnb.prepare_network`.
 CHANGE_COLUMNS = ["Layer", "Change", "Detail"]
 #: Activations through which rescaling is exact: f(x / s) = f(x) / s for every s > 0.
 _SCALE_INVARIANT = {None: "no activation", "relu": "ReLU", "leaky_relu": "leaky ReLU"}
+#: What :func:`equalize_layers` does with a pair through a clipped ReLU (ReLU6): leave it, or replace the clip with a ReLU.
+RELU6_CHOICES = ("keep", "relu")
 _KIND_NAMES = {"conv": "convolution", "linear": "fully connected layer"}
 
 
@@ -80,6 +86,8 @@ class EqualizationPair:
         second_path: Module path of the second layer.
         through: What lies between them (``"ReLU"``, ``"leaky ReLU"``, ``"no activation"``).
         reason: Why the pair is not equalized ("" when it is).
+        clip_path: Module path of the clipped ReLU (ReLU6) between them that ``relu6="relu"`` replaces
+            with a ReLU, or None.
     """
 
     first: str
@@ -89,6 +97,7 @@ class EqualizationPair:
     second_path: str
     through: str
     reason: str = ""
+    clip_path: str | None = None
 
     @property
     def name(self) -> str:
@@ -160,12 +169,14 @@ def module_call_counts(gm: fx.GraphModule) -> dict[str, int]:
     return counts
 
 
-def equalization_pairs(net: nn.Module, optimized: OptimizedNetwork | None = None) -> list[EqualizationPair]:
+def equalization_pairs(net: nn.Module, optimized: OptimizedNetwork | None = None, relu6: str = "keep") -> list[EqualizationPair]:
     """The consecutive conv/linear layers of ``net``, each with why it cannot be equalized ("" if it can).
 
     Args:
         net: The network (not modified).
         optimized: Its optimized network, when the caller has it already.
+        relu6: ``"keep"``: a pair through a clipped ReLU (ReLU6) is not equalized; ``"relu"``: it is,
+            once its clipped ReLU module is replaced with a ReLU (``clip_path`` names that module).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 4, 1))
@@ -195,8 +206,29 @@ def equalization_pairs(net: nn.Module, optimized: OptimizedNetwork | None = None
         pair = EqualizationPair(
             first.name, second.name, first.module_path, batchnorm_path, second.module_path, _SCALE_INVARIANT.get(first.activation, "")
         )
-        pairs.append(_with_reason(pair, first.activation, (first.kind, second.kind), traced, calls))
+        if first.activation == "relu6" and relu6 == "relu":
+            pair = _through_replaced_clip(pair, by_name.get(first.network_layer_name), traced, calls)
+            if pair.clip_path is not None:
+                pairs.append(_with_reason(pair, "relu", (first.kind, second.kind), traced, calls))
+                continue
+        pairs.append(pair if pair.reason else _with_reason(pair, first.activation, (first.kind, second.kind), traced, calls))
     return pairs
+
+
+def _through_replaced_clip(pair: EqualizationPair, activation: fx.Node | None, traced: fx.GraphModule, calls: dict[str, int]) -> EqualizationPair:
+    """``pair`` with the clipped ReLU module between its layers as ``clip_path``, or with why it cannot be replaced."""
+    module = called_module(traced, activation) if activation is not None else None
+    if module is None:
+        reason = (
+            "through a clipped ReLU (ReLU6) called as a function in the network's forward code: only a clipped ReLU "
+            "module can be replaced with a ReLU, so rescaling would change the float output"
+        )
+        return EqualizationPair(**{**pair.__dict__, "reason": reason})
+    path = str(activation.target)
+    if calls.get(path, 0) > 1:
+        reason = f"through clipped ReLU module '{path}', which is called more than once: replacing it with a ReLU would change its other calls"
+        return EqualizationPair(**{**pair.__dict__, "reason": reason})
+    return EqualizationPair(**{**pair.__dict__, "through": "ReLU", "clip_path": path})
 
 
 def _only_consumer(node: fx.Node) -> fx.Node | None:
@@ -217,7 +249,10 @@ def _with_reason(
         )
     elif activation not in _SCALE_INVARIANT:
         name = fused_activation_name(activation)  # type: ignore[arg-type]
-        reason = f"through a {name}: relu6(x / s) * s clips at 6 s, not at 6, so rescaling would change the float output"
+        reason = (
+            f"through a {name}: relu6(x / s) * s clips at 6 s, not at 6, so rescaling would change the float output "
+            "(relu6='relu' replaces the clip with a ReLU and equalizes the pair)"
+        )
     else:
         shared = [path for path in (pair.first_path, pair.batchnorm_path, pair.second_path) if path and calls.get(path, 0) > 1]
         if shared:
@@ -252,10 +287,23 @@ def _equalization_scales(optimized: OptimizedNetwork, pairs: list[EqualizationPa
     return totals
 
 
-def _equalize(net: nn.Module, max_iterations: int = 100, tolerance: float = 1e-4) -> tuple[nn.Module, list[EqualizationPair], dict[EqualizationPair, Tensor]]:
+def _equalize(
+    net: nn.Module, max_iterations: int = 100, tolerance: float = 1e-4, relu6: str = "keep"
+) -> tuple[nn.Module, list[EqualizationPair], dict[EqualizationPair, Tensor]]:
     model = copy.deepcopy(net)
     optimized = optimize_network(model)
-    pairs = equalization_pairs(model, optimized)
+    pairs = equalization_pairs(model, optimized, relu6)
+    replaced = {pair.first: pair.clip_path for pair in pairs if pair.clip_path is not None and not pair.reason}
+    if replaced:
+        for path in replaced.values():
+            model.set_submodule(path, nn.ReLU(inplace=bool(getattr(model.get_submodule(path), "inplace", False))))
+        if isinstance(model, fx.GraphModule):
+            model.recompile()
+        optimized = optimize_network(model)  # the layers before the replaced clips fuse a ReLU now
+        pairs = [
+            EqualizationPair(**{**pair.__dict__, "clip_path": replaced.get(pair.first)}) if pair.first in replaced else pair
+            for pair in equalization_pairs(model, optimized)
+        ]
     equalizable = [pair for pair in pairs if not pair.reason]
     totals = _equalization_scales(optimized, equalizable, max_iterations, tolerance)
     with torch.no_grad():
@@ -269,6 +317,16 @@ def _equalize(net: nn.Module, max_iterations: int = 100, tolerance: float = 1e-4
     return model, pairs, totals
 
 
+def check_relu6(relu6: object) -> None:
+    """Raise ``ValueError`` unless ``relu6`` is one of :data:`RELU6_CHOICES`.
+
+    Example:
+        >>> check_relu6("relu")
+    """
+    if relu6 not in RELU6_CHOICES:
+        raise ValueError(f"relu6 must be 'keep' (leave pairs through a clipped ReLU alone) or 'relu' (replace the clip with a ReLU), got {relu6!r}")
+
+
 def _report(pairs: list[EqualizationPair], totals: dict[EqualizationPair, Tensor]) -> pd.DataFrame:
     rows = []
     for pair in pairs:
@@ -277,6 +335,15 @@ def _report(pairs: list[EqualizationPair], totals: dict[EqualizationPair, Tensor
             continue
         scales = totals[pair]
         carrier = f"BatchNorm '{pair.batchnorm_path}'" if pair.batchnorm_path else f"'{pair.first_path}'"
+        if pair.clip_path is not None:
+            rows.append(
+                (
+                    pair.clip_path,
+                    "replaced",
+                    f"clipped ReLU (ReLU6) → ReLU, so that {pair.name} can be equalized: values above 6 are no longer clipped, "
+                    "so the float output changes where they occur",
+                )
+            )
         rows.append(
             (
                 pair.name,
@@ -289,35 +356,46 @@ def _report(pairs: list[EqualizationPair], totals: dict[EqualizationPair, Tensor
 
 
 def equalize_layers(
-    net: nn.Module, report: bool = False, max_iterations: int = 100, tolerance: float = 1e-4
+    net: nn.Module, report: bool = False, max_iterations: int = 100, tolerance: float = 1e-4, relu6: str = "keep"
 ) -> nn.Module | tuple[nn.Module, pd.DataFrame]:
     """Equalize the weight ranges of consecutive layers (MATLAB's ``equalizeLayers``); the float output
-    does not change.
+    does not change (unless ``relu6="relu"``).
 
     Args:
         net: The network (never modified).
         report: Also return what was equalized and what was not, and why.
         max_iterations: Passes over the pairs at the most (chains of pairs need several).
         tolerance: Stop when no scale changes by more than this (relative) in a pass.
+        relu6: ``"keep"`` (default): pairs through a clipped ReLU (ReLU6) stay as they are, so the float
+            output is unchanged. ``"relu"``: each clipped ReLU module between two layers that could
+            otherwise be equalized becomes a ReLU and the pair is equalized; the float output then
+            changes wherever a value exceeded 6 (measure the accuracy of the result).
 
     Returns:
         A copy of ``net`` (the same type) with equalized weights; with ``report=True``, ``(network,
         table)`` where the table has one row per pair of consecutive layers: ``Layer`` (``first →
         second``, optimized layer names), ``Change`` (``"equalized"`` or ``"not equalized"``) and
-        ``Detail`` (the scales, or why not).
+        ``Detail`` (the scales, or why not); with ``relu6="relu"`` also a ``"replaced"`` row (``Layer``:
+        the module path) before each pair whose clipped ReLU was replaced.
 
     Raises:
         TypeError: ``net`` is not an ``nn.Module``.
+        ValueError: ``relu6`` is not ``"keep"`` or ``"relu"``, or a bad ``max_iterations``/``tolerance``.
         NetworkGraphError: The network cannot be traced or holds a layer dlqnb cannot handle.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
         >>> type(equalize_layers(net)).__name__
         'Sequential'
+        >>> clipped = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 4, 1))
+        >>> replaced, table = equalize_layers(clipped, report=True, relu6="relu")
+        >>> table.Change.tolist(), type(replaced[1]).__name__
+        (['replaced', 'equalized'], 'ReLU')
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if max_iterations < 1 or tolerance <= 0:
         raise ValueError(f"max_iterations must be >= 1 and tolerance > 0, got {max_iterations} and {tolerance}")
-    model, pairs, totals = _equalize(net, max_iterations, tolerance)
+    check_relu6(relu6)
+    model, pairs, totals = _equalize(net, max_iterations, tolerance, relu6)
     return (model, _report(pairs, totals)) if report else model

@@ -48,7 +48,7 @@ from dlqnb.core.capture import CaptureWarning
 from dlqnb.core.graph import check_materialized, layer_name, optimize_network, trace_network
 from dlqnb.core.ops import called_module, is_batchnorm
 from dlqnb.models.networks import network_metadata, set_metadata
-from dlqnb.preparation.equalization import CHANGE_COLUMNS, equalize_layers, module_call_counts
+from dlqnb.preparation.equalization import CHANGE_COLUMNS, check_relu6, equalize_layers, module_call_counts
 
 __all__ = ["prepare_network"]
 
@@ -108,16 +108,20 @@ def _replace_batchnorms(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
     return changes
 
 
-def prepare_network(net: nn.Module, report: bool = False) -> nn.Module | tuple[nn.Module, pd.DataFrame]:
+def prepare_network(net: nn.Module, report: bool = False, relu6: str = "keep") -> nn.Module | tuple[nn.Module, pd.DataFrame]:
     """Fold batch norms, replace layers with no int8 form, equalize (MATLAB's ``prepareNetwork``).
 
     Args:
         net: The network (never modified).
         report: Also return the table of changes.
+        relu6: What equalization does with a pair through a clipped ReLU (ReLU6)
+            (:func:`~dlqnb.preparation.equalization.equalize_layers`): ``"keep"`` it (the prepared
+            network computes what ``net`` computes) or replace the clip with a ``"relu"`` (it then does
+            not where a value exceeded 6).
 
     Returns:
         The prepared network (a ``torch.fx.GraphModule`` in eval mode that computes what ``net``
-        computes); with ``report=True``, ``(network, changes)`` where ``changes`` has one row per change:
+        computes, with ``relu6="keep"``); with ``report=True``, ``(network, changes)`` where ``changes`` has one row per change:
         ``Layer`` (a network layer, or ``first → second`` optimized layers for equalization),
         ``Change`` (``"folded"``, ``"replaced"``, ``"equalized"``; ``"not folded"``, ``"kept"``,
         ``"not equalized"`` where a step was left out) and ``Detail`` (what, or why not).
@@ -135,6 +139,7 @@ def prepare_network(net: nn.Module, report: bool = False) -> nn.Module | tuple[n
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    check_relu6(relu6)
     check_materialized(net)
     gm = trace_network(copy.deepcopy(net).eval())
     with warnings.catch_warnings():  # trace_network has said already which submodules are kept whole
@@ -144,7 +149,7 @@ def prepare_network(net: nn.Module, report: bool = False) -> nn.Module | tuple[n
         gm.delete_all_unused_submodules()
         gm.graph.lint()
         gm.recompile()
-        prepared, equalized = equalize_layers(gm, report=True)
+        prepared, equalized = equalize_layers(gm, report=True, relu6=relu6)
     metadata = network_metadata(net)
     set_metadata(prepared, metadata["class_names"], metadata["input_size"])
     table = pd.concat([pd.DataFrame(changes, columns=CHANGE_COLUMNS), equalized], ignore_index=True)

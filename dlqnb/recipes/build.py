@@ -37,10 +37,11 @@ from dlqnb.calibration.file import CalibrationState
 from dlqnb.quantizer import DLQuantizer
 from dlqnb.recipes.recipe import Recipe
 
-__all__ = ["SharedCalibrations", "quantizer_for"]
+__all__ = ["SharedCalibrations", "network_key", "quantizer_for"]
 
-#: Each network a recipe quantizes (keyed by the recipe's ``equalize`` flag) and its calibration.
-SharedCalibrations = dict[bool, tuple[nn.Module, CalibrationState]]
+#: Each network a recipe quantizes (keyed by :func:`network_key`: plain, equalized, or equalized with
+#: its clipped ReLUs replaced) and its calibration.
+SharedCalibrations = dict[str, tuple[nn.Module, CalibrationState]]
 
 
 def quantizer_for(
@@ -85,7 +86,7 @@ def quantizer_for(
         >>> a = quantizer_for(net, Recipe("a"), x, calibrations=shared)
         >>> b = quantizer_for(net, Recipe("b", exponent_scheme="histogram"), x, calibrations=shared)
         >>> list(shared), b.exponent_scheme
-        ([False], 'histogram')
+        (['plain'], 'histogram')
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -94,12 +95,13 @@ def quantizer_for(
     if recipe.max_accuracy_drop is not None and validation_data is None:
         raise ValueError(f"recipe {recipe.name!r} chooses float layers by accuracy (max_accuracy_drop): give validation_data, labelled images to choose them on")
     shared = {} if calibrations is None else calibrations
-    if recipe.equalize not in shared:
+    key = network_key(recipe)
+    if key not in shared:
         network = _network(net, recipe)
         first = DLQuantizer(network, execution_environment=recipe.target)
         first.calibrate(calibration_data, mini_batch_size=mini_batch_size, progress=progress)
-        shared[recipe.equalize] = (network, first.calibration_state())
-    network, state = shared[recipe.equalize]
+        shared[key] = (network, first.calibration_state())
+    network, state = shared[key]
     quantizer = DLQuantizer(network, execution_environment=recipe.target, exponent_scheme=recipe.exponent_scheme, per_channel_weights=recipe.per_channel)
     quantizer.restore_calibration(state)
     if recipe.bias_correction:
@@ -115,13 +117,25 @@ def quantizer_for(
     return quantizer
 
 
+def network_key(recipe: Recipe) -> str:
+    """Which network ``recipe`` quantizes: ``"plain"``, ``"equalized"`` or ``"equalized, ReLU6 → ReLU"``.
+
+    Example:
+        >>> network_key(Recipe("r", equalize=True, relu6="relu"))
+        'equalized, ReLU6 → ReLU'
+    """
+    if not recipe.equalize:
+        return "plain"
+    return "equalized, ReLU6 → ReLU" if recipe.relu6 == "relu" else "equalized"
+
+
 def _network(net: nn.Module, recipe: Recipe) -> nn.Module:
     """The network a recipe quantizes: ``net``, or its equalized copy."""
     if not recipe.equalize:
         return net
     from dlqnb.preparation import equalize_layers
 
-    return equalize_layers(net)
+    return equalize_layers(net, relu6=recipe.relu6)
 
 
 def _drop(quantizer: DLQuantizer, validation_data: Any, mini_batch_size: int | None, progress: bool, recipe: Recipe) -> float:

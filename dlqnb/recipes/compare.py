@@ -64,6 +64,7 @@ RESULT_COLUMNS = [
     "exponent_scheme",
     "per_channel",
     "equalize",
+    "relu6",
     "bias_correction",
     "max_accuracy_drop",
     "rounding",

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, get_args
 
 from dlqnb.core.numerics import Rounding
+from dlqnb.preparation.equalization import RELU6_CHOICES
 
 __all__ = ["EXPONENT_SCHEMES", "ROUNDINGS", "TARGETS", "Recipe", "as_recipes"]
 
@@ -49,6 +50,10 @@ class Recipe:
         exponent_scheme: ``"minmax"`` (MATLAB's default) or ``"histogram"``.
         per_channel: One power-of-two weight scale per output channel (``per_channel_weights``).
         equalize: Equalize consecutive layers (``dlqnb.equalize_layers``) before quantizing.
+        relu6: With ``equalize``, what equalization does with a pair through a clipped ReLU (ReLU6):
+            ``"keep"`` it (the float network is unchanged) or replace the clip with a ``"relu"`` and
+            equalize the pair (the float network changes where a value exceeded 6: the table's
+            ``float_accuracy`` is then that network's).
         bias_correction: Empirical bias correction on the calibration data (``q.correct_bias``).
         max_accuracy_drop: Keep in float the fewest layers that hold the accuracy drop to at most this
             (``q.choose_float_layers``, then ``q.exclude``); None: quantize every layer the target can.
@@ -72,6 +77,7 @@ class Recipe:
     exponent_scheme: str = "minmax"
     per_channel: bool = False
     equalize: bool = False
+    relu6: str = "keep"
     bias_correction: bool = False
     max_accuracy_drop: float | None = None
     rounding: str | None = None
@@ -88,6 +94,10 @@ class Recipe:
             value = getattr(self, flag)
             if not isinstance(value, bool):  # "false" from a command line would otherwise read as True
                 raise TypeError(f"{where}: {flag} must be True or False, got {value!r}")
+        if self.relu6 not in RELU6_CHOICES:
+            raise ValueError(f"{where}: relu6 must be 'keep' or 'relu' (replace clipped ReLUs to equalize through them), got {self.relu6!r}")
+        if self.relu6 == "relu" and not self.equalize:
+            raise ValueError(f"{where}: relu6='relu' replaces clipped ReLUs for equalization: it needs equalize=True")
         if self.rounding is not None and self.rounding not in ROUNDINGS:
             raise ValueError(f"{where}: rounding must be None (the target's rule), 'half_away' or 'half_even', got {self.rounding!r}")
         drop = self.max_accuracy_drop
@@ -137,6 +147,8 @@ class Recipe:
         """
         parts = [self.target, self.exponent_scheme]
         parts += [label for flag, label in zip(_FLAGS, ("per-channel", "equalized", "bias correction")) if getattr(self, flag)]
+        if self.relu6 == "relu":
+            parts.append("ReLU6 → ReLU")
         if self.max_accuracy_drop is not None:
             parts.append(f"float layers for a drop ≤ {self.max_accuracy_drop:g}")
         if self.rounding is not None:
