@@ -1,8 +1,9 @@
 """OpenVINO's runner against the emulation, its compiled-model cache, and ``backend="auto"``'s measured choice.
 
-Whether OpenVINO computes the ``"gpu"`` flavour bit for bit differs between CPUs (it did on an Intel Xeon
-with AMX, not on an AMD Zen 1), so those tests assert that the warning and ``auto``'s decision follow
-what was measured on this CPU, never the outcome itself.
+Whether OpenVINO computes the ``"gpu"`` flavour bit for bit differs between CPUs and between inputs
+(an AMD Zen 1 and Intel Xeons with AMX have each differed, on some inputs and not on others), so those
+tests assert that the warning and ``auto``'s decision follow what was measured on this CPU, and that
+the top classes agree, never bit-for-bit agreement itself.
 
 Tests that run OpenVINO skip where it is not installed; ``auto``'s decisions on given measurements run
 everywhere (OpenVINO's presence is simulated, or its absence, by making its import fail)."""
@@ -93,10 +94,10 @@ def test_openvino_on_the_gpu_flavour_warns_as_measured_and_agrees_on_the_top_cla
     scores = runner.predict(images)
     # ONNX Runtime equals the emulation bit for bit (every op of the model runs in integers there)
     np.testing.assert_array_equal(load_int8(path, backend="onnxruntime").predict(images), emulated)
-    if difference == 0:  # and OpenVINO was measured to equal ONNX Runtime on this CPU
-        np.testing.assert_array_equal(scores, emulated)
-    else:
-        assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.9
+    # OpenVINO: no check on finitely many inputs proves it agrees on others (on some CPUs it differs on a
+    # few inputs in a hundred), so only what holds on every CPU is asserted: the same top class, nearly always
+    assert (scores.argmax(1) == emulated.argmax(1)).mean() >= 0.9
+    assert difference >= 0
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +132,7 @@ def test_openvino_on_the_merch_validation_images(merch, monkeypatch):
     runner, messages = _load_recording_warnings(gpu_path, backend="openvino")
     difference = _assert_warning_follows_the_measurement(gpu_path, messages)
     scores = runner.predict(images)
-    if difference == 0:
-        np.testing.assert_array_equal(scores, gpu_emulated)
-    else:
-        assert (scores.argmax(1) == gpu_emulated.argmax(1)).mean() >= 0.99
+    assert (scores.argmax(1) == gpu_emulated.argmax(1)).mean() >= 0.99  # bit for bit is the CPU's (see above)
     print(f"merch 'gpu' flavour on {host.cpu_summary()}: OpenVINO against the emulation, largest difference "
           f"{np.abs(scores - gpu_emulated).max():.3g} (largest score {np.abs(gpu_emulated).max():.3g}); test inputs: {difference:.3g}")
     monkeypatch.setitem(sys.modules, "tensorrt", None)

@@ -166,6 +166,31 @@ def test_relu6_relu_leaves_a_functional_or_shared_clip_alone_with_the_reason():
         assert all(torch.equal(a, b) for a, b in zip(equalized.state_dict().values(), net.state_dict().values()))
 
 
+def test_relu6_relu_replaces_a_module_clip_and_keeps_the_reason_of_a_functional_one_in_the_same_network():
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.clip, self.b, self.c = nn.Conv2d(3, 8, 3), nn.Hardtanh(0.0, 6.0), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(torch.nn.functional.relu6(self.b(self.clip(self.a(x)))))
+
+    torch.manual_seed(3)
+    net = Mixed().eval()
+    _, kept = equalize_layers(net, report=True)
+    assert kept.Change.tolist() == ["not equalized", "not equalized"]
+    hints = kept.Detail.str.contains("relu6='relu'").tolist()
+    assert hints == [True, False]  # only the module clip could be replaced
+    equalized, table = equalize_layers(net, report=True, relu6="relu")
+    assert table.Change.tolist() == ["replaced", "equalized", "not equalized"]
+    assert table.Layer.tolist()[0] == "clip" and "'clip'" in table.Detail.iloc[0]
+    assert "function" in table.Detail.iloc[2] and "relu6='relu'" not in table.Detail.iloc[2]
+    assert type(equalized.clip) is nn.ReLU and type(net.clip) is nn.Hardtanh
+    reference = copy.deepcopy(net)
+    reference.clip = nn.ReLU()
+    _same_output(equalized, reference, 4 * torch.randn(2, 3, 12, 12))
+
+
 def test_relu6_must_be_keep_or_relu():
     for call in (equalize_layers, prepare_network):
         with pytest.raises(ValueError, match="relu6 must be 'keep'.*'relu'.*got 'ReLU'"):

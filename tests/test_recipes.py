@@ -3,6 +3,8 @@ networks whose accuracy and memory are computed here independently (plain PyTorc
 
 from __future__ import annotations
 
+import copy
+
 import math
 
 import numpy as np
@@ -215,11 +217,32 @@ def test_equalization_and_bias_correction_recipes_match_the_quantizer_used_direc
         assert table.iloc[0]["accuracy"] == pytest.approx(_top1(equalized.quantize()(x), y), abs=1e-12)
         # equalization keeps the float outputs (to float rounding: an exact tie could still flip a top-1 on another host)
         torch.testing.assert_close(equalize_layers(net)(x), net(x), rtol=1e-4, atol=1e-5)
-        assert table.iloc[0]["float_accuracy"] == pytest.approx(_top1(equalize_layers(net)(x), y), abs=1e-12)
+        assert table.iloc[0]["prepared_float_accuracy"] == pytest.approx(_top1(equalize_layers(net)(x), y), abs=1e-12)
         corrected = DLQuantizer(net)
         corrected.calibrate(x, progress=False)
         corrected.correct_bias(x, progress=False)
         assert table.iloc[1]["accuracy"] == pytest.approx(_top1(corrected.quantize()(x), y), abs=1e-12)
+
+
+def test_a_recipe_that_replaces_clipped_relus_is_measured_against_the_users_float_network():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU6(), nn.Conv2d(6, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(10.0)  # the clip matters: the float network with ReLUs classifies otherwise
+    x = torch.rand(64, 3, 8, 8)
+    y = torch.randint(0, 3, (64,))
+    replaced = copy.deepcopy(net)
+    replaced[1] = nn.ReLU()
+    with torch.no_grad():
+        own, changed = _top1(net(x), y), _top1(replaced(x), y)
+    assert own != changed
+    relu = {"name": "relu", "equalize": True, "relu6": "relu"}
+    for recipes in ([relu], [{"name": "plain"}, relu]):  # net's float top-1 measured apart, or taken from the plain recipe
+        table = compare_recipes(net, recipes, x, (x, y), measure_latency=False, progress=False).set_index("recipe")
+        assert table["error"].eq("").all() and table["float_accuracy"].eq(own).all()
+        row = table.loc["relu"]
+        assert row["relu6"] == "relu" and row["prepared_float_accuracy"] == pytest.approx(changed, abs=1e-12)
+        assert row["accuracy_drop"] == pytest.approx(own - row["accuracy"], abs=1e-12)
 
 
 def test_float_layers_chosen_by_accuracy_keep_the_layer_that_quantization_breaks():

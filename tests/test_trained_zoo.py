@@ -209,7 +209,7 @@ def test_a_recipe_that_replaces_clipped_relus_is_scored_against_the_users_float_
     with torch.no_grad():
         changed = q.network(x)
         assert not torch.allclose(changed, net(x), rtol=1e-3, atol=1e-3)  # a float network of its own
-        assert row["float_accuracy"] == bench.top1(changed, y)
+        assert row["prepared_float_accuracy"] == bench.top1(changed, y)
         deployed = q.quantize("half_even")(x)
         assert row["selection_error"] == pytest.approx(bench.relative_score_error(deployed, net(x)), rel=1e-9)
         assert row["selection_error"] != pytest.approx(bench.relative_score_error(deployed, changed), rel=1e-6)

@@ -118,12 +118,15 @@ def _run_recipe(
     labelled_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     calibrations: SharedCalibrations | None = None,
     selection: tuple[torch.Tensor, torch.Tensor] | None = None,
+    selection_scores: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], Any]:
+    """One recipe's row (and its quantizer, None where it failed); ``selection_scores``: the user's float
+    network's scores of the selection images, where the caller has them."""
     row: dict[str, Any] = {
         "recipe": recipe.name,
         "target": recipe.target,
         "accuracy": None,
-        "float_accuracy": None,
+        "prepared_float_accuracy": None,
         "selection_accuracy": None,
         "selection_error": None,
         "status": "ok",
@@ -139,13 +142,15 @@ def _run_recipe(
             on_selection = q.validate(selection, progress=False, rounding=DEPLOYED_ROUNDING)
             row["selection_accuracy"] = top1(on_selection.quantized_scores, selection[1])
             # against the user's network: a recipe that replaces clipped ReLUs quantizes another float network
-            reference = on_selection.float_scores if q.network is net else _scores(net, selection[0])
+            if q.network is not net:
+                selection_scores = _scores(net, selection[0]) if selection_scores is None else selection_scores
+            reference = on_selection.float_scores if q.network is net else selection_scores
             row["selection_error"] = relative_score_error(on_selection.quantized_scores, reference)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
         row["status"] = f"error: {type(error).__name__}: {error}"
         return row, None
     row["accuracy"] = top1(result.quantized_scores, validation[1])
-    row["float_accuracy"] = top1(result.float_scores, validation[1])  # of the network the recipe quantized
+    row["prepared_float_accuracy"] = top1(result.float_scores, validation[1])  # of the network the recipe quantized
     row["float_layers"] = sorted(q.excluded_layers)
     return row, q
 
@@ -234,7 +239,7 @@ def measure_network(
 
     Returns:
         ``network``, ``float``, ``dlqnb`` (per target: ``emulation``, ``onnxruntime``, ``openvino``),
-        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``float_accuracy`` (of the float network
+        ``recipes`` (rows: ``recipe``, ``target``, ``accuracy``, ``prepared_float_accuracy`` (of the float network
         the recipe quantized: the network's own, unless its clipped ReLUs were replaced), ``selection_accuracy`` and
         ``selection_error`` (as the deployed file computes the selection images), ``status``,
         ``float_layers``), ``best`` (the recipe
@@ -253,6 +258,8 @@ def measure_network(
     quantizers: dict[tuple[str, str], Any] = {}
     labelled = None if calibration_labels is None else (calibration, calibration_labels)
     calibrations: SharedCalibrations = {}  # calibration ranges depend on neither the target nor the recipe's types
+    picked_on = selection or labelled
+    selection_scores = None if picked_on is None else _scores(net, picked_on[0])
     # a recipe asking for the target's own rounding is the same recipe without it
     runs_of = {target: [r for r in recipes if r.rounding is None or r.rounding != TARGET_ROUNDING[target]] for target in targets}
     bar = tqdm(total=sum(map(len, runs_of.values())), desc=f"{name}: recipes", unit="recipe", leave=False, disable=not progress)
@@ -260,7 +267,7 @@ def measure_network(
         runs = runs_of[target]
         for recipe in runs:
             bar.set_postfix_str(f"{recipe.name} ({target})")
-            row, q = _run_recipe(net, dataclasses.replace(recipe, target=target), calibration, validation, labelled, calibrations, selection)
+            row, q = _run_recipe(net, dataclasses.replace(recipe, target=target), calibration, validation, labelled, calibrations, selection, selection_scores)
             result["recipes"].append(row)
             quantizers[(recipe.name, target)] = q
             bar.update()

@@ -75,8 +75,12 @@ BACKENDS = ("auto", *(name for name in DEPLOYMENT_LIBRARIES if name != "auto"))
 TRIAL_BATCHES = (1, 32)
 #: Where a split choice hands over from the batch-1 winner to the batch-32 winner (their geometric mean).
 SPLIT_BATCH = 6
-#: How many fixed pseudo-random inputs the agreement check scores (fewer where the batch is fixed).
-AGREEMENT_INPUTS = 4
+#: How many fixed pseudo-random inputs the agreement check scores (rounded up to whole batches where the
+#: batch is fixed). Where a runtime differs, it has differed on a few inputs in a hundred, not on all: a
+#: handful of inputs can miss that, 32 seldom do (measured once per file and CPU, then cached).
+AGREEMENT_INPUTS = 32
+#: Part of every cache key of this module: what was measured with an older check is measured again.
+_CHECK_VERSION = "check2"
 #: Float models: a candidate agrees when its scores are within this fraction of the largest score of
 #: ONNX Runtime's (plus :data:`FLOAT_ABSOLUTE`), the float kernels' rounding the export tests allow.
 FLOAT_RELATIVE = 1e-4
@@ -162,7 +166,7 @@ def measure_backends(path: str | os.PathLike[str], backends: list[str], rounds: 
 
 
 def _cache_name(onnx_bytes: bytes, kind: str) -> Path:
-    versions = file_name_safe(f"ort{installed_version('onnxruntime')}-ov{installed_version('openvino')}")
+    versions = file_name_safe(f"ort{installed_version('onnxruntime')}-ov{installed_version('openvino')}-{_CHECK_VERSION}")
     return cache_dir() / "backend_choice" / f"{bytes_key(onnx_bytes)}-{cpu_key()}-{versions}{kind}.json"
 
 
@@ -204,11 +208,18 @@ def _agreement_problem(saved: Any) -> str | None:
     return None
 
 
-def _agreement_inputs(path: str) -> np.ndarray:
+def _agreement_inputs(path: str) -> list[np.ndarray]:
+    """The agreement check's inputs, in batches the model accepts."""
     shape, batches = model_input(path)
-    count = batches[0] if len(batches) == 1 else AGREEMENT_INPUTS
+    batch = batches[0] if len(batches) == 1 else AGREEMENT_INPUTS
+    count = -(-AGREEMENT_INPUTS // batch) * batch
     # Fixed pseudo-random inputs: the same on every run and host, so the cached result stays valid.
-    return np.random.default_rng(0).random((count, *shape), dtype=np.float32)
+    inputs = np.random.default_rng(0).random((count, *shape), dtype=np.float32)
+    return [inputs[start : start + batch] for start in range(0, count, batch)]
+
+
+def _scores(runner: Any, batches: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(runner.predict(batch)) for batch in batches])
 
 
 def score_differences(path: str | os.PathLike[str], backends: list[str], runners: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -242,15 +253,15 @@ def score_differences(path: str | os.PathLike[str], backends: list[str], runners
         return saved
     runners = dict(runners or {})
     inputs = _agreement_inputs(path)
-    reference = (runners.get(REFERENCE) or _runner(REFERENCE, path)).predict(inputs)
+    reference = _scores(runners.get(REFERENCE) or _runner(REFERENCE, path), inputs)
     differences = dict(saved["differences"]) if saved else {}
     for name in candidates:
-        scores = (runners.get(name) or _runner(name, path)).predict(inputs)
+        scores = _scores(runners.get(name) or _runner(name, path), inputs)
         differences[name] = float(np.abs(scores.astype(np.float64) - reference).max())
     result = {
         "differences": differences,
         "largest_score": float(np.abs(reference).max()),
-        "inputs": len(inputs),
+        "inputs": len(reference),
         "cpu": cpu_summary(),
         "date": datetime.date.today().isoformat(),
     }

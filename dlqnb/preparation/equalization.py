@@ -87,7 +87,8 @@ class EqualizationPair:
         through: What lies between them (``"ReLU"``, ``"leaky ReLU"``, ``"no activation"``).
         reason: Why the pair is not equalized ("" when it is).
         clip_path: Module path of the clipped ReLU (ReLU6) between them that ``relu6="relu"`` replaces
-            with a ReLU, or None.
+            with a ReLU to equalize the pair, or None (none there, or the pair is not equalized).
+        clip_layer: That clipped ReLU's network layer name, or None.
     """
 
     first: str
@@ -98,6 +99,7 @@ class EqualizationPair:
     through: str
     reason: str = ""
     clip_path: str | None = None
+    clip_layer: str | None = None
 
     @property
     def name(self) -> str:
@@ -178,11 +180,15 @@ def equalization_pairs(net: nn.Module, optimized: OptimizedNetwork | None = None
         relu6: ``"keep"``: a pair through a clipped ReLU (ReLU6) is not equalized; ``"relu"``: it is,
             once its clipped ReLU module is replaced with a ReLU (``clip_path`` names that module).
 
+    Raises:
+        ValueError: ``relu6`` is not ``"keep"`` or ``"relu"``.
+
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 4, 1))
         >>> [(pair.name, pair.reason.split(":")[0]) for pair in equalization_pairs(net)]
         [('0_1 → 2', 'through a clipped ReLU (ReLU6)')]
     """
+    check_relu6(relu6)
     optimized = optimized or optimize_network(net)
     with warnings.catch_warnings():  # optimize_network has said already which submodules are kept whole
         warnings.simplefilter("ignore", CaptureWarning)
@@ -206,17 +212,24 @@ def equalization_pairs(net: nn.Module, optimized: OptimizedNetwork | None = None
         pair = EqualizationPair(
             first.name, second.name, first.module_path, batchnorm_path, second.module_path, _SCALE_INVARIANT.get(first.activation, "")
         )
-        if first.activation == "relu6" and relu6 == "relu":
-            pair = _through_replaced_clip(pair, by_name.get(first.network_layer_name), traced, calls)
-            if pair.clip_path is not None:
-                pairs.append(_with_reason(pair, "relu", (first.kind, second.kind), traced, calls))
-                continue
-        pairs.append(pair if pair.reason else _with_reason(pair, first.activation, (first.kind, second.kind), traced, calls))
+        kinds = (first.kind, second.kind)
+        if first.activation != "relu6":
+            pairs.append(_with_reason(pair, first.activation, kinds, traced, calls))
+            continue
+        # through a clipped ReLU: equalizable once the clip is a ReLU, where it can be replaced and nothing else stops it
+        replaced = _through_replaced_clip(pair, by_name.get(first.network_layer_name), traced, calls)
+        if not replaced.reason:
+            replaced = _with_reason(replaced, "relu", kinds, traced, calls)
+        if relu6 == "relu":
+            pairs.append(replaced if not replaced.reason else EqualizationPair(**{**pair.__dict__, "reason": replaced.reason}))
+        else:
+            pairs.append(_with_reason(pair, first.activation, kinds, traced, calls, replaceable=not replaced.reason))
     return pairs
 
 
 def _through_replaced_clip(pair: EqualizationPair, activation: fx.Node | None, traced: fx.GraphModule, calls: dict[str, int]) -> EqualizationPair:
-    """``pair`` with the clipped ReLU module between its layers as ``clip_path``, or with why it cannot be replaced."""
+    """``pair`` with the clipped ReLU module between its layers as ``clip_path`` and ``clip_layer``, or with
+    why that clip cannot be replaced."""
     module = called_module(traced, activation) if activation is not None else None
     if module is None:
         reason = (
@@ -228,7 +241,7 @@ def _through_replaced_clip(pair: EqualizationPair, activation: fx.Node | None, t
     if calls.get(path, 0) > 1:
         reason = f"through clipped ReLU module '{path}', which is called more than once: replacing it with a ReLU would change its other calls"
         return EqualizationPair(**{**pair.__dict__, "reason": reason})
-    return EqualizationPair(**{**pair.__dict__, "through": "ReLU", "clip_path": path})
+    return EqualizationPair(**{**pair.__dict__, "through": "ReLU", "clip_path": path, "clip_layer": layer_name(activation)})
 
 
 def _only_consumer(node: fx.Node) -> fx.Node | None:
@@ -238,8 +251,10 @@ def _only_consumer(node: fx.Node) -> fx.Node | None:
 
 
 def _with_reason(
-    pair: EqualizationPair, activation: str | None, kinds: tuple[str, str], traced: fx.GraphModule, calls: dict[str, int]
+    pair: EqualizationPair, activation: str | None, kinds: tuple[str, str], traced: fx.GraphModule, calls: dict[str, int], replaceable: bool = False
 ) -> EqualizationPair:
+    """``pair`` with why it cannot be equalized through ``activation`` ("" if it can); ``replaceable``: its
+    clipped ReLU could be replaced with a ReLU to equalize it (the reason then says so)."""
     reason = ""
     if kinds[0] != kinds[1]:
         # a conv's channels are dimension 1, a linear layer's inputs the last dimension: channel i of one is not input i of the other
@@ -249,10 +264,9 @@ def _with_reason(
         )
     elif activation not in _SCALE_INVARIANT:
         name = fused_activation_name(activation)  # type: ignore[arg-type]
-        reason = (
-            f"through a {name}: relu6(x / s) * s clips at 6 s, not at 6, so rescaling would change the float output "
-            "(relu6='relu' replaces the clip with a ReLU and equalizes the pair)"
-        )
+        reason = f"through a {name}: relu6(x / s) * s clips at 6 s, not at 6, so rescaling would change the float output"
+        if replaceable:
+            reason += " (relu6='relu' replaces the clip with a ReLU and equalizes the pair)"
     else:
         shared = [path for path in (pair.first_path, pair.batchnorm_path, pair.second_path) if path and calls.get(path, 0) > 1]
         if shared:
@@ -293,17 +307,20 @@ def _equalize(
     model = copy.deepcopy(net)
     optimized = optimize_network(model)
     pairs = equalization_pairs(model, optimized, relu6)
-    replaced = {pair.first: pair.clip_path for pair in pairs if pair.clip_path is not None and not pair.reason}
+    replaced = {pair.first: pair for pair in pairs if pair.clip_path is not None}
     if replaced:
-        for path in replaced.values():
-            model.set_submodule(path, nn.ReLU(inplace=bool(getattr(model.get_submodule(path), "inplace", False))))
-        if isinstance(model, fx.GraphModule):
-            model.recompile()
+        originals = {pair.first: model.get_submodule(pair.clip_path) for pair in replaced.values()}
+        for pair in replaced.values():
+            model.set_submodule(pair.clip_path, nn.ReLU(inplace=bool(getattr(originals[pair.first], "inplace", False))))
         optimized = optimize_network(model)  # the layers before the replaced clips fuse a ReLU now
-        pairs = [
-            EqualizationPair(**{**pair.__dict__, "clip_path": replaced.get(pair.first)}) if pair.first in replaced else pair
-            for pair in equalization_pairs(model, optimized)
-        ]
+        pairs = []
+        for pair in equalization_pairs(model, optimized, relu6):
+            before = replaced.get(pair.first)
+            if before is not None and pair.reason:  # a replacement that did not make the pair equalizable is undone
+                model.set_submodule(before.clip_path, originals[pair.first])
+            elif before is not None:
+                pair = EqualizationPair(**{**pair.__dict__, "clip_path": before.clip_path, "clip_layer": before.clip_layer})
+            pairs.append(pair)
     equalizable = [pair for pair in pairs if not pair.reason]
     totals = _equalization_scales(optimized, equalizable, max_iterations, tolerance)
     with torch.no_grad():
@@ -338,10 +355,10 @@ def _report(pairs: list[EqualizationPair], totals: dict[EqualizationPair, Tensor
         if pair.clip_path is not None:
             rows.append(
                 (
-                    pair.clip_path,
+                    pair.clip_layer,
                     "replaced",
-                    f"clipped ReLU (ReLU6) → ReLU, so that {pair.name} can be equalized: values above 6 are no longer clipped, "
-                    "so the float output changes where they occur",
+                    f"clipped ReLU (ReLU6) '{pair.clip_path}' → ReLU, so that {pair.name} can be equalized: values above 6 are "
+                    "no longer clipped, so the float output changes where they occur",
                 )
             )
         rows.append(

@@ -11,12 +11,13 @@ that quantizes better, and a table of what changed.
    in float on every target (:mod:`dlqnb.core.ops`); it is replaced by its exact equivalent, a 1×1
    depthwise convolution with the BatchNorm's per-channel scale and shift, which runs in int8.
    A BatchNorm1d is kept (its input may be N×C, which a convolution does not take). Nothing else in the
-   op table has an exact int8 equivalent: a clipped ReLU (ReLU6) clips where a ReLU does not, average
+   op table has an exact int8 equivalent: a clipped ReLU (ReLU6) clips where a ReLU does not (``relu6="relu"``
+   replaces one anyway where that lets a pair be equalized, changing the float output), average
    pooling's 1/k² weights are not powers of two in general, and global average pooling on the GPU target
    has no int8 layer at all, so they stay as they are.
 3. **Equalization** of consecutive layers (:func:`~dlqnb.preparation.equalization.equalize_layers`).
 
-The float output does not change (beyond float rounding), and the prepared network quantizes with
+The float output does not change (beyond float rounding; unless ``relu6="relu"``), and the prepared network quantizes with
 :class:`~dlqnb.DLQuantizer` like any other. Layers keep their names (``conv1`` stays ``conv1``; a
 replaced BatchNorm keeps its name), so the optimized layers of the prepared network read like the
 original's without the folded BatchNorms. The class names and input size recorded on the network carry
@@ -123,11 +124,13 @@ def prepare_network(net: nn.Module, report: bool = False, relu6: str = "keep") -
         The prepared network (a ``torch.fx.GraphModule`` in eval mode that computes what ``net``
         computes, with ``relu6="keep"``); with ``report=True``, ``(network, changes)`` where ``changes`` has one row per change:
         ``Layer`` (a network layer, or ``first → second`` optimized layers for equalization),
-        ``Change`` (``"folded"``, ``"replaced"``, ``"equalized"``; ``"not folded"``, ``"kept"``,
+        ``Change`` (``"folded"``, ``"replaced"`` (a BatchNorm by a depthwise convolution, or with
+        ``relu6="relu"`` a clipped ReLU by a ReLU), ``"equalized"``; ``"not folded"``, ``"kept"``,
         ``"not equalized"`` where a step was left out) and ``Detail`` (what, or why not).
 
     Raises:
         TypeError: ``net`` is not an ``nn.Module``.
+        ValueError: ``relu6`` is not ``"keep"`` or ``"relu"``.
         NetworkGraphError: The network cannot be traced, holds a layer dlqnb cannot handle or has
             parameters on the meta device.
 

@@ -3,7 +3,8 @@
 :func:`quantizer_for` is the one place a recipe becomes a :class:`~dlqnb.DLQuantizer`; notebook 08's
 :func:`~dlqnb.recipes.compare.compare_recipes` and ``python -m dlqnb.bench accuracy`` both use it:
 
-1. **Network.** ``net``, or its equalized copy (``dlqnb.equalize_layers``) for a recipe with ``equalize``.
+1. **Network.** ``net``, or its equalized copy (``dlqnb.equalize_layers``, with the recipe's ``relu6``) for
+   a recipe with ``equalize``.
 2. **Quantizer.** A :class:`~dlqnb.DLQuantizer` with the recipe's target, exponent scheme and per-channel
    flag, calibrated on ``calibration_data``. Calibration ranges do not depend on the target, the exponent
    scheme or per-channel weights, so recipes on the same network and calibration data can share them
@@ -66,7 +67,7 @@ def quantizer_for(
             ``max_accuracy_drop``.
         mini_batch_size: Batch size for a tensor or Dataset of images.
         calibrations: A dict shared by calls on the same ``net`` and ``calibration_data``: each network
-            (plain or equalized) is calibrated once, the first time a recipe needs it, and its ranges are
+            (:func:`network_key`) is calibrated once, the first time a recipe needs it, and its ranges are
             reused by the later calls. None: calibrate here.
         progress: Show progress bars of the steps.
 
@@ -130,7 +131,7 @@ def network_key(recipe: Recipe) -> str:
 
 
 def _network(net: nn.Module, recipe: Recipe) -> nn.Module:
-    """The network a recipe quantizes: ``net``, or its equalized copy."""
+    """The network a recipe quantizes: ``net``, or its equalized copy (clipped ReLUs replaced where ``relu6="relu"``)."""
     if not recipe.equalize:
         return net
     from dlqnb.preparation import equalize_layers

@@ -5,8 +5,9 @@ measures what each costs and gives:
 
 1. **Quantizer.** :func:`~dlqnb.recipes.build.quantizer_for` builds the calibrated quantizer the recipe
    describes (equalization, target, exponent scheme, per-channel weights, bias correction, float layers
-   chosen by accuracy on ``validation_data``). Each of the (at most two) networks, plain and equalized,
-   is calibrated once and its ranges are shared by the recipes that quantize it.
+   chosen by accuracy on ``validation_data``). Each of the (at most three) networks, plain, equalized, and
+   equalized with its clipped ReLUs replaced, is calibrated once and its ranges are shared by the recipes
+   that quantize it.
 2. **Accuracy and memory.** ``q.validate(validation_data, rounding=recipe.rounding)``: top-1 accuracy of the quantized and float
    networks and their learnable parameter memory, as MATLAB counts it.
 3. **Latency.** The deployed file (``export_qdq_onnx``) loaded with ``load_int8`` and timed in a block of
@@ -51,7 +52,7 @@ from dlqnb.deploy.export import export_qdq_onnx
 from dlqnb.deploy.host import cpu_summary, file_name_safe, time_block
 from dlqnb.deploy.load import load_int8
 from dlqnb.quantizer import DLQuantizer
-from dlqnb.recipes.build import SharedCalibrations, quantizer_for
+from dlqnb.recipes.build import SharedCalibrations, network_key, quantizer_for
 from dlqnb.recipes.pareto import pareto_mask
 from dlqnb.recipes.recipe import Recipe, as_recipes
 
@@ -70,6 +71,7 @@ RESULT_COLUMNS = [
     "rounding",
     "accuracy",
     "float_accuracy",
+    "prepared_float_accuracy",
     "accuracy_drop",
     "memory_bytes",
     "float_memory_bytes",
@@ -81,6 +83,8 @@ RESULT_COLUMNS = [
     "pareto",
     "error",
 ]
+#: The networks a recipe quantizes whose float outputs are ``net``'s (to float rounding): their float top-1 is ``net``'s.
+_UNCHANGED_FLOAT = ("plain", "equalized")
 #: Untimed calls before a latency block, and timed calls in it (their median is the latency).
 LATENCY_WARMUPS = 3
 LATENCY_RUNS = 7
@@ -121,8 +125,10 @@ def compare_recipes(
         progress: Show a progress bar over the recipes.
 
     Returns:
-        One row per recipe, columns :data:`RESULT_COLUMNS`: the recipe's settings; ``accuracy`` and
-        ``float_accuracy`` (top-1 on ``validation_data``), ``accuracy_drop`` (float − quantized);
+        One row per recipe, columns :data:`RESULT_COLUMNS`: the recipe's settings; ``accuracy`` (top-1 of
+        the quantized network on ``validation_data``), ``float_accuracy`` (of ``net``, the same in every
+        row), ``prepared_float_accuracy`` (of the float network the recipe quantizes: ``net``'s, to float
+        rounding, unless the recipe replaced clipped ReLUs), ``accuracy_drop`` (``float_accuracy`` − ``accuracy``);
         ``memory_bytes`` and ``float_memory_bytes`` (learnable parameter memory, int8 and float) and
         ``memory_reduction`` (1 − int8 / float); ``num_float_layers`` and ``float_layers`` (the layers the
         accuracy-driven choice keeps in float, comma-separated); ``latency_ms`` (median milliseconds per
@@ -142,6 +148,7 @@ def compare_recipes(
     _check_backend(backend)
     calibrations: SharedCalibrations = {}  # each network calibrated once, its ranges shared by its recipes
     rows = []
+    reference = None  # net's float top-1
     samples = None
     with tempfile.TemporaryDirectory(prefix="dlqnb-recipes-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
@@ -157,6 +164,8 @@ def compare_recipes(
                 continue
             samples = result.num_samples
             row.update(_validation_row(result.metric_results, quantizer))
+            if network_key(recipe) in _UNCHANGED_FLOAT and reference is None:
+                reference = row["prepared_float_accuracy"]
             if measure_latency:
                 try:
                     path = folder / f"{number:02d}-{file_name_safe(recipe.name, keep='._-')}.onnx"
@@ -164,8 +173,13 @@ def compare_recipes(
                 except Exception as error:
                     row["error"] = f"latency not measured: {_error_text(error)}"
             rows.append(row)
+        if reference is None and any(row["error"] == "" for row in rows):  # every recipe changed the float network
+            reference = _float_accuracy(net, calibration_data, validation_data, mini_batch_size, calibrations)
+    for row in rows:
+        if "accuracy" in row:
+            row.update(float_accuracy=reference, accuracy_drop=reference - row["accuracy"])
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    for column in ("accuracy", "float_accuracy", "accuracy_drop", "memory_reduction", "latency_ms"):
+    for column in ("accuracy", "float_accuracy", "prepared_float_accuracy", "accuracy_drop", "memory_reduction", "latency_ms"):
         table[column] = table[column].astype(float)
     table["pareto"] = pareto_mask(table)
     table.attrs.update(cpu=cpu_summary(), latency_batch=latency_batch, backend=backend, num_validation_samples=samples)
@@ -188,6 +202,13 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _float_accuracy(net: nn.Module, calibration_data: Any, validation_data: Any, mini_batch_size: int | None, calibrations: SharedCalibrations) -> float:
+    """``net``'s float top-1 on ``validation_data``, where no recipe quantized ``net`` itself."""
+    quantizer = quantizer_for(net, Recipe("float reference"), calibration_data, mini_batch_size=mini_batch_size, calibrations=calibrations)
+    result = quantizer.validate(validation_data, mini_batch_size=mini_batch_size, progress=False)
+    return float(result.metric_results.set_index("NetworkImplementation")["MetricOutput"]["Floating-Point"])
+
+
 def _validation_row(metrics: pd.DataFrame, quantizer: DLQuantizer) -> dict[str, Any]:
     """Accuracy and memory columns from ``validate``'s ``metric_results``, and the float layers kept."""
     by_implementation = metrics.set_index("NetworkImplementation")
@@ -195,8 +216,7 @@ def _validation_row(metrics: pd.DataFrame, quantizer: DLQuantizer) -> dict[str, 
     kept = sorted(quantizer.excluded_layers, key=quantizer.quantizable_layers.index)
     return {
         "accuracy": float(accuracy["Quantized"]),
-        "float_accuracy": float(accuracy["Floating-Point"]),
-        "accuracy_drop": float(accuracy["Floating-Point"] - accuracy["Quantized"]),
+        "prepared_float_accuracy": float(accuracy["Floating-Point"]),
         "memory_bytes": int(memory["Quantized"]),
         "float_memory_bytes": int(memory["Floating-Point"]),
         "memory_reduction": float(1 - memory["Quantized"] / memory["Floating-Point"]),

@@ -52,8 +52,9 @@ class Recipe:
         equalize: Equalize consecutive layers (``dlqnb.equalize_layers``) before quantizing.
         relu6: With ``equalize``, what equalization does with a pair through a clipped ReLU (ReLU6):
             ``"keep"`` it (the float network is unchanged) or replace the clip with a ``"relu"`` and
-            equalize the pair (the float network changes where a value exceeded 6: the table's
-            ``float_accuracy`` is then that network's).
+            equalize the pair (the float network changes where a value exceeded 6: its float top-1 is
+            the comparison's ``prepared_float_accuracy``, and bias corrections and float layers are
+            measured against it, while ``accuracy_drop`` is measured against the user's network).
         bias_correction: Empirical bias correction on the calibration data (``q.correct_bias``).
         max_accuracy_drop: Keep in float the fewest layers that hold the accuracy drop to at most this
             (``q.choose_float_layers``, then ``q.exclude``); None: quantize every layer the target can.
