@@ -1,9 +1,10 @@
 """OpenVINO's runner against the emulation, its compiled-model cache, and ``backend="auto"``'s measured choice.
 
-Whether OpenVINO computes the ``"gpu"`` flavour bit for bit differs between CPUs and between inputs
-(an AMD Zen 1 and Intel Xeons with AMX have each differed, on some inputs and not on others), so those
-tests assert that the warning and ``auto``'s decision follow what was measured on this CPU, and that
-the top classes agree, never bit-for-bit agreement itself.
+Whether OpenVINO computes dlqnb's int8 files bit for bit differs between CPUs, networks and inputs (the
+``"gpu"`` flavour differed on an AMD Zen 1 and on Intel Xeons with AMX, on some inputs and not others; the
+``"cpu"`` flavour agreed on SqueezeNets everywhere but differed on a trained MobileNetV2 on such a Xeon),
+so these tests assert that the warning and ``auto``'s decision follow what was measured on this CPU, and
+that the top classes agree, never bit-for-bit agreement itself.
 
 Tests that run OpenVINO skip where it is not installed; ``auto``'s decisions on given measurements run
 everywhere (OpenVINO's presence is simulated, or its absence, by making its import fail)."""
@@ -58,31 +59,35 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DLQNB_CACHE", str(tmp_path / "cache"))
 
 
-@needs_openvino
-def test_openvino_computes_the_cpu_flavour_bit_for_bit_like_the_emulation(files):
-    images, models = files
-    path, emulated = models["cpu"]
-    runner = load_int8(path, backend="openvino", threads=1)
-    assert runner.backend == "openvino" and runner.reason == "asked for"
-    assert np.array_equal(runner.predict(images), emulated)
-
-
 def _load_recording_warnings(path, **settings):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runner = load_int8(path, **settings)
-    return runner, [str(w.message) for w in caught if "'gpu' flavour" in str(w.message)]
+    return runner, [str(w.message) for w in caught if "flavour" in str(w.message)]
 
 
-def _assert_warning_follows_the_measurement(path, messages):
+def _assert_warning_follows_the_measurement(path, messages, flavour="gpu"):
     """One warning with the measured figure where this CPU's OpenVINO differs from ONNX Runtime, none where it agrees."""
     difference = backend_choice.score_differences(path, ["openvino"])["differences"]["openvino"]  # as cached by the load
     if difference > 0:
         assert len(messages) == 1 and f"by up to {difference:.3g}" in messages[0] and "on this CPU" in messages[0], messages
-        assert path.name in messages[0] and "execution_environment='cpu'" in messages[0]
+        assert path.name in messages[0] and f"on the {flavour!r} flavour" in messages[0]
+        # only a "gpu" file is told to export the other flavour
+        assert ("execution_environment='cpu'" in messages[0]) == (flavour == "gpu")
     else:
         assert messages == []
     return difference
+
+
+@needs_openvino
+def test_openvino_on_the_cpu_flavour_warns_as_measured_and_agrees_on_the_top_class(files):
+    images, models = files
+    path, emulated = models["cpu"]
+    runner, messages = _load_recording_warnings(path, backend="openvino", threads=1)
+    assert runner.backend == "openvino" and runner.reason == "asked for"
+    _assert_warning_follows_the_measurement(path, messages, "cpu")
+    np.testing.assert_array_equal(load_int8(path, backend="onnxruntime").predict(images), emulated)
+    assert (runner.predict(images).argmax(1) == emulated.argmax(1)).mean() >= 0.9
 
 
 @needs_openvino
@@ -126,7 +131,9 @@ def merch(tmp_path_factory):
 def test_openvino_on_the_merch_validation_images(merch, monkeypatch):
     images, models = merch
     cpu_path, cpu_emulated = models["cpu"]
-    np.testing.assert_array_equal(load_int8(cpu_path, backend="openvino").predict(images), cpu_emulated)
+    cpu_runner, cpu_messages = _load_recording_warnings(cpu_path, backend="openvino")
+    _assert_warning_follows_the_measurement(cpu_path, cpu_messages, "cpu")
+    assert (cpu_runner.predict(images).argmax(1) == cpu_emulated.argmax(1)).mean() >= 0.99
     gpu_path, gpu_emulated = models["gpu"]
     np.testing.assert_array_equal(load_int8(gpu_path, backend="onnxruntime").predict(images), gpu_emulated)
     runner, messages = _load_recording_warnings(gpu_path, backend="openvino")

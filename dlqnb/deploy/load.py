@@ -3,7 +3,7 @@
 :func:`load_int8` asks :func:`~dlqnb.deploy.backend_choice.choose_backend` which runtime runs a file
 (TensorRT on an NVIDIA GPU for the ``"gpu"`` flavour, else the CPU runtime measured fastest among those
 measured to compute its scores exactly) and builds that :class:`~dlqnb.deploy.runners.Runner`, with
-``.reason`` saying why. Where it builds an OpenVINO runner for a ``"gpu"``-flavour file, it compares
+``.reason`` saying why. Where it builds an OpenVINO runner for an int8 file of either flavour, it compares
 OpenVINO's scores with ONNX Runtime's once per file and CPU (cached) and warns with the difference
 measured where they differ. :func:`predict_int8` loads a runner once per file content and reuses it (a
 few files' runners at a time), and accepts one H×W×3 uint8 image or float NCHW batches (NCL for a 1-D
@@ -75,8 +75,8 @@ def load_int8(path: str | os.PathLike[str], backend: str = "auto", threads: int 
         if name != "openvino":
             return OnnxRuntimeRunner(path, threads)
         runner = OpenVINORunner(path, threads, hint)
-        if runner.info.get("target") == "gpu":
-            _warn_where_scores_differ(runner)
+        if runner.info.get("target") in ("gpu", "cpu"):
+            _warn_where_scores_differ(runner, runner.info["target"])
         return runner
 
     runner: Runner
@@ -92,22 +92,24 @@ def load_int8(path: str | os.PathLike[str], backend: str = "auto", threads: int 
     return runner
 
 
-def _warn_where_scores_differ(runner: OpenVINORunner) -> None:
-    """Warn when this CPU's OpenVINO scores a ``"gpu"``-flavour model differently from ONNX Runtime (and
+def _warn_where_scores_differ(runner: OpenVINORunner, flavour: str) -> None:
+    """Warn when this CPU's OpenVINO scores an int8 model of ``flavour`` differently from ONNX Runtime (and
     so from the emulation), with the largest difference measured (once per file, CPU and versions; cached)."""
     # stacklevel 4: past this, cpu_runner and load_int8, to the code that loaded the file
     try:
         measured = score_differences(runner.path, ["openvino"], runners={"openvino": runner})
     except UnknownInputSize:
-        warnings.warn(f"{runner.path}: OpenVINO's scores on the 'gpu' flavour were not compared with the emulation's "
+        warnings.warn(f"{runner.path}: OpenVINO's scores on the {flavour!r} flavour were not compared with the emulation's "
                       "(the input size is not recorded); on some CPUs they differ", stacklevel=4)
         return
     difference = measured["differences"]["openvino"]
     if difference > 0:
+        # the "cpu" flavour (int32 biases) has agreed where the "gpu" one (float biases) did not, never the reverse
+        advice = "export with execution_environment='cpu' for OpenVINO, or run this file on ONNX Runtime" if flavour == "gpu" else "run this file on ONNX Runtime"
         warnings.warn(
-            f"{runner.path}: on this CPU OpenVINO's scores on the 'gpu' flavour differ from ONNX Runtime's (the emulation's "
+            f"{runner.path}: on this CPU OpenVINO's scores on the {flavour!r} flavour differ from ONNX Runtime's (the emulation's "
             f"wherever every layer runs in integers) by up to {difference:.3g} (largest score {measured['largest_score']:.3g}, measured on "
-            f"{measured['inputs']} test inputs); export with execution_environment='cpu' for OpenVINO, or run this file on ONNX Runtime",
+            f"{measured['inputs']} test inputs); {advice}",
             stacklevel=4,
         )
 

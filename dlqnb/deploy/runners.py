@@ -281,11 +281,10 @@ class OpenVINORunner(Runner):
     """Runs a (QDQ) ONNX model with OpenVINO's CPU plugin (oneDNN's int8 kernels on x86).
 
     OpenVINO reads the QuantizeLinear/DequantizeLinear pairs as its own FakeQuantize and runs the
-    convolutions between them in int8. On the ``"cpu"`` flavour it computes what the emulation
-    computes, bit for bit (tested). On the ``"gpu"`` flavour (TensorRT's: float biases, int8 after
-    ReLU) whether its scores equal ONNX Runtime's (and so the emulation's) depends on the CPU:
-    :func:`~dlqnb.deploy.load.load_int8` compares them once per file and CPU and warns with the
-    difference measured where they differ. The compiled model is cached on disk
+    convolutions between them in int8. Whether its scores equal ONNX Runtime's (and so the emulation's)
+    depends on the CPU and the network, on either flavour (the ``"gpu"`` one, with float biases, has
+    differed more often): :func:`~dlqnb.deploy.load.load_int8` compares them once per file and CPU and
+    warns with the difference measured where they differ. The compiled model is cached on disk
     (:func:`openvino_cache_path`, verified when read), so a second load skips compilation.
 
     Args:
