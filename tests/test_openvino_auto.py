@@ -91,6 +91,20 @@ def test_openvino_on_the_cpu_flavour_warns_as_measured_and_agrees_on_the_top_cla
 
 
 @needs_openvino
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_loading_either_flavour_on_openvino_warns_with_a_measured_difference(files, monkeypatch, flavour):
+    from dlqnb.deploy import load
+
+    path, _ = files[1][flavour]
+    measured = {"differences": {"openvino": 0.25}, "largest_score": 8.0, "inputs": 32, "cpu": "a CPU", "date": "today"}
+    monkeypatch.setattr(load, "score_differences", lambda *args, **kwargs: measured)
+    _, messages = _load_recording_warnings(path, backend="openvino")
+    assert len(messages) == 1 and "by up to 0.25 (largest score 8, measured on 32 test inputs)" in messages[0]
+    assert f"on the {flavour!r} flavour" in messages[0]
+    assert ("execution_environment='cpu'" in messages[0]) == (flavour == "gpu")
+
+
+@needs_openvino
 def test_openvino_on_the_gpu_flavour_warns_as_measured_and_agrees_on_the_top_class(files):
     images, models = files
     path, emulated = models["gpu"]
@@ -303,6 +317,16 @@ def test_auto_times_a_runtime_measured_to_agree_bit_for_bit(files, monkeypatch, 
     timed = given_times(monkeypatch, {"onnxruntime": {1: 0.004, 32: 0.120}, "openvino": {1: 0.003, 32: 0.090}})
     backend, reason = backend_choice.choose_backend(path)
     assert backend == "openvino" and timed == [["onnxruntime", "openvino"]] and "left out" not in reason
+
+
+def test_the_agreement_check_scores_at_least_agreement_inputs_in_batches_the_model_accepts(monkeypatch):
+    monkeypatch.setattr(backend_choice, "model_input", lambda path: ((3, 4, 4), (5,)))  # a fixed batch of 5
+    fixed = backend_choice._agreement_inputs("model.onnx")
+    assert {len(batch) for batch in fixed} == {5} and len(fixed) * 5 >= backend_choice.AGREEMENT_INPUTS > (len(fixed) - 1) * 5
+    monkeypatch.setattr(backend_choice, "model_input", lambda path: ((3, 4, 4), backend_choice.TRIAL_BATCHES))
+    dynamic = backend_choice._agreement_inputs("model.onnx")
+    assert [len(batch) for batch in dynamic] == [backend_choice.AGREEMENT_INPUTS] and backend_choice.AGREEMENT_INPUTS >= 32
+    np.testing.assert_array_equal(np.concatenate(fixed)[:32], dynamic[0][:32])  # the same fixed inputs either way
 
 
 def test_a_float_model_needs_agreement_within_float_rounding_only():

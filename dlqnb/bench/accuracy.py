@@ -9,9 +9,9 @@ selection and validation images, in one run:
   file's on ONNX Runtime and on OpenVINO (``export_qdq_onnx`` → ``load_int8(path, backend=...)``);
 * **dlqnb's recovery recipes** (:data:`RECIPES`, :class:`dlqnb.recipes.Recipe` values quantized by
   :func:`dlqnb.recipes.quantizer_for`): per-channel weights, the histogram exponent scheme, cross-layer
-  equalization (``equalize_layers``; also with its clipped ReLUs replaced by ReLUs), empirical bias correction (``q.correct_bias``) and float layers
-  chosen by accuracy (``q.choose_float_layers`` on the labelled calibration images, then ``q.exclude``),
-  alone and combined, on both targets, scored by the emulation (a recipe with ``rounding="half_even"``
+  equalization (``equalize_layers``; also with its clipped ReLUs replaced by ReLUs), empirical bias
+  correction (``q.correct_bias``) and float layers chosen by accuracy (``q.choose_float_layers`` on the
+  labelled calibration images, then ``q.exclude``), alone and combined, on both targets, scored by the emulation (a recipe with ``rounding="half_even"``
   is tuned and scored as the runtimes compute its ``"gpu"`` file; it is not run on ``"cpu"``, whose own
   rule that is). The best of them (defaults included) is chosen on labelled selection images that
   neither calibrate nor score (the trained zoo's ``"selection"`` split: the training images calibration
@@ -142,9 +142,10 @@ def _run_recipe(
             on_selection = q.validate(selection, progress=False, rounding=DEPLOYED_ROUNDING)
             row["selection_accuracy"] = top1(on_selection.quantized_scores, selection[1])
             # against the user's network: a recipe that replaces clipped ReLUs quantizes another float network
-            if q.network is not net:
-                selection_scores = _scores(net, selection[0]) if selection_scores is None else selection_scores
-            reference = on_selection.float_scores if q.network is net else selection_scores
+            if q.network is net:
+                reference = on_selection.float_scores
+            else:
+                reference = _scores(net, selection[0]) if selection_scores is None else selection_scores
             row["selection_error"] = relative_score_error(on_selection.quantized_scores, reference)
     except Exception as error:  # one recipe failing is a result of the benchmark, not the end of it
         row["status"] = f"error: {type(error).__name__}: {error}"

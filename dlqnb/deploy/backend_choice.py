@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from dlqnb.core.cache import bytes_key, cache_dir, discard_entry, read_entry, write_entry
-from dlqnb.core.targets import CPU_LIBRARIES, DEPLOYMENT_LIBRARIES
+from dlqnb.core.targets import CPU_LIBRARIES, DEPLOYMENT_LIBRARIES, ENVIRONMENTS
 from dlqnb.deploy.host import compare_speed, cpu_key, cpu_summary, file_name_safe, installed_version
 from dlqnb.deploy.model_file import finite_number, known_input_shape, model_info
 from dlqnb.deploy.runners import OnnxRuntimeRunner, OpenVINORunner, Runner
@@ -87,7 +87,6 @@ FLOAT_RELATIVE = 1e-4
 FLOAT_ABSOLUTE = 1e-5
 #: The reference every candidate is compared with.
 REFERENCE = "onnxruntime"
-_INT8_FLAVOURS = ("cpu", "gpu")
 _INSTALL = {
     "openvino": "pip install 'dlqnb[openvino]'",
     "tensorrt": "pip install 'dlqnb[tensorrt]' (NVIDIA GPUs only)",
@@ -124,7 +123,7 @@ def allowed_difference(target: str | None, largest_score: float) -> float:
         >>> allowed_difference("cpu", 10.0)
         0.0
     """
-    if target in _INT8_FLAVOURS:
+    if target in ENVIRONMENTS:  # dlqnb's int8 flavours
         return 0.0
     return FLOAT_RELATIVE * largest_score + FLOAT_ABSOLUTE
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dlqnb.core.cache import bytes_key
+from dlqnb.core.targets import ENVIRONMENTS
 from dlqnb.deploy.backend_choice import SPLIT_BATCH, UnknownInputSize, choose_backend, score_differences
 from dlqnb.deploy.runners import BatchSplitRunner, OnnxRuntimeRunner, OpenVINORunner, Runner, TensorRTRunner, check_settings
 
@@ -75,7 +76,7 @@ def load_int8(path: str | os.PathLike[str], backend: str = "auto", threads: int 
         if name != "openvino":
             return OnnxRuntimeRunner(path, threads)
         runner = OpenVINORunner(path, threads, hint)
-        if runner.info.get("target") in ("gpu", "cpu"):
+        if runner.info.get("target") in ENVIRONMENTS:  # an int8 file of either flavour
             _warn_where_scores_differ(runner, runner.info["target"])
         return runner
 

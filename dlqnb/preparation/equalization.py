@@ -393,7 +393,7 @@ def equalize_layers(
         table)`` where the table has one row per pair of consecutive layers: ``Layer`` (``first →
         second``, optimized layer names), ``Change`` (``"equalized"`` or ``"not equalized"``) and
         ``Detail`` (the scales, or why not); with ``relu6="relu"`` also a ``"replaced"`` row (``Layer``:
-        the module path) before each pair whose clipped ReLU was replaced.
+        the clipped ReLU's layer name, its module path in ``Detail``) before each pair whose clip was replaced.
 
     Raises:
         TypeError: ``net`` is not an ``nn.Module``.

@@ -52,7 +52,7 @@ from dlqnb.deploy.export import export_qdq_onnx
 from dlqnb.deploy.host import cpu_summary, file_name_safe, time_block
 from dlqnb.deploy.load import load_int8
 from dlqnb.quantizer import DLQuantizer
-from dlqnb.recipes.build import SharedCalibrations, network_key, quantizer_for
+from dlqnb.recipes.build import SharedCalibrations, quantizer_for
 from dlqnb.recipes.pareto import pareto_mask
 from dlqnb.recipes.recipe import Recipe, as_recipes
 
@@ -83,8 +83,6 @@ RESULT_COLUMNS = [
     "pareto",
     "error",
 ]
-#: The networks a recipe quantizes whose float outputs are ``net``'s (to float rounding): their float top-1 is ``net``'s.
-_UNCHANGED_FLOAT = ("plain", "equalized")
 #: Untimed calls before a latency block, and timed calls in it (their median is the latency).
 LATENCY_WARMUPS = 3
 LATENCY_RUNS = 7
@@ -164,7 +162,7 @@ def compare_recipes(
                 continue
             samples = result.num_samples
             row.update(_validation_row(result.metric_results, quantizer))
-            if network_key(recipe) in _UNCHANGED_FLOAT and reference is None:
+            if recipe.relu6 == "keep" and reference is None:  # net itself, or equalized: net's float outputs
                 reference = row["prepared_float_accuracy"]
             if measure_latency:
                 try:
